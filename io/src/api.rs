@@ -1,0 +1,197 @@
+//! From a decoded request to a response: the service endpoints and the
+//! key-value API of SPEC §2 and §3.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use shardgate_shards::conditions::{Conditions, TagList};
+use shardgate_shards::kv::{Op, Outcome, CONTENT_TYPE_DEFAULT, KEY_BYTES_MAX};
+use shardgate_shards::route::shard_for_key;
+
+use crate::core::{Core, ReplyFuture};
+use crate::http::codec::{Method, Request};
+use crate::http::response::Response;
+use crate::metrics::Route;
+
+const KV_PREFIX: &[u8] = b"/v1/kv/";
+const KV_ALLOW: &str = "GET, HEAD, PUT, DELETE";
+const SERVICE_ALLOW: &str = "GET, HEAD";
+/// Longest accepted `?ttl=`: about 136 years, so expiry math cannot overflow.
+const TTL_SECONDS_MAX: u64 = u32::MAX as u64;
+
+/// What dispatching a request produced.
+pub enum Step {
+    Ready(Response),
+    /// Sent to the owner shard; the response is built from its outcome.
+    Remote { reply: ReplyFuture, owner: u32 },
+}
+
+/// Routes one request. Local key-value ops run on this core's shard now.
+pub fn dispatch(core: &Rc<Core>, request: Request, now_ms: u64) -> (Step, Route) {
+    let Request { method, target, content_type, if_match, if_none_match, body, .. } = request;
+    let (path, query) = split_target(&target);
+    if let Some(raw_key) = path.strip_prefix(KV_PREFIX) {
+        let fields = KvFields { content_type, if_match, if_none_match, body };
+        return (kv(core, method, raw_key, query, fields, now_ms), Route::Kv);
+    }
+    let route = match path {
+        b"/healthz" => Route::Healthz,
+        b"/readyz" => Route::Readyz,
+        b"/metrics" => Route::Metrics,
+        _ => return (Step::Ready(Response::problem(404, "no such resource")), Route::Other),
+    };
+    if !matches!(method, Method::Get | Method::Head) {
+        let response = Response { allow: Some(SERVICE_ALLOW), ..Response::problem(405, "use GET or HEAD") };
+        return (Step::Ready(response), route);
+    }
+    let response = match route {
+        Route::Healthz => Response::text(200, "ok\n"),
+        Route::Readyz if core.mesh.is_ready() => Response::text(200, "ready\n"),
+        Route::Readyz => Response { retry_after_s: Some(1), ..Response::problem(503, "shards are starting") },
+        _ => Response {
+            status: 200,
+            content_type: Some(Bytes::from_static(b"text/plain; version=0.0.4; charset=utf-8")),
+            body: Bytes::from(core.metrics_all.render(&core.mesh)),
+            ..Response::default()
+        },
+    };
+    (Step::Ready(response), route)
+}
+
+/// The parts of a request a key-value op keeps.
+struct KvFields {
+    content_type: Option<Bytes>,
+    if_match: Option<Bytes>,
+    if_none_match: Option<Bytes>,
+    body: Bytes,
+}
+
+fn kv(core: &Rc<Core>, method: Method, raw_key: &[u8], query: &[u8], fields: KvFields, now_ms: u64) -> Step {
+    let key = match decode_key(raw_key) {
+        Ok(key) => key,
+        Err(response) => return Step::Ready(response),
+    };
+    let shard_count = core.shard_count();
+    let owner = shard_for_key(&key, shard_count);
+    let conditions = Conditions {
+        if_match: fields.if_match.as_deref().map(TagList::parse),
+        if_none_match: fields.if_none_match.as_deref().map(TagList::parse),
+    };
+    let op = match method {
+        Method::Get | Method::Head => Op::Get { key, conditions },
+        Method::Delete => Op::Delete { key, conditions },
+        Method::Put => {
+            let ttl_ms = match parse_ttl(query) {
+                Ok(ttl) => ttl.map(|s| s * 1000),
+                Err(response) => return Step::Ready(with_shard(response, owner, shard_count)),
+            };
+            Op::Put {
+                key,
+                value: fields.body,
+                content_type: fields.content_type.unwrap_or_else(|| Bytes::from_static(CONTENT_TYPE_DEFAULT)),
+                ttl_ms,
+                conditions,
+            }
+        }
+        _ => {
+            let response = Response { allow: Some(KV_ALLOW), ..Response::problem(405, "use GET, HEAD, PUT or DELETE") };
+            return Step::Ready(with_shard(response, owner, shard_count));
+        }
+    };
+    if owner == core.id {
+        return Step::Ready(kv_response(core.apply(now_ms, op), owner, shard_count));
+    }
+    match core.forward(owner, op) {
+        Ok(reply) => Step::Remote { reply, owner },
+        Err(response) => Step::Ready(with_shard(response, owner, shard_count)),
+    }
+}
+
+fn with_shard(response: Response, owner: u32, shard_count: u32) -> Response {
+    Response { shard: Some((owner, shard_count)), ..response }
+}
+
+/// Maps a shard's outcome to the HTTP response of SPEC §2.
+pub fn kv_response(outcome: Outcome, owner: u32, shard_count: u32) -> Response {
+    let response = match outcome {
+        Outcome::Value { value, content_type, etag } => {
+            Response { status: 200, content_type: Some(content_type), etag: Some(etag), body: value, ..Response::default() }
+        }
+        Outcome::NotModified { etag } => Response { etag: Some(etag), ..Response::new(304) },
+        Outcome::NotFound => Response::problem(404, "no such key"),
+        Outcome::Stored { etag, created } => Response { etag: Some(etag), ..Response::new(if created { 201 } else { 200 }) },
+        Outcome::Deleted => Response::new(204),
+        Outcome::PreconditionFailed => Response::problem(412, "a precondition (If-Match / If-None-Match) does not hold"),
+        Outcome::InsufficientStorage { entry_bytes, budget_bytes } => Response::problem(
+            507,
+            &format!("the owner shard's memory budget ({budget_bytes} bytes) cannot take this entry ({entry_bytes} bytes)"),
+        ),
+    };
+    with_shard(response, owner, shard_count)
+}
+
+/// Splits a request-target into path and query; absolute-form targets
+/// (`http://host/path`) are reduced to their path.
+fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
+    let mut path = target;
+    for scheme in [&b"http://"[..], b"https://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            path = rest.iter().position(|&b| b == b'/').map_or(&b"/"[..], |i| &rest[i..]);
+        }
+    }
+    match path.iter().position(|&b| b == b'?') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (path, b""),
+    }
+}
+
+/// Percent-decodes a key and checks its length (1 to 1024 bytes).
+fn decode_key(raw: &[u8]) -> Result<Bytes, Response> {
+    let key = if raw.contains(&b'%') {
+        let mut decoded = Vec::with_capacity(raw.len());
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] == b'%' {
+                let hex = raw.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex.filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())).and_then(|h| u8::from_str_radix(h, 16).ok());
+                let Some(byte) = byte else {
+                    return Err(Response::problem(400, "invalid percent-encoding in key"));
+                };
+                decoded.push(byte);
+                i += 3;
+            } else {
+                decoded.push(raw[i]);
+                i += 1;
+            }
+        }
+        Bytes::from(decoded)
+    } else {
+        Bytes::copy_from_slice(raw)
+    };
+    if key.is_empty() {
+        return Err(Response::problem(404, "no key in path: use /v1/kv/{key}"));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Response::problem(414, "key longer than 1024 bytes"));
+    }
+    Ok(key)
+}
+
+/// Reads `ttl=SECONDS` from a query string; other parameters are ignored.
+fn parse_ttl(query: &[u8]) -> Result<Option<u64>, Response> {
+    let Some(value) = query.split(|&b| b == b'&').find_map(|pair| pair.strip_prefix(b"ttl=")) else {
+        return Ok(None);
+    };
+    let seconds = std::str::from_utf8(value)
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&s| (1..=TTL_SECONDS_MAX).contains(&s));
+    match seconds {
+        Some(s) => Ok(Some(s)),
+        None => Err(Response::problem(400, "ttl must be a whole number of seconds from 1 to 4294967295")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,28 @@
+//! The server's plain configuration, validated by the binary and passed in.
+//! Library code never reads flags or the environment.
+
+use std::net::SocketAddr;
+
+use crate::driver::Driver;
+use crate::http::codec::Limits;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub shard_count: u32,
+    /// The CPU each shard's thread is pinned to, by shard index.
+    pub cpus: Vec<usize>,
+    pub driver: Driver,
+    pub limits: Limits,
+    /// Memory budget for stored entries across all shards.
+    pub cache_bytes: u64,
+    /// Open connections per shard; more are refused with 503.
+    pub connections_max: usize,
+    /// Seconds a client may take to send a request head once it started.
+    pub header_timeout_s: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    pub idle_timeout_s: u64,
+    /// Seconds without progress while a request body is arriving.
+    pub body_timeout_s: u64,
+    pub backlog: i32,
+}

@@ -1,0 +1,213 @@
+//! One core's state: its shard, its in-flight forwards, its connections.
+//!
+//! A [`Core`] lives behind an `Rc` on its own thread; every task on that
+//! thread (acceptor, connections, mailbox, ticker) shares it. Nothing in it
+//! is reachable from another thread except through the [`Mesh`].
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shardgate_shards::kv::{KvShard, Op, Outcome};
+use slab::Slab;
+
+use crate::config::ServerConfig;
+use crate::http::response::{DateCache, Response};
+use crate::mesh::{Forward, Mesh, REPLY_QUEUE_ENTRIES};
+use crate::metrics::{Metrics, ShardMetrics};
+
+/// Where a connection is in its request cycle; decides its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Between requests: closes silently at the idle timeout.
+    Idle,
+    /// Part of a head has arrived: 408 at the header timeout.
+    Head,
+    /// Waiting for body bytes: 408 when they stop coming.
+    Body,
+    /// Processing or writing: no deadline.
+    Busy,
+}
+
+/// The registry entry of one open connection.
+pub struct ConnTrack {
+    pub fd: RawFd,
+    pub phase: Phase,
+    pub deadline_ms: u64,
+    /// When the current head began arriving (0: not in a head).
+    pub head_started_ms: u64,
+    /// Set by the ticker when it cut the connection's read at its deadline.
+    pub timed_out: bool,
+}
+
+/// A forwarded request awaiting its reply.
+struct PendingReply {
+    outcome: Option<Outcome>,
+    waker: Option<Waker>,
+    /// The waiting connection went away; drop the reply when it comes.
+    abandoned: bool,
+}
+
+pub struct Core {
+    pub id: u32,
+    pub config: Arc<ServerConfig>,
+    pub mesh: Arc<Mesh>,
+    pub metrics_all: Arc<Metrics>,
+    pub shard: RefCell<KvShard>,
+    pending: RefCell<Slab<PendingReply>>,
+    pub conns: RefCell<Slab<ConnTrack>>,
+    pub date: RefCell<DateCache>,
+    /// Wall-clock milliseconds at the last tick; deadlines are measured on it.
+    pub now_ms: Cell<u64>,
+    pub shutting_down: Cell<bool>,
+    pub listener_fd: Cell<Option<RawFd>>,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Core {
+    pub fn new(id: u32, config: Arc<ServerConfig>, mesh: Arc<Mesh>, metrics_all: Arc<Metrics>) -> Core {
+        let shard_bytes_max = config.cache_bytes / u64::from(config.shard_count);
+        let now = SystemTime::now();
+        let core = Core {
+            id,
+            mesh,
+            metrics_all,
+            shard: RefCell::new(KvShard::new(shard_bytes_max)),
+            pending: RefCell::new(Slab::with_capacity(REPLY_QUEUE_ENTRIES)),
+            conns: RefCell::new(Slab::with_capacity(1024.min(config.connections_max))),
+            date: RefCell::new(DateCache::new(now)),
+            now_ms: Cell::new(unix_ms(now)),
+            shutting_down: Cell::new(false),
+            listener_fd: Cell::new(None),
+            config,
+        };
+        core.metrics().store(0, shard_bytes_max, 0);
+        core
+    }
+
+    pub fn metrics(&self) -> &ShardMetrics {
+        self.metrics_all.shard(self.id)
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.config.shard_count
+    }
+
+    /// Applies an op to this core's own shard.
+    pub fn apply(&self, now_ms: u64, op: Op) -> Outcome {
+        let mut shard = self.shard.borrow_mut();
+        let outcome = shard.handle(now_ms, op);
+        self.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+        outcome
+    }
+
+    /// Sends `op` to its owner. Returns the future of its outcome, or the 503
+    /// to answer when this core has too many requests in flight or the
+    /// owner's queue is full.
+    pub fn forward(self: &Rc<Self>, owner: u32, op: Op) -> Result<ReplyFuture, Response> {
+        assert_ne!(owner, self.id, "local ops are applied, not forwarded");
+        let mut pending = self.pending.borrow_mut();
+        if pending.len() >= REPLY_QUEUE_ENTRIES {
+            self.metrics().shed();
+            return Err(Response::overloaded("too many requests in flight to other shards"));
+        }
+        let token = pending.insert(PendingReply { outcome: None, waker: None, abandoned: false });
+        let forward = Forward { source: self.id, token: token as u32, op };
+        if self.mesh.forward(owner, forward).is_err() {
+            pending.remove(token);
+            self.metrics().shed();
+            return Err(Response::overloaded("the owner shard's inbound queue is full"));
+        }
+        self.metrics().hop_out();
+        Ok(ReplyFuture { core: Rc::clone(self), token, done: false })
+    }
+
+    /// Serves everything in this core's mailbox: forwarded requests are
+    /// applied and answered, replies are handed to their connections.
+    /// Returns how many messages were handled.
+    pub fn drain_mailbox(&self, batch_max: usize) -> usize {
+        let now_ms = unix_ms(SystemTime::now());
+        let mut handled = 0;
+        while handled < batch_max {
+            let Some(forward) = self.mesh.pop_forward(self.id) else { break };
+            let outcome = self.apply(now_ms, forward.op);
+            // Waking per reply still costs one cross-thread wake per batch:
+            // after the first, the source's waker is taken until it re-polls.
+            self.mesh.reply(forward.source, crate::mesh::Reply { token: forward.token, outcome });
+            handled += 1;
+        }
+        self.metrics().hops_in(handled as u64);
+        let mut pending = self.pending.borrow_mut();
+        while let Some(reply) = self.mesh.pop_reply(self.id) {
+            let token = reply.token as usize;
+            let slot = pending.get_mut(token).expect("reply for a token in flight");
+            if slot.abandoned {
+                pending.remove(token);
+            } else {
+                slot.outcome = Some(reply.outcome);
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            }
+            handled += 1;
+        }
+        handled
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.borrow().len()
+    }
+}
+
+/// Resolves to the owner's outcome of a forwarded request.
+pub struct ReplyFuture {
+    core: Rc<Core>,
+    token: usize,
+    done: bool,
+}
+
+impl Future for ReplyFuture {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut pending = self.core.pending.borrow_mut();
+        let slot = pending.get_mut(self.token).expect("token in flight");
+        match slot.outcome.take() {
+            Some(outcome) => {
+                pending.remove(self.token);
+                drop(pending);
+                self.done = true;
+                Poll::Ready(outcome)
+            }
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for ReplyFuture {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut pending = self.core.pending.borrow_mut();
+        let slot = pending.get_mut(self.token).expect("token in flight");
+        if slot.outcome.is_some() {
+            pending.remove(self.token);
+        } else {
+            slot.abandoned = true;
+            slot.waker = None;
+        }
+    }
+}

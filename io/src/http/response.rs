@@ -1,0 +1,219 @@
+//! HTTP/1.1 response encoding, appended to a caller-owned buffer.
+//!
+//! Every response carries `Date` and, unless its status forbids a body
+//! (1xx, 204, 304), `Content-Length`. Errors carry RFC 9457 problem details.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use shardgate_shards::conditions::Etag;
+
+/// `Content-Type` of every error body (RFC 9457).
+pub const PROBLEM_CONTENT_TYPE: &[u8] = b"application/problem+json";
+/// The problem type of a 429, as the RateLimit header fields draft names it.
+pub const PROBLEM_TYPE_QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A response ready to encode. Header fields shardgate may send are named
+/// fields rather than a list: encoding stays allocation-free.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: Option<Bytes>,
+    pub etag: Option<Etag>,
+    /// `X-Shard: owner/count` on key-value responses.
+    pub shard: Option<(u32, u32)>,
+    pub allow: Option<&'static str>,
+    pub retry_after_s: Option<u32>,
+    /// Close the connection after this response, whatever the request asked.
+    pub close: bool,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Response {
+        Response { status, ..Response::default() }
+    }
+
+    /// A plain-text body, as the service endpoints answer.
+    pub fn text(status: u16, body: &'static str) -> Response {
+        Response {
+            status,
+            content_type: Some(Bytes::from_static(b"text/plain; charset=utf-8")),
+            body: Bytes::from_static(body.as_bytes()),
+            ..Response::default()
+        }
+    }
+
+    /// An RFC 9457 problem details response with `type` `about:blank`.
+    pub fn problem(status: u16, detail: &str) -> Response {
+        Response::problem_typed(status, "about:blank", detail)
+    }
+
+    pub fn problem_typed(status: u16, problem_type: &str, detail: &str) -> Response {
+        let mut body = Vec::with_capacity(96 + detail.len());
+        body.extend_from_slice(b"{\"type\":");
+        json_string(&mut body, problem_type);
+        body.extend_from_slice(b",\"title\":");
+        json_string(&mut body, reason(status));
+        body.extend_from_slice(b",\"status\":");
+        body.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        body.extend_from_slice(b",\"detail\":");
+        json_string(&mut body, detail);
+        body.push(b'}');
+        Response {
+            status,
+            content_type: Some(Bytes::from_static(PROBLEM_CONTENT_TYPE)),
+            body: Bytes::from(body),
+            ..Response::default()
+        }
+    }
+
+    /// The 503 every bounded queue answers when full.
+    pub fn overloaded(detail: &str) -> Response {
+        Response { retry_after_s: Some(1), ..Response::problem(503, detail) }
+    }
+}
+
+/// What the `Connection` field must say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1 default: nothing to say.
+    KeepAlive11,
+    /// An HTTP/1.0 client asked to keep the connection: confirm it.
+    KeepAlive10,
+    Close,
+}
+
+/// Appends `response` to `out`. `head_only` omits the body of a HEAD
+/// response while keeping its `Content-Length`.
+pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, head_only: bool, persistence: Persistence) {
+    let status = response.status;
+    assert!((100..=599).contains(&status), "status {status} out of range");
+    let mut numbers = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(numbers.format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(date.text());
+    let bodyless = status < 200 || status == 204 || status == 304;
+    if !bodyless {
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(numbers.format(response.body.len()).as_bytes());
+    }
+    if let Some(content_type) = &response.content_type {
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type);
+    }
+    if let Some(etag) = response.etag {
+        out.extend_from_slice(b"\r\nETag: ");
+        out.extend_from_slice(&etag.encode());
+    }
+    if let Some((owner, count)) = response.shard {
+        out.extend_from_slice(b"\r\nX-Shard: ");
+        out.extend_from_slice(numbers.format(owner).as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(numbers.format(count).as_bytes());
+    }
+    if let Some(allow) = response.allow {
+        out.extend_from_slice(b"\r\nAllow: ");
+        out.extend_from_slice(allow.as_bytes());
+    }
+    if let Some(seconds) = response.retry_after_s {
+        out.extend_from_slice(b"\r\nRetry-After: ");
+        out.extend_from_slice(numbers.format(seconds).as_bytes());
+    }
+    match persistence {
+        Persistence::KeepAlive11 => {}
+        Persistence::KeepAlive10 => out.extend_from_slice(b"\r\nConnection: keep-alive"),
+        Persistence::Close => out.extend_from_slice(b"\r\nConnection: close"),
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if !bodyless && !head_only {
+        out.extend_from_slice(&response.body);
+    }
+}
+
+/// The `Date` field value, formatted once per second (RFC 9110 §6.6.1).
+pub struct DateCache {
+    second: u64,
+    text: [u8; 29],
+}
+
+impl DateCache {
+    pub fn new(now: SystemTime) -> DateCache {
+        let mut cache = DateCache { second: u64::MAX, text: [b' '; 29] };
+        cache.refresh(now);
+        cache
+    }
+
+    /// Reformats only when the second has changed.
+    pub fn refresh(&mut self, now: SystemTime) {
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second {
+            let text = httpdate::fmt_http_date(now);
+            assert_eq!(text.len(), 29, "IMF-fixdate is 29 bytes");
+            self.text.copy_from_slice(text.as_bytes());
+            self.second = second;
+        }
+    }
+
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+}
+
+/// Appends `value` as a JSON string literal.
+fn json_string(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    for c in value.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
+            }
+            c => {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// The reason phrase of a status shardgate sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        507 => "Insufficient Storage",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,68 @@
+use std::time::Duration;
+
+use super::*;
+
+fn date() -> DateCache {
+    DateCache::new(UNIX_EPOCH + Duration::from_secs(784_111_777))
+}
+
+fn check(response: &Response, head_only: bool, persistence: Persistence, expect: &str) {
+    let mut out = Vec::new();
+    encode(&mut out, response, &date(), head_only, persistence);
+    assert_eq!(String::from_utf8(out).unwrap(), expect);
+}
+
+#[test]
+fn value_response() {
+    let response = Response {
+        status: 200,
+        content_type: Some(Bytes::from_static(b"text/plain")),
+        etag: Some(Etag(0xab)),
+        shard: Some((1, 2)),
+        body: Bytes::from_static(b"hello"),
+        ..Response::default()
+    };
+    let head = "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 5\r\nContent-Type: text/plain\r\nETag: \"00000000000000ab\"\r\nX-Shard: 1/2\r\n\r\n";
+    check(&response, false, Persistence::KeepAlive11, &format!("{head}hello"));
+    // HEAD keeps Content-Length and drops the body.
+    check(&response, true, Persistence::KeepAlive11, head);
+}
+
+#[test]
+fn bodyless_statuses_have_no_content_length() {
+    check(&Response::new(204), false, Persistence::Close, "HTTP/1.1 204 No Content\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n");
+    let not_modified = Response { etag: Some(Etag(1)), ..Response::new(304) };
+    check(
+        &not_modified,
+        false,
+        Persistence::KeepAlive10,
+        "HTTP/1.1 304 Not Modified\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nETag: \"0000000000000001\"\r\nConnection: keep-alive\r\n\r\n",
+    );
+}
+
+#[test]
+fn problem_details() {
+    let response = Response { allow: Some("GET, HEAD"), ..Response::problem(405, "say \"hi\"\n") };
+    let body = "{\"type\":\"about:blank\",\"title\":\"Method Not Allowed\",\"status\":405,\"detail\":\"say \\\"hi\\\"\\u000a\"}";
+    check(
+        &response,
+        false,
+        Persistence::KeepAlive11,
+        &format!(
+            "HTTP/1.1 405 Method Not Allowed\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: {}\r\nContent-Type: application/problem+json\r\nAllow: GET, HEAD\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let overloaded = Response::overloaded("queue full");
+    assert_eq!((overloaded.status, overloaded.retry_after_s), (503, Some(1)));
+}
+
+#[test]
+fn date_cache_changes_each_second() {
+    let mut cache = date();
+    let first = cache.text().to_vec();
+    cache.refresh(UNIX_EPOCH + Duration::from_millis(784_111_777_999));
+    assert_eq!(cache.text(), &first[..]);
+    cache.refresh(UNIX_EPOCH + Duration::from_secs(784_111_778));
+    assert_eq!(cache.text(), b"Sun, 06 Nov 1994 08:49:38 GMT");
+}

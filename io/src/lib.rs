@@ -1,0 +1,23 @@
+//! shardgate's I/O: everything that touches sockets, threads and the clock.
+//!
+//! # Layout
+//! - [`server`]: start-up, pinned per-core threads and runtimes, the
+//!   acceptor, mailbox and ticker tasks, graceful shutdown.
+//! - [`conn`]: one task per connection (read, decode, dispatch, write).
+//! - [`api`]: routes a decoded request to a service endpoint or a shard op.
+//! - [`core`]: one core's state (`Core`) and forwarding to owner shards.
+//! - [`mesh`]: the bounded cross-core mailboxes, the only shared state.
+//! - [`http`]: the sans-IO HTTP/1.1 codec and response encoder.
+//! - [`driver`]: io_uring probe and driver choice.
+//! - [`metrics`]: per-shard counters and the Prometheus rendering.
+//! - [`config`]: the plain configuration the binary hands in.
+
+pub mod api;
+pub mod config;
+pub mod conn;
+pub mod core;
+pub mod driver;
+pub mod http;
+pub mod mesh;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,193 @@
+//! Per-shard counters and their Prometheus text rendering.
+//!
+//! Each core writes only its own [`ShardMetrics`] (cache-line aligned, so
+//! cores never share a written line); any core reads all of them to answer
+//! `/metrics`. Single-writer counters are bumped with a relaxed load and
+//! store, which needs no locked instruction.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::mesh::Mesh;
+
+/// The routes requests are counted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Kv,
+    Healthz,
+    Readyz,
+    Metrics,
+    Other,
+}
+
+const ROUTES: [(Route, &str); 5] = [
+    (Route::Kv, "kv"),
+    (Route::Healthz, "healthz"),
+    (Route::Readyz, "readyz"),
+    (Route::Metrics, "metrics"),
+    (Route::Other, "other"),
+];
+
+/// The statuses shardgate sends; anything else is counted as the last slot.
+const STATUSES: [u16; 23] = [
+    200, 201, 204, 304, 400, 404, 405, 408, 412, 413, 414, 417, 429, 431, 500, 502, 503, 504, 507, 202, 401, 403, 0,
+];
+
+/// Upper bounds of the request-duration histogram, in microseconds.
+const DURATION_BOUNDS_US: [u64; 14] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
+
+fn status_slot(status: u16) -> usize {
+    STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len() - 1)
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Relaxed) + by, Relaxed);
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+pub struct ShardMetrics {
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    duration_buckets: [AtomicU64; DURATION_BOUNDS_US.len() + 1],
+    duration_sum_us: AtomicU64,
+    hops_out: AtomicU64,
+    hops_in: AtomicU64,
+    shed: AtomicU64,
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+    bytes_held: AtomicU64,
+    bytes_max: AtomicU64,
+    keys: AtomicU64,
+    expired_swept: AtomicU64,
+}
+
+impl ShardMetrics {
+    pub fn request(&self, route: Route, status: u16) {
+        bump(&self.requests[route as usize][status_slot(status)], 1);
+    }
+
+    /// Records `count` requests that each took `micros`.
+    pub fn duration(&self, micros: u64, count: u64) {
+        let slot = DURATION_BOUNDS_US.iter().position(|&b| micros <= b).unwrap_or(DURATION_BOUNDS_US.len());
+        bump(&self.duration_buckets[slot], count);
+        bump(&self.duration_sum_us, micros * count);
+    }
+
+    pub fn hop_out(&self) {
+        bump(&self.hops_out, 1);
+    }
+
+    pub fn hops_in(&self, count: u64) {
+        bump(&self.hops_in, count);
+    }
+
+    pub fn shed(&self) {
+        bump(&self.shed, 1);
+    }
+
+    pub fn connections(&self, open: usize) {
+        self.connections_open.store(open as u64, Relaxed);
+    }
+
+    pub fn connection_refused(&self) {
+        bump(&self.connections_refused, 1);
+    }
+
+    pub fn store(&self, bytes_held: u64, bytes_max: u64, keys: usize) {
+        self.bytes_held.store(bytes_held, Relaxed);
+        self.bytes_max.store(bytes_max, Relaxed);
+        self.keys.store(keys as u64, Relaxed);
+    }
+
+    pub fn expired(&self, count: usize) {
+        bump(&self.expired_swept, count as u64);
+    }
+}
+
+/// All shards' metrics.
+pub struct Metrics {
+    shards: Box<[ShardMetrics]>,
+}
+
+impl Metrics {
+    pub fn new(shard_count: u32) -> Metrics {
+        Metrics { shards: (0..shard_count).map(|_| ShardMetrics::default()).collect() }
+    }
+
+    pub fn shard(&self, shard: u32) -> &ShardMetrics {
+        &self.shards[shard as usize]
+    }
+
+    /// Renders every family in the Prometheus text exposition format 0.0.4.
+    pub fn render(&self, mesh: &Mesh) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        self.render_requests(&mut out);
+        self.render_durations(&mut out);
+        let families: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 9] = [
+            ("shardgate_cross_core_hops_total", "counter", "Requests forwarded to their owner shard, by sending shard.", |m| &m.hops_out),
+            ("shardgate_cross_core_received_total", "counter", "Requests received from other shards, by owner shard.", |m| &m.hops_in),
+            ("shardgate_load_shed_total", "counter", "Requests answered 503 because a bounded queue was full.", |m| &m.shed),
+            ("shardgate_connections_open", "gauge", "Open client connections.", |m| &m.connections_open),
+            ("shardgate_connections_refused_total", "counter", "Connections refused at --max-connections.", |m| &m.connections_refused),
+            ("shardgate_cache_bytes", "gauge", "Bytes held by stored entries, as charged against the budget.", |m| &m.bytes_held),
+            ("shardgate_cache_budget_bytes", "gauge", "Each shard's share of --cache-bytes.", |m| &m.bytes_max),
+            ("shardgate_keys", "gauge", "Keys stored.", |m| &m.keys),
+            ("shardgate_expired_keys_total", "counter", "Expired keys reclaimed by the background sweep.", |m| &m.expired_swept),
+        ];
+        for (name, kind, help, field) in families {
+            header(&mut out, name, kind, help);
+            for (shard, metrics) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", field(metrics).load(Relaxed));
+            }
+        }
+        header(&mut out, "shardgate_channel_depth", "gauge", "Requests waiting in each shard's inbound cross-core queue.");
+        for shard in 0..mesh.shard_count() {
+            let _ = writeln!(out, "shardgate_channel_depth{{shard=\"{shard}\"}} {}", mesh.forward_depth(shard));
+        }
+        header(&mut out, "shardgate_ready", "gauge", "1 when every shard is serving.");
+        let _ = writeln!(out, "shardgate_ready {}", u8::from(mesh.is_ready()));
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        header(out, "shardgate_requests_total", "counter", "Requests answered, by shard, route and status.");
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (route, route_name) in ROUTES {
+                for (slot, status) in STATUSES.iter().enumerate() {
+                    let count = metrics.requests[route as usize][slot].load(Relaxed);
+                    if count > 0 {
+                        let status = if *status == 0 { "other".to_string() } else { status.to_string() };
+                        let _ = writeln!(
+                            out,
+                            "shardgate_requests_total{{shard=\"{shard}\",route=\"{route_name}\",status=\"{status}\"}} {count}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn render_durations(&self, out: &mut String) {
+        let name = "shardgate_request_duration_seconds";
+        header(out, name, "histogram", "Time from reading a request to encoding its response.");
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            let mut cumulative = 0;
+            for (i, bucket) in metrics.duration_buckets.iter().enumerate() {
+                cumulative += bucket.load(Relaxed);
+                let le = match DURATION_BOUNDS_US.get(i) {
+                    Some(&bound) => format!("{}", bound as f64 / 1e6),
+                    None => "+Inf".to_string(),
+                };
+                let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}");
+            }
+            let sum = metrics.duration_sum_us.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {cumulative}");
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}

@@ -1,0 +1,238 @@
+//! One shard's key-value state.
+//!
+//! A [`KvShard`] is owned by exactly one core and never shared. It is driven
+//! by [`Op`] values and answers [`Outcome`] values; the caller supplies the
+//! wall-clock time in milliseconds since the Unix epoch, which keeps expiry
+//! deterministic under test.
+//!
+//! Memory: every entry is charged `key + value + content type +`
+//! [`ENTRY_OVERHEAD_BYTES`] against the shard's budget. Until the durable log
+//! exists a value lives nowhere else, so a write that would pass the budget is
+//! refused ([`Outcome::InsufficientStorage`]) rather than evicting data.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+
+use crate::conditions::{Conditions, Etag, Verdict};
+
+/// Longest key in bytes, after percent-decoding (SPEC §2).
+pub const KEY_BYTES_MAX: usize = 1024;
+
+/// Fixed per-entry charge covering the map slot (key and entry handles, tag,
+/// expiry), the three heap allocations' headers and the expiry index node.
+/// Measured layout: 32 (key `Bytes`) + 80 (`Entry`) + 1 control byte, plus
+/// about 16 bytes of allocator header per allocation, rounded up.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 192;
+
+/// How many expired entries a write under memory pressure may reclaim before
+/// giving up, bounding the work one request can trigger.
+pub const SWEEP_ON_PRESSURE_ENTRIES_MAX: usize = 256;
+
+/// The content type stored when a PUT names none.
+pub const CONTENT_TYPE_DEFAULT: &[u8] = b"application/octet-stream";
+
+/// A request to a shard, produced by the HTTP layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// GET and HEAD.
+    Get { key: Bytes, conditions: Conditions },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        content_type: Bytes,
+        /// Relative time to live; the owner turns it into an absolute expiry
+        /// with its own clock reading.
+        ttl_ms: Option<u64>,
+        conditions: Conditions,
+    },
+    Delete { key: Bytes, conditions: Conditions },
+}
+
+impl Op {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A shard's answer; the HTTP layer maps each variant to a status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Value { value: Bytes, content_type: Bytes, etag: Etag },
+    NotModified { etag: Etag },
+    NotFound,
+    Stored { etag: Etag, created: bool },
+    Deleted,
+    PreconditionFailed,
+    /// The write would take the shard past its memory budget.
+    InsufficientStorage { entry_bytes: u64, budget_bytes: u64 },
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Bytes,
+    content_type: Bytes,
+    etag: Etag,
+    expires_at_ms: Option<u64>,
+}
+
+impl Entry {
+    fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
+fn entry_bytes(key: &[u8], value: &[u8], content_type: &[u8]) -> u64 {
+    (key.len() + value.len() + content_type.len()) as u64 + ENTRY_OVERHEAD_BYTES
+}
+
+/// One shard's keys, values and expiry index.
+pub struct KvShard {
+    map: HashMap<Bytes, Entry>,
+    /// Entries with a TTL, ordered by absolute expiry: lets expired entries be
+    /// reclaimed oldest-first without scanning the map.
+    expiry: BTreeSet<(u64, Bytes)>,
+    bytes_held: u64,
+    bytes_max: u64,
+}
+
+impl KvShard {
+    pub fn new(bytes_max: u64) -> KvShard {
+        KvShard { map: HashMap::new(), expiry: BTreeSet::new(), bytes_held: 0, bytes_max }
+    }
+
+    /// Bytes charged against the budget by the entries held now.
+    pub fn bytes_held(&self) -> u64 {
+        self.bytes_held
+    }
+
+    pub fn bytes_max(&self) -> u64 {
+        self.bytes_max
+    }
+
+    pub fn keys(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Applies one operation at time `now_ms` and returns its outcome.
+    pub fn handle(&mut self, now_ms: u64, op: Op) -> Outcome {
+        assert!(!op.key().is_empty() && op.key().len() <= KEY_BYTES_MAX, "key length unchecked");
+        let outcome = match op {
+            Op::Get { key, conditions } => self.get(now_ms, &key, &conditions),
+            Op::Put { key, value, content_type, ttl_ms, conditions } => {
+                let expires_at_ms = ttl_ms.map(|ttl| now_ms.saturating_add(ttl));
+                self.put(now_ms, key, value, content_type, expires_at_ms, &conditions)
+            }
+            Op::Delete { key, conditions } => self.delete(now_ms, &key, &conditions),
+        };
+        assert!(self.bytes_held <= self.bytes_max || self.map.is_empty() || self.bytes_max == 0);
+        outcome
+    }
+
+    /// Returns the live entry of `key`, dropping it first if it has expired.
+    fn live(&mut self, now_ms: u64, key: &[u8]) -> Option<&Entry> {
+        let expired = self.map.get(key)?.is_expired(now_ms);
+        if expired {
+            self.remove(key);
+            return None;
+        }
+        self.map.get(key)
+    }
+
+    fn get(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
+        let entry = self.live(now_ms, key);
+        match conditions.evaluate(entry.map(|e| e.etag), true) {
+            Verdict::Failed => Outcome::PreconditionFailed,
+            Verdict::NotModified => Outcome::NotModified { etag: entry.expect("matched").etag },
+            Verdict::Proceed => match entry {
+                Some(e) => Outcome::Value {
+                    value: e.value.clone(),
+                    content_type: e.content_type.clone(),
+                    etag: e.etag,
+                },
+                None => Outcome::NotFound,
+            },
+        }
+    }
+
+    fn put(
+        &mut self,
+        now_ms: u64,
+        key: Bytes,
+        value: Bytes,
+        content_type: Bytes,
+        expires_at_ms: Option<u64>,
+        conditions: &Conditions,
+    ) -> Outcome {
+        let current = self.live(now_ms, &key).map(|e| e.etag);
+        if conditions.evaluate(current, false) != Verdict::Proceed {
+            return Outcome::PreconditionFailed;
+        }
+        let bytes_new = entry_bytes(&key, &value, &content_type);
+        if !self.fits(&key, bytes_new) {
+            self.sweep_expired(now_ms, SWEEP_ON_PRESSURE_ENTRIES_MAX);
+            if !self.fits(&key, bytes_new) {
+                return Outcome::InsufficientStorage { entry_bytes: bytes_new, budget_bytes: self.bytes_max };
+            }
+        }
+        let created = self.remove(&key).is_none();
+        let etag = Etag::of(&content_type, &value);
+        if let Some(at) = expires_at_ms {
+            self.expiry.insert((at, key.clone()));
+        }
+        self.bytes_held += bytes_new;
+        self.map.insert(key, Entry { value, content_type, etag, expires_at_ms });
+        Outcome::Stored { etag, created }
+    }
+
+    /// True when replacing `key`'s entry by one of `bytes_new` stays within budget.
+    fn fits(&self, key: &[u8], bytes_new: u64) -> bool {
+        let bytes_old = self.map.get_key_value(key).map_or(0, |(k, e)| entry_bytes(k, &e.value, &e.content_type));
+        self.bytes_held - bytes_old + bytes_new <= self.bytes_max
+    }
+
+    fn delete(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
+        let current = self.live(now_ms, key).map(|e| e.etag);
+        if current.is_none() && conditions.if_match.is_none() {
+            return Outcome::NotFound;
+        }
+        if conditions.evaluate(current, false) != Verdict::Proceed {
+            return Outcome::PreconditionFailed;
+        }
+        self.remove(key);
+        Outcome::Deleted
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let (key, entry) = self.map.remove_entry(key)?;
+        let bytes = entry_bytes(&key, &entry.value, &entry.content_type);
+        assert!(self.bytes_held >= bytes);
+        self.bytes_held -= bytes;
+        if let Some(at) = entry.expires_at_ms {
+            let removed = self.expiry.remove(&(at, key));
+            assert!(removed, "expiry index out of step with the map");
+        }
+        Some(entry)
+    }
+
+    /// Drops up to `entries_max` entries whose expiry is at or before
+    /// `now_ms`, oldest first. Returns how many were dropped.
+    pub fn sweep_expired(&mut self, now_ms: u64, entries_max: usize) -> usize {
+        let mut dropped = 0;
+        while dropped < entries_max {
+            let key = match self.expiry.first() {
+                Some((at, key)) if *at <= now_ms => key.clone(),
+                _ => break,
+            };
+            self.remove(&key).expect("indexed entry exists");
+            dropped += 1;
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,16 @@
+//! shardgate's pure core: everything that decides, nothing that does I/O.
+//!
+//! # Layout
+//! - [`route`]: the key hash and the owner-shard function. Stable across
+//!   versions: the durable log and future multi-node routing depend on it.
+//! - [`conditions`]: entity tags and `If-Match` / `If-None-Match` evaluation.
+//! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
+//!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
+//!
+//! **Architecture Invariant:** this crate performs no I/O, spawns no thread and
+//! never reads the clock. Time comes in as an argument (`now_ms`), results go
+//! out as values.
+
+pub mod conditions;
+pub mod kv;
+pub mod route;
