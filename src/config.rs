@@ -16,55 +16,59 @@ use shardgate_io::driver::DriverChoice;
 /// Flags as typed. Values stay strings so that flags, environment and file
 /// go through the same parsers and the same error messages.
 #[derive(Parser, Debug, Default)]
-#[command(name = "shardgate", version, about = "Thread-per-core, shared-nothing HTTP/1.1 key-value API server")]
+#[command(
+    name = "shardgate",
+    version,
+    about = "Thread-per-core, shared-nothing HTTP/1.1 key-value API server"
+)]
 pub struct Cli {
     /// Address every core listens on (SO_REUSEPORT) [default: 127.0.0.1:8080]
-    #[arg(long, env = "SHARDGATE_LISTEN")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_LISTEN")]
     listen: Option<String>,
     /// Shards: one event loop, pinned thread and state shard each [default: CPUs in the affinity mask]
-    #[arg(long, env = "SHARDGATE_SHARDS")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_SHARDS")]
     shards: Option<String>,
     /// Directory of the per-shard log segments [default: ./data]
-    #[arg(long, env = "SHARDGATE_DATA_DIR")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_DATA_DIR")]
     data_dir: Option<String>,
     /// async | sync [default: async]
-    #[arg(long, env = "SHARDGATE_DURABILITY")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_DURABILITY")]
     durability: Option<String>,
     /// Longest time an acknowledged async write stays only in memory [default: 5ms]
-    #[arg(long, env = "SHARDGATE_FLUSH_INTERVAL")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_FLUSH_INTERVAL")]
     flush_interval: Option<String>,
     /// Memory budget for stored values across all shards [default: 1GiB]
-    #[arg(long, env = "SHARDGATE_CACHE_BYTES")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CACHE_BYTES")]
     cache_bytes: Option<String>,
     /// Per-client limit N/DURATION or off [default: 1000/1s]
-    #[arg(long, env = "SHARDGATE_RATE_LIMIT")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_RATE_LIMIT")]
     rate_limit: Option<String>,
     /// auto | uring | epoll [default: auto]
-    #[arg(long, env = "SHARDGATE_IO_DRIVER")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_IO_DRIVER")]
     io_driver: Option<String>,
     /// Open connections per shard; more are refused with 503 [default: 10000]
-    #[arg(long, env = "SHARDGATE_MAX_CONNECTIONS")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_MAX_CONNECTIONS")]
     max_connections: Option<String>,
     /// Largest request body; larger → 413 [default: 1MiB]
-    #[arg(long, env = "SHARDGATE_MAX_BODY")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_MAX_BODY")]
     max_body: Option<String>,
     /// Largest request header section; larger → 431 [default: 16KiB]
-    #[arg(long, env = "SHARDGATE_MAX_HEADER")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_MAX_HEADER")]
     max_header: Option<String>,
     /// Time allowed to send a request head; slower → 408 [default: 10s]
-    #[arg(long, env = "SHARDGATE_HEADER_TIMEOUT")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_HEADER_TIMEOUT")]
     header_timeout: Option<String>,
     /// Idle keep-alive connections close after this [default: 60s]
-    #[arg(long, env = "SHARDGATE_IDLE_TIMEOUT")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_IDLE_TIMEOUT")]
     idle_timeout: Option<String>,
     /// Longest pause while a request body arrives; longer → 408 [default: 60s]
-    #[arg(long, env = "SHARDGATE_BODY_TIMEOUT")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_BODY_TIMEOUT")]
     body_timeout: Option<String>,
     /// Listen backlog of each core's socket [default: 4096]
-    #[arg(long, env = "SHARDGATE_BACKLOG")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_BACKLOG")]
     backlog: Option<String>,
     /// TOML file with the same keys (snake_case)
-    #[arg(long, env = "SHARDGATE_CONFIG")]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CONFIG")]
     config: Option<PathBuf>,
 }
 
@@ -136,14 +140,28 @@ const SHARDS_MAX: u32 = 1024;
 pub fn load() -> Result<Config, Exit> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) if matches!(error.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
-            return Err(Exit { message: error.to_string().trim_end().to_string(), code: 0 });
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            return Err(Exit {
+                message: error.to_string().trim_end().to_string(),
+                code: 0,
+            });
         }
         Err(error) => {
             // clap's message spans several lines; keep the first, which names the flag.
             let rendered = error.to_string();
-            let first = rendered.lines().next().unwrap_or("error: invalid arguments");
-            return Err(Exit { message: format!("shardgate: {}", first.trim_start_matches("error: ")), code: 2 });
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            return Err(Exit {
+                message: format!("shardgate: {}", first.trim_start_matches("error: ")),
+                code: 2,
+            });
         }
     };
     let file = match &cli.config {
@@ -154,7 +172,8 @@ pub fn load() -> Result<Config, Exit> {
 }
 
 fn read_file(path: &PathBuf) -> Result<File, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("shardgate: cannot read --config {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("shardgate: cannot read --config {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         let reason = e.message().to_string();
         format!("shardgate: invalid --config {}: {reason}", path.display())
@@ -173,9 +192,18 @@ fn pick(flag: Option<String>, file: Option<toml::Value>) -> Result<Option<Raw>, 
     }
     match file {
         None => Ok(None),
-        Some(toml::Value::String(value)) => Ok(Some(Raw { value, source: " (config file)" })),
-        Some(toml::Value::Integer(n)) => Ok(Some(Raw { value: n.to_string(), source: " (config file)" })),
-        Some(other) => Ok(Some(Raw { value: other.to_string(), source: " (config file)" })),
+        Some(toml::Value::String(value)) => Ok(Some(Raw {
+            value,
+            source: " (config file)",
+        })),
+        Some(toml::Value::Integer(n)) => Ok(Some(Raw {
+            value: n.to_string(),
+            source: " (config file)",
+        })),
+        Some(other) => Ok(Some(Raw {
+            value: other.to_string(),
+            source: " (config file)",
+        })),
     }
 }
 
@@ -189,58 +217,152 @@ fn setting<T>(
 ) -> Result<T, String> {
     match pick(cli, file)? {
         None => Ok(default),
-        Some(raw) => parse(raw.value.trim()).map_err(|why| format!("shardgate: invalid --{flag}{} '{}': {why}", raw.source, raw.value)),
+        Some(raw) => parse(raw.value.trim()).map_err(|why| {
+            format!(
+                "shardgate: invalid --{flag}{} '{}': {why}",
+                raw.source, raw.value
+            )
+        }),
     }
 }
 
 fn resolve(cli: Cli, file: File) -> Result<Config, String> {
-    let max_header = setting("max-header", cli.max_header, file.max_header, 16 * 1024, |v| {
-        parse_size(v).and_then(|n| within(n, 1024, 1 << 20)).map(|n| n as usize)
-    })?;
+    let max_header = setting(
+        "max-header",
+        cli.max_header,
+        file.max_header,
+        16 * 1024,
+        |v| {
+            parse_size(v)
+                .and_then(|n| within(n, 1024, 1 << 20))
+                .map(|n| n as usize)
+        },
+    )?;
     Ok(Config {
-        listen: setting("listen", cli.listen, file.listen, "127.0.0.1:8080".parse().expect("valid"), parse_address)?,
-        shards: setting("shards", cli.shards, file.shards, None, |v| parse_count(v, 1, u64::from(SHARDS_MAX)).map(|n| Some(n as u32)))?,
-        data_dir: setting("data-dir", cli.data_dir, file.data_dir, PathBuf::from("./data"), |v| {
-            if v.is_empty() { Err("expected a directory path".to_string()) } else { Ok(PathBuf::from(v)) }
+        listen: setting(
+            "listen",
+            cli.listen,
+            file.listen,
+            "127.0.0.1:8080".parse().expect("valid"),
+            parse_address,
+        )?,
+        shards: setting("shards", cli.shards, file.shards, None, |v| {
+            parse_count(v, 1, u64::from(SHARDS_MAX)).map(|n| Some(n as u32))
         })?,
-        durability: setting("durability", cli.durability, file.durability, Durability::Async, |v| match v {
-            "async" => Ok(Durability::Async),
-            "sync" => Ok(Durability::Sync),
-            _ => Err("expected async or sync".to_string()),
-        })?,
-        flush_interval: setting("flush-interval", cli.flush_interval, file.flush_interval, Duration::from_millis(5), |v| {
-            parse_duration(v).and_then(|d| within_duration(d, Duration::from_millis(1), Duration::from_secs(60)))
-        })?,
-        cache_bytes: setting("cache-bytes", cli.cache_bytes, file.cache_bytes, 1 << 30, |v| {
-            parse_size(v).and_then(|n| within(n, 64 * 1024, u64::MAX / 2))
-        })?,
-        rate_limit: setting("rate-limit", cli.rate_limit, file.rate_limit, RateLimit::PerWindow { requests: 1000, window: Duration::from_secs(1) }, parse_rate_limit)?,
-        io_driver: setting("io-driver", cli.io_driver, file.io_driver, DriverChoice::Auto, |v| match v {
-            "auto" => Ok(DriverChoice::Auto),
-            "uring" => Ok(DriverChoice::Uring),
-            "epoll" => Ok(DriverChoice::Epoll),
-            _ => Err("expected auto, uring or epoll".to_string()),
-        })?,
-        max_connections: setting("max-connections", cli.max_connections, file.max_connections, 10_000, |v| {
-            parse_count(v, 1, 1 << 20).map(|n| n as usize)
-        })?,
+        data_dir: setting(
+            "data-dir",
+            cli.data_dir,
+            file.data_dir,
+            PathBuf::from("./data"),
+            |v| {
+                if v.is_empty() {
+                    Err("expected a directory path".to_string())
+                } else {
+                    Ok(PathBuf::from(v))
+                }
+            },
+        )?,
+        durability: setting(
+            "durability",
+            cli.durability,
+            file.durability,
+            Durability::Async,
+            |v| match v {
+                "async" => Ok(Durability::Async),
+                "sync" => Ok(Durability::Sync),
+                _ => Err("expected async or sync".to_string()),
+            },
+        )?,
+        flush_interval: setting(
+            "flush-interval",
+            cli.flush_interval,
+            file.flush_interval,
+            Duration::from_millis(5),
+            |v| {
+                parse_duration(v).and_then(|d| {
+                    within_duration(d, Duration::from_millis(1), Duration::from_secs(60))
+                })
+            },
+        )?,
+        cache_bytes: setting(
+            "cache-bytes",
+            cli.cache_bytes,
+            file.cache_bytes,
+            1 << 30,
+            |v| parse_size(v).and_then(|n| within(n, 64 * 1024, u64::MAX / 2)),
+        )?,
+        rate_limit: setting(
+            "rate-limit",
+            cli.rate_limit,
+            file.rate_limit,
+            RateLimit::PerWindow {
+                requests: 1000,
+                window: Duration::from_secs(1),
+            },
+            parse_rate_limit,
+        )?,
+        io_driver: setting(
+            "io-driver",
+            cli.io_driver,
+            file.io_driver,
+            DriverChoice::Auto,
+            |v| match v {
+                "auto" => Ok(DriverChoice::Auto),
+                "uring" => Ok(DriverChoice::Uring),
+                "epoll" => Ok(DriverChoice::Epoll),
+                _ => Err("expected auto, uring or epoll".to_string()),
+            },
+        )?,
+        max_connections: setting(
+            "max-connections",
+            cli.max_connections,
+            file.max_connections,
+            10_000,
+            |v| parse_count(v, 1, 1 << 20).map(|n| n as usize),
+        )?,
         max_body: setting("max-body", cli.max_body, file.max_body, 1 << 20, |v| {
-            parse_size(v).and_then(|n| within(n, 0, 1 << 30)).map(|n| n as usize)
+            parse_size(v)
+                .and_then(|n| within(n, 0, 1 << 30))
+                .map(|n| n as usize)
         })?,
         max_header,
-        header_timeout: setting("header-timeout", cli.header_timeout, file.header_timeout, Duration::from_secs(10), parse_timeout)?,
-        idle_timeout: setting("idle-timeout", cli.idle_timeout, file.idle_timeout, Duration::from_secs(60), parse_timeout)?,
-        body_timeout: setting("body-timeout", cli.body_timeout, file.body_timeout, Duration::from_secs(60), parse_timeout)?,
-        backlog: setting("backlog", cli.backlog, file.backlog, 4096, |v| parse_count(v, 1, 1 << 20).map(|n| n as i32))?,
+        header_timeout: setting(
+            "header-timeout",
+            cli.header_timeout,
+            file.header_timeout,
+            Duration::from_secs(10),
+            parse_timeout,
+        )?,
+        idle_timeout: setting(
+            "idle-timeout",
+            cli.idle_timeout,
+            file.idle_timeout,
+            Duration::from_secs(60),
+            parse_timeout,
+        )?,
+        body_timeout: setting(
+            "body-timeout",
+            cli.body_timeout,
+            file.body_timeout,
+            Duration::from_secs(60),
+            parse_timeout,
+        )?,
+        backlog: setting("backlog", cli.backlog, file.backlog, 4096, |v| {
+            parse_count(v, 1, 1 << 20).map(|n| n as i32)
+        })?,
     })
 }
 
 fn parse_address(value: &str) -> Result<SocketAddr, String> {
-    value.parse().map_err(|_| "expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080".to_string())
+    value
+        .parse()
+        .map_err(|_| "expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080".to_string())
 }
 
 fn parse_count(value: &str, min: u64, max: u64) -> Result<u64, String> {
-    let n: u64 = value.parse().map_err(|_| "expected a whole number".to_string())?;
+    let n: u64 = value
+        .parse()
+        .map_err(|_| "expected a whole number".to_string())?;
     within(n, min, max)
 }
 
@@ -259,7 +381,8 @@ fn within_duration(d: Duration, min: Duration, max: Duration) -> Result<Duration
 }
 
 fn parse_timeout(value: &str) -> Result<Duration, String> {
-    parse_duration(value).and_then(|d| within_duration(d, Duration::from_secs(1), Duration::from_secs(24 * 3600)))
+    parse_duration(value)
+        .and_then(|d| within_duration(d, Duration::from_secs(1), Duration::from_secs(24 * 3600)))
 }
 
 /// Parses `123`, `64KiB`, `512MiB`, `1GiB`, `2TiB` (powers of 1024).
@@ -274,19 +397,27 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         "TiB" => 1 << 40,
         _ => return Err("expected a size such as 65536, 64KiB, 512MiB or 1GiB".to_string()),
     };
-    let n: u64 = number.parse().map_err(|_| "expected a size such as 65536, 64KiB, 512MiB or 1GiB".to_string())?;
-    n.checked_mul(scale).ok_or_else(|| "size overflows".to_string())
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected a size such as 65536, 64KiB, 512MiB or 1GiB".to_string())?;
+    n.checked_mul(scale)
+        .ok_or_else(|| "size overflows".to_string())
 }
 
 /// Parses `250ms`, `10s`, `5m`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let digits = value.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = value.split_at(digits);
-    let n: u64 = number.parse().map_err(|_| "expected a duration such as 250ms, 10s or 5m".to_string())?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected a duration such as 250ms, 10s or 5m".to_string())?;
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| "duration overflows".to_string()),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "duration overflows".to_string()),
         _ => Err("expected a duration such as 250ms, 10s or 5m".to_string()),
     }
 }
@@ -297,7 +428,11 @@ fn parse_rate_limit(value: &str) -> Result<RateLimit, String> {
     }
     let expected = || "expected N/DURATION such as 1000/1s, or off".to_string();
     let (requests, window) = value.split_once('/').ok_or_else(expected)?;
-    let requests = requests.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(expected)?;
+    let requests = requests
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(expected)?;
     let window = parse_duration(window).map_err(|_| expected())?;
     if window.is_zero() {
         return Err(expected());

@@ -23,34 +23,63 @@ const TTL_SECONDS_MAX: u64 = u32::MAX as u64;
 pub enum Step {
     Ready(Response),
     /// Sent to the owner shard; the response is built from its outcome.
-    Remote { reply: ReplyFuture, owner: u32 },
+    Remote {
+        reply: ReplyFuture,
+        owner: u32,
+    },
 }
 
 /// Routes one request. Local key-value ops run on this core's shard now.
 pub fn dispatch(core: &Rc<Core>, request: Request, now_ms: u64) -> (Step, Route) {
-    let Request { method, target, content_type, if_match, if_none_match, body, .. } = request;
+    let Request {
+        method,
+        target,
+        content_type,
+        if_match,
+        if_none_match,
+        body,
+        ..
+    } = request;
     let (path, query) = split_target(&target);
     if let Some(raw_key) = path.strip_prefix(KV_PREFIX) {
-        let fields = KvFields { content_type, if_match, if_none_match, body };
+        let fields = KvFields {
+            content_type,
+            if_match,
+            if_none_match,
+            body,
+        };
         return (kv(core, method, raw_key, query, fields, now_ms), Route::Kv);
     }
     let route = match path {
         b"/healthz" => Route::Healthz,
         b"/readyz" => Route::Readyz,
         b"/metrics" => Route::Metrics,
-        _ => return (Step::Ready(Response::problem(404, "no such resource")), Route::Other),
+        _ => {
+            return (
+                Step::Ready(Response::problem(404, "no such resource")),
+                Route::Other,
+            )
+        }
     };
     if !matches!(method, Method::Get | Method::Head) {
-        let response = Response { allow: Some(SERVICE_ALLOW), ..Response::problem(405, "use GET or HEAD") };
+        let response = Response {
+            allow: Some(SERVICE_ALLOW),
+            ..Response::problem(405, "use GET or HEAD")
+        };
         return (Step::Ready(response), route);
     }
     let response = match route {
         Route::Healthz => Response::text(200, "ok\n"),
         Route::Readyz if core.mesh.is_ready() => Response::text(200, "ready\n"),
-        Route::Readyz => Response { retry_after_s: Some(1), ..Response::problem(503, "shards are starting") },
+        Route::Readyz => Response {
+            retry_after_s: Some(1),
+            ..Response::problem(503, "shards are starting")
+        },
         _ => Response {
             status: 200,
-            content_type: Some(Bytes::from_static(b"text/plain; version=0.0.4; charset=utf-8")),
+            content_type: Some(Bytes::from_static(
+                b"text/plain; version=0.0.4; charset=utf-8",
+            )),
             body: Bytes::from(core.metrics_all.render(&core.mesh)),
             ..Response::default()
         },
@@ -66,7 +95,14 @@ struct KvFields {
     body: Bytes,
 }
 
-fn kv(core: &Rc<Core>, method: Method, raw_key: &[u8], query: &[u8], fields: KvFields, now_ms: u64) -> Step {
+fn kv(
+    core: &Rc<Core>,
+    method: Method,
+    raw_key: &[u8],
+    query: &[u8],
+    fields: KvFields,
+    now_ms: u64,
+) -> Step {
     let key = match decode_key(raw_key) {
         Ok(key) => key,
         Err(response) => return Step::Ready(response),
@@ -88,13 +124,18 @@ fn kv(core: &Rc<Core>, method: Method, raw_key: &[u8], query: &[u8], fields: KvF
             Op::Put {
                 key,
                 value: fields.body,
-                content_type: fields.content_type.unwrap_or_else(|| Bytes::from_static(CONTENT_TYPE_DEFAULT)),
+                content_type: fields
+                    .content_type
+                    .unwrap_or_else(|| Bytes::from_static(CONTENT_TYPE_DEFAULT)),
                 ttl_ms,
                 conditions,
             }
         }
         _ => {
-            let response = Response { allow: Some(KV_ALLOW), ..Response::problem(405, "use GET, HEAD, PUT or DELETE") };
+            let response = Response {
+                allow: Some(KV_ALLOW),
+                ..Response::problem(405, "use GET, HEAD, PUT or DELETE")
+            };
             return Step::Ready(with_shard(response, owner, shard_count));
         }
     };
@@ -108,7 +149,10 @@ fn kv(core: &Rc<Core>, method: Method, raw_key: &[u8], query: &[u8], fields: KvF
 }
 
 fn with_shard(response: Response, owner: u32, shard_count: u32) -> Response {
-    Response { shard: Some((owner, shard_count)), ..response }
+    Response {
+        shard: Some((owner, shard_count)),
+        ..response
+    }
 }
 
 /// Maps a shard's outcome to the HTTP response of SPEC §2.
@@ -136,7 +180,10 @@ fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
     let mut path = target;
     for scheme in [&b"http://"[..], b"https://"] {
         if let Some(rest) = target.strip_prefix(scheme) {
-            path = rest.iter().position(|&b| b == b'/').map_or(&b"/"[..], |i| &rest[i..]);
+            path = rest
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(&b"/"[..], |i| &rest[i..]);
         }
     }
     match path.iter().position(|&b| b == b'?') {
@@ -152,8 +199,12 @@ fn decode_key(raw: &[u8]) -> Result<Bytes, Response> {
         let mut i = 0;
         while i < raw.len() {
             if raw[i] == b'%' {
-                let hex = raw.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                let byte = hex.filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())).and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = raw
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 let Some(byte) = byte else {
                     return Err(Response::problem(400, "invalid percent-encoding in key"));
                 };
@@ -179,7 +230,10 @@ fn decode_key(raw: &[u8]) -> Result<Bytes, Response> {
 
 /// Reads `ttl=SECONDS` from a query string; other parameters are ignored.
 fn parse_ttl(query: &[u8]) -> Result<Option<u64>, Response> {
-    let Some(value) = query.split(|&b| b == b'&').find_map(|pair| pair.strip_prefix(b"ttl=")) else {
+    let Some(value) = query
+        .split(|&b| b == b'&')
+        .find_map(|pair| pair.strip_prefix(b"ttl="))
+    else {
         return Ok(None);
     };
     let seconds = std::str::from_utf8(value)
@@ -189,7 +243,10 @@ fn parse_ttl(query: &[u8]) -> Result<Option<u64>, Response> {
         .filter(|&s| (1..=TTL_SECONDS_MAX).contains(&s));
     match seconds {
         Some(s) => Ok(Some(s)),
-        None => Err(Response::problem(400, "ttl must be a whole number of seconds from 1 to 4294967295")),
+        None => Err(Response::problem(
+            400,
+            "ttl must be a whole number of seconds from 1 to 4294967295",
+        )),
     }
 }
 

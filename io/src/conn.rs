@@ -78,15 +78,28 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
         for pending in batch.drain(..) {
             let response = match pending.step {
                 Step::Ready(response) => response,
-                Step::Remote { reply, owner } => kv_response(reply.await, owner, core.shard_count()),
+                Step::Remote { reply, owner } => {
+                    kv_response(reply.await, owner, core.shard_count())
+                }
             };
-            let persistence = if response.close { Persistence::Close } else { pending.persistence };
+            let persistence = if response.close {
+                Persistence::Close
+            } else {
+                pending.persistence
+            };
             close |= persistence == Persistence::Close;
-            encode(&mut output, &response, &core.date.borrow(), pending.head_only, persistence);
+            encode(
+                &mut output,
+                &response,
+                &core.date.borrow(),
+                pending.head_only,
+                persistence,
+            );
             core.metrics().request(pending.route, response.status);
         }
         if requests > 0 {
-            core.metrics().duration(started.elapsed().as_micros() as u64, requests as u64);
+            core.metrics()
+                .duration(started.elapsed().as_micros() as u64, requests as u64);
         }
         input.drain(..consumed);
         if decoder.take_continue() {
@@ -110,7 +123,8 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
         shrink(&mut output);
         if input.len() == input.capacity() {
             if input.len() >= input_bytes_max {
-                let response = Response::problem(413, "request framing exceeds the input buffer limit");
+                let response =
+                    Response::problem(413, "request framing exceeds the input buffer limit");
                 respond_and_close(core, stream, response).await;
                 return true;
             }
@@ -131,7 +145,12 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
             Ok(0) | Err(_) => {
                 let timed_out = core.conns.borrow()[conn_key].timed_out;
                 if timed_out && phase != Phase::Idle {
-                    respond_and_close(core, stream, Response::problem(408, "the request did not arrive in time")).await;
+                    respond_and_close(
+                        core,
+                        stream,
+                        Response::problem(408, "the request did not arrive in time"),
+                    )
+                    .await;
                 }
                 return false;
             }
@@ -143,13 +162,22 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
 /// Decodes and dispatches every complete request in `input` (up to the batch
 /// limits). Returns the bytes consumed and whether a decode error ended the
 /// batch (its 400-class response is the batch's last entry).
-fn decode_batch(core: &Rc<Core>, decoder: &mut Decoder, input: &[u8], now_ms: u64, batch: &mut Vec<Pending>) -> (usize, bool) {
+fn decode_batch(
+    core: &Rc<Core>,
+    decoder: &mut Decoder,
+    input: &[u8],
+    now_ms: u64,
+    batch: &mut Vec<Pending>,
+) -> (usize, bool) {
     let mut consumed = 0;
     let mut output_estimate = 0;
     while batch.len() < PIPELINE_BATCH_MAX && output_estimate < OUTPUT_BATCH_BYTES_MAX {
         match decoder.decode(&input[consumed..]) {
             Ok(Decoded::Partial) => break,
-            Ok(Decoded::Complete { request, consumed: used }) => {
+            Ok(Decoded::Complete {
+                request,
+                consumed: used,
+            }) => {
                 consumed += used;
                 let head_only = request.method == Method::Head;
                 let persistence = persistence(&request, core.shutting_down.get());
@@ -157,15 +185,28 @@ fn decode_batch(core: &Rc<Core>, decoder: &mut Decoder, input: &[u8], now_ms: u6
                 if let Step::Ready(response) = &step {
                     output_estimate += response.body.len();
                 }
-                batch.push(Pending { step, route, head_only, persistence });
+                batch.push(Pending {
+                    step,
+                    route,
+                    head_only,
+                    persistence,
+                });
                 if persistence == Persistence::Close {
                     break;
                 }
             }
             Err(error) => {
-                let response = Response { close: true, ..Response::problem(error.status(), &error.to_string()) };
+                let response = Response {
+                    close: true,
+                    ..Response::problem(error.status(), &error.to_string())
+                };
                 let step = Step::Ready(response);
-                batch.push(Pending { step, route: Route::Other, head_only: false, persistence: Persistence::Close });
+                batch.push(Pending {
+                    step,
+                    route: Route::Other,
+                    head_only: false,
+                    persistence: Persistence::Close,
+                });
                 return (input.len(), true);
             }
         }
@@ -197,7 +238,9 @@ fn arm_deadline(core: &Core, conn_key: usize, phase: Phase) {
     let deadline_ms = match phase {
         Phase::Idle => now_ms + config.idle_timeout_s * 1000,
         // The head deadline runs from its first byte, not from each read.
-        Phase::Head if conn.head_started_ms != 0 => conn.head_started_ms + config.header_timeout_s * 1000,
+        Phase::Head if conn.head_started_ms != 0 => {
+            conn.head_started_ms + config.header_timeout_s * 1000
+        }
         Phase::Head => {
             conn.head_started_ms = now_ms;
             now_ms + config.header_timeout_s * 1000
@@ -221,7 +264,13 @@ fn shrink(buffer: &mut Vec<u8>) {
 async fn respond_and_close(core: &Core, stream: &mut TcpStream, response: Response) {
     let mut output = Vec::with_capacity(256 + response.body.len());
     core.date.borrow_mut().refresh(SystemTime::now());
-    encode(&mut output, &response, &core.date.borrow(), false, Persistence::Close);
+    encode(
+        &mut output,
+        &response,
+        &core.date.borrow(),
+        false,
+        Persistence::Close,
+    );
     core.metrics().request(Route::Other, response.status);
     let _ = stream.write_all(output).await;
 }
@@ -252,9 +301,20 @@ async fn linger(stream: &mut TcpStream) {
 pub fn refuse(core: &Core, stream: &TcpStream) {
     let mut output = Vec::with_capacity(256);
     let response = Response::overloaded("this shard is at its connection limit");
-    encode(&mut output, &response, &core.date.borrow(), false, Persistence::Close);
+    encode(
+        &mut output,
+        &response,
+        &core.date.borrow(),
+        false,
+        Persistence::Close,
+    );
     // SAFETY: the fd is open for the duration of the call; the buffer is ours.
     unsafe {
-        libc::send(stream.as_raw_fd(), output.as_ptr().cast(), output.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+        libc::send(
+            stream.as_raw_fd(),
+            output.as_ptr().cast(),
+            output.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
     }
 }

@@ -32,6 +32,10 @@ pub struct Forward {
     pub op: Op,
 }
 
+/// The target shard's inbound queue is at [`FORWARD_QUEUE_ENTRIES`].
+#[derive(Debug)]
+pub struct QueueFull;
+
 /// The owner's answer, addressed by the source core's token.
 pub struct Reply {
     pub token: u32,
@@ -72,10 +76,10 @@ impl Mesh {
         }
     }
 
-    /// Queues a request for `target`. Returns it back when the queue is full.
-    pub fn forward(&self, target: u32, forward: Forward) -> Result<(), Forward> {
+    /// Queues a request for `target`; the request is dropped when the queue is full.
+    pub fn forward(&self, target: u32, forward: Forward) -> Result<(), QueueFull> {
         let mailbox = &self.mailboxes[target as usize];
-        mailbox.forwards.push(forward)?;
+        mailbox.forwards.push(forward).map_err(|_| QueueFull)?;
         mailbox.waker.wake();
         Ok(())
     }
@@ -84,7 +88,10 @@ impl Mesh {
     pub fn reply(&self, source: u32, reply: Reply) {
         let mailbox = &self.mailboxes[source as usize];
         let pushed = mailbox.replies.push(reply);
-        assert!(pushed.is_ok(), "reply queue overflow: in-flight bound broken");
+        assert!(
+            pushed.is_ok(),
+            "reply queue overflow: in-flight bound broken"
+        );
         mailbox.waker.wake();
     }
 

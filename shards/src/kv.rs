@@ -37,7 +37,10 @@ pub const CONTENT_TYPE_DEFAULT: &[u8] = b"application/octet-stream";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// GET and HEAD.
-    Get { key: Bytes, conditions: Conditions },
+    Get {
+        key: Bytes,
+        conditions: Conditions,
+    },
     Put {
         key: Bytes,
         value: Bytes,
@@ -47,7 +50,10 @@ pub enum Op {
         ttl_ms: Option<u64>,
         conditions: Conditions,
     },
-    Delete { key: Bytes, conditions: Conditions },
+    Delete {
+        key: Bytes,
+        conditions: Conditions,
+    },
 }
 
 impl Op {
@@ -61,14 +67,26 @@ impl Op {
 /// A shard's answer; the HTTP layer maps each variant to a status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Value { value: Bytes, content_type: Bytes, etag: Etag },
-    NotModified { etag: Etag },
+    Value {
+        value: Bytes,
+        content_type: Bytes,
+        etag: Etag,
+    },
+    NotModified {
+        etag: Etag,
+    },
     NotFound,
-    Stored { etag: Etag, created: bool },
+    Stored {
+        etag: Etag,
+        created: bool,
+    },
     Deleted,
     PreconditionFailed,
     /// The write would take the shard past its memory budget.
-    InsufficientStorage { entry_bytes: u64, budget_bytes: u64 },
+    InsufficientStorage {
+        entry_bytes: u64,
+        budget_bytes: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -101,7 +119,12 @@ pub struct KvShard {
 
 impl KvShard {
     pub fn new(bytes_max: u64) -> KvShard {
-        KvShard { map: HashMap::new(), expiry: BTreeSet::new(), bytes_held: 0, bytes_max }
+        KvShard {
+            map: HashMap::new(),
+            expiry: BTreeSet::new(),
+            bytes_held: 0,
+            bytes_max,
+        }
     }
 
     /// Bytes charged against the budget by the entries held now.
@@ -119,10 +142,19 @@ impl KvShard {
 
     /// Applies one operation at time `now_ms` and returns its outcome.
     pub fn handle(&mut self, now_ms: u64, op: Op) -> Outcome {
-        assert!(!op.key().is_empty() && op.key().len() <= KEY_BYTES_MAX, "key length unchecked");
+        assert!(
+            !op.key().is_empty() && op.key().len() <= KEY_BYTES_MAX,
+            "key length unchecked"
+        );
         let outcome = match op {
             Op::Get { key, conditions } => self.get(now_ms, &key, &conditions),
-            Op::Put { key, value, content_type, ttl_ms, conditions } => {
+            Op::Put {
+                key,
+                value,
+                content_type,
+                ttl_ms,
+                conditions,
+            } => {
                 let expires_at_ms = ttl_ms.map(|ttl| now_ms.saturating_add(ttl));
                 self.put(now_ms, key, value, content_type, expires_at_ms, &conditions)
             }
@@ -146,7 +178,9 @@ impl KvShard {
         let entry = self.live(now_ms, key);
         match conditions.evaluate(entry.map(|e| e.etag), true) {
             Verdict::Failed => Outcome::PreconditionFailed,
-            Verdict::NotModified => Outcome::NotModified { etag: entry.expect("matched").etag },
+            Verdict::NotModified => Outcome::NotModified {
+                etag: entry.expect("matched").etag,
+            },
             Verdict::Proceed => match entry {
                 Some(e) => Outcome::Value {
                     value: e.value.clone(),
@@ -175,7 +209,10 @@ impl KvShard {
         if !self.fits(&key, bytes_new) {
             self.sweep_expired(now_ms, SWEEP_ON_PRESSURE_ENTRIES_MAX);
             if !self.fits(&key, bytes_new) {
-                return Outcome::InsufficientStorage { entry_bytes: bytes_new, budget_bytes: self.bytes_max };
+                return Outcome::InsufficientStorage {
+                    entry_bytes: bytes_new,
+                    budget_bytes: self.bytes_max,
+                };
             }
         }
         let created = self.remove(&key).is_none();
@@ -184,13 +221,24 @@ impl KvShard {
             self.expiry.insert((at, key.clone()));
         }
         self.bytes_held += bytes_new;
-        self.map.insert(key, Entry { value, content_type, etag, expires_at_ms });
+        self.map.insert(
+            key,
+            Entry {
+                value,
+                content_type,
+                etag,
+                expires_at_ms,
+            },
+        );
         Outcome::Stored { etag, created }
     }
 
     /// True when replacing `key`'s entry by one of `bytes_new` stays within budget.
     fn fits(&self, key: &[u8], bytes_new: u64) -> bool {
-        let bytes_old = self.map.get_key_value(key).map_or(0, |(k, e)| entry_bytes(k, &e.value, &e.content_type));
+        let bytes_old = self
+            .map
+            .get_key_value(key)
+            .map_or(0, |(k, e)| entry_bytes(k, &e.value, &e.content_type));
         self.bytes_held - bytes_old + bytes_new <= self.bytes_max
     }
 

@@ -98,11 +98,17 @@ pub struct Request {
     pub body: Bytes,
 }
 
+// `Complete` is the common case and is moved once; boxing the request
+// would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     /// More input is needed; call again with the same bytes and more.
     Partial,
-    Complete { request: Request, consumed: usize },
+    Complete {
+        request: Request,
+        consumed: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -128,11 +134,18 @@ enum ChunkPhase {
     Trailers,
 }
 
+// One per connection, never moved on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum State {
     /// Looking for the end of the head; `scanned` bytes hold no terminator.
     Head { scanned: usize },
-    Body { request: Request, body_start: usize, framing: BodyFraming, expect_continue: bool },
+    Body {
+        request: Request,
+        body_start: usize,
+        framing: BodyFraming,
+        expect_continue: bool,
+    },
 }
 
 /// A resumable decoder for one connection.
@@ -145,7 +158,11 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
-        Decoder { limits, state: State::Head { scanned: 0 }, continue_due: false }
+        Decoder {
+            limits,
+            state: State::Head { scanned: 0 },
+            continue_due: false,
+        }
     }
 
     /// True while a request's head has been decoded and its body not.
@@ -176,7 +193,10 @@ impl Decoder {
             };
             let head = parse_head(&input[..head_end], self.limits)?;
             let Some(framing) = head.framing else {
-                return Ok(Decoded::Complete { request: head.request, consumed: head_end });
+                return Ok(Decoded::Complete {
+                    request: head.request,
+                    consumed: head_end,
+                });
             };
             self.continue_due = head.expect_continue && input.len() == head_end;
             let framing = match framing {
@@ -195,7 +215,13 @@ impl Decoder {
                 expect_continue: head.expect_continue,
             };
         }
-        let State::Body { request, body_start, framing, expect_continue } = &mut self.state else {
+        let State::Body {
+            request,
+            body_start,
+            framing,
+            expect_continue,
+        } = &mut self.state
+        else {
             unreachable!("head state handled above");
         };
         if *expect_continue && input.len() > *body_start {
@@ -219,7 +245,9 @@ impl Decoder {
                 }
             },
         };
-        let State::Body { request, .. } = std::mem::replace(&mut self.state, State::Head { scanned: 0 }) else {
+        let State::Body { request, .. } =
+            std::mem::replace(&mut self.state, State::Head { scanned: 0 })
+        else {
             unreachable!();
         };
         Ok(Decoded::Complete { request, consumed })
@@ -228,7 +256,11 @@ impl Decoder {
 
 /// Finds the end of the head (the byte after its empty line), resuming the
 /// scan at `*scanned`. Errors when the head passes `head_bytes_max`.
-fn find_head_end(input: &[u8], scanned: &mut usize, head_bytes_max: usize) -> Result<Option<usize>, HttpError> {
+fn find_head_end(
+    input: &[u8],
+    scanned: &mut usize,
+    head_bytes_max: usize,
+) -> Result<Option<usize>, HttpError> {
     let limit = input.len().min(head_bytes_max);
     // Resume two bytes back so a terminator split across reads is still seen.
     let mut i = scanned.saturating_sub(2);
@@ -246,9 +278,16 @@ fn find_head_end(input: &[u8], scanned: &mut usize, head_bytes_max: usize) -> Re
     }
     *scanned = limit;
     if input.len() >= head_bytes_max {
-        let leading = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        let leading = input
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
         let has_line_end = input[leading..head_bytes_max.max(leading)].contains(&b'\n');
-        return Err(if has_line_end { HttpError::HeaderTooLarge } else { HttpError::UriTooLong });
+        return Err(if has_line_end {
+            HttpError::HeaderTooLarge
+        } else {
+            HttpError::UriTooLong
+        });
     }
     Ok(None)
 }
@@ -270,10 +309,18 @@ fn parse_head(bytes: &[u8], limits: Limits) -> Result<Head, HttpError> {
     match parsed.parse(bytes) {
         Ok(httparse::Status::Complete(_)) => {}
         // The terminator was found, so a partial parse means a malformed head.
-        Ok(httparse::Status::Partial) => return Err(HttpError::BadRequest("malformed request head")),
+        Ok(httparse::Status::Partial) => {
+            return Err(HttpError::BadRequest("malformed request head"))
+        }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeaderTooLarge),
-        Err(httparse::Error::Version) => return Err(HttpError::BadRequest("unsupported HTTP version")),
-        Err(_) => return Err(HttpError::BadRequest("malformed request line or header field")),
+        Err(httparse::Error::Version) => {
+            return Err(HttpError::BadRequest("unsupported HTTP version"))
+        }
+        Err(_) => {
+            return Err(HttpError::BadRequest(
+                "malformed request line or header field",
+            ))
+        }
     }
     let version_minor = parsed.version.expect("complete parse has a version");
     let method = Method::parse(parsed.method.expect("complete parse has a method"));
@@ -282,15 +329,29 @@ fn parse_head(bytes: &[u8], limits: Limits) -> Result<Head, HttpError> {
     for field in parsed.headers.iter() {
         fields_seen.add(field.name, field.value)?;
     }
-    let Fields { content_length, chunked, hosts, close, keep_alive, ref expect, .. } = fields_seen;
+    let Fields {
+        content_length,
+        chunked,
+        hosts,
+        close,
+        keep_alive,
+        ref expect,
+        ..
+    } = fields_seen;
     if chunked && content_length.is_some() {
-        return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding"));
+        return Err(HttpError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     if chunked && version_minor == 0 {
-        return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
+        return Err(HttpError::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
     }
     if version_minor == 1 && hosts != 1 {
-        return Err(HttpError::BadRequest("HTTP/1.1 requires exactly one Host field"));
+        return Err(HttpError::BadRequest(
+            "HTTP/1.1 requires exactly one Host field",
+        ));
     }
     let expect_continue = match expect {
         None => false,
@@ -303,7 +364,11 @@ fn parse_head(bytes: &[u8], limits: Limits) -> Result<Head, HttpError> {
         Some(0) | None => None,
         Some(n) => Some(Framing::Length(n as usize)),
     };
-    let keep_alive = if version_minor == 1 { !close } else { keep_alive && !close };
+    let keep_alive = if version_minor == 1 {
+        !close
+    } else {
+        keep_alive && !close
+    };
     let request = Request {
         method,
         target,
@@ -316,7 +381,11 @@ fn parse_head(bytes: &[u8], limits: Limits) -> Result<Head, HttpError> {
         body: Bytes::new(),
     };
     let expect_continue = expect_continue && framing.is_some();
-    Ok(Head { request, framing, expect_continue })
+    Ok(Head {
+        request,
+        framing,
+        expect_continue,
+    })
 }
 
 /// The header fields the decoder acts on, gathered over all field lines.
@@ -396,12 +465,20 @@ fn parse_content_length(digits: &[u8]) -> Result<u64, HttpError> {
     if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(HttpError::BadRequest("invalid Content-Length"));
     }
-    Ok(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    Ok(digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| *b != b' ' && *b != b'\t').map_or(start, |i| i + 1);
+    let start = bytes
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
@@ -424,7 +501,9 @@ impl Chunked {
                     self.phase = if size == 0 {
                         ChunkPhase::Trailers
                     } else {
-                        ChunkPhase::Data { remaining: size as usize }
+                        ChunkPhase::Data {
+                            remaining: size as usize,
+                        }
                     };
                 }
                 ChunkPhase::Data { remaining } => {
@@ -451,7 +530,9 @@ impl Chunked {
                 }
                 ChunkPhase::Trailers => {
                     let budget = limits.head_bytes_max.saturating_sub(self.trailer_bytes);
-                    let Some(line_end) = find_crlf(rest, budget).map_err(|_| HttpError::HeaderTooLarge)? else {
+                    let Some(line_end) =
+                        find_crlf(rest, budget).map_err(|_| HttpError::HeaderTooLarge)?
+                    else {
                         return Ok(None);
                     };
                     self.position += line_end + 2;
@@ -462,7 +543,8 @@ impl Chunked {
                     // Trailer fields are discarded, but must be well formed.
                     let line = &rest[..line_end];
                     let colon = line.iter().position(|&b| b == b':');
-                    let name_ok = colon.is_some_and(|c| c > 0 && line[..c].iter().all(|&b| is_token(b)));
+                    let name_ok =
+                        colon.is_some_and(|c| c > 0 && line[..c].iter().all(|&b| is_token(b)));
                     if !name_ok {
                         return Err(HttpError::BadRequest("malformed trailer field"));
                     }
@@ -503,10 +585,15 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     if line[..digits].iter().skip_while(|&&b| b == b'0').count() > 15 {
         return Err(HttpError::BadRequest("chunk size overflows"));
     }
-    let size = line[..digits].iter().fold(0u64, |n, &d| (n << 4) | u64::from((d as char).to_digit(16).unwrap()));
+    let size = line[..digits].iter().fold(0u64, |n, &d| {
+        (n << 4) | u64::from((d as char).to_digit(16).unwrap())
+    });
     let extensions = trim(&line[digits..]);
     if !extensions.is_empty() {
-        let legal = extensions[0] == b';' && extensions.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+        let legal = extensions[0] == b';'
+            && extensions
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
         if !legal {
             return Err(HttpError::BadRequest("invalid chunk extension"));
         }

@@ -1,0 +1,12 @@
+//! Black-box tests: each starts the real `shardgate` binary on port 0 with a
+//! temporary data directory and talks raw HTTP/1.1 to it over sockets.
+
+mod harness;
+
+mod cli;
+mod kv;
+mod limits;
+mod protocol;
+mod routing;
+mod service;
+mod shutdown;
