@@ -16,11 +16,7 @@ use shardgate_io::driver::DriverChoice;
 /// Flags as typed. Values stay strings so that flags, environment and file
 /// go through the same parsers and the same error messages.
 #[derive(Parser, Debug, Default)]
-#[command(
-    name = "shardgate",
-    version,
-    about = "Thread-per-core, shared-nothing HTTP/1.1 key-value API server"
-)]
+#[command(name = "shardgate", version, about = "Thread-per-core, shared-nothing HTTP/1.1 key-value API server")]
 pub struct Cli {
     /// Address every core listens on (SO_REUSEPORT) [default: 127.0.0.1:8080]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_LISTEN")]
@@ -141,27 +137,15 @@ pub fn load() -> Result<Config, Exit> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error)
-            if matches!(
-                error.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
+            if matches!(error.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) =>
         {
-            return Err(Exit {
-                message: error.to_string().trim_end().to_string(),
-                code: 0,
-            });
+            return Err(Exit { message: error.to_string().trim_end().to_string(), code: 0 });
         }
         Err(error) => {
             // clap's message spans several lines; keep the first, which names the flag.
             let rendered = error.to_string();
-            let first = rendered
-                .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            return Err(Exit {
-                message: format!("shardgate: {}", first.trim_start_matches("error: ")),
-                code: 2,
-            });
+            let first = rendered.lines().next().unwrap_or("error: invalid arguments");
+            return Err(Exit { message: format!("shardgate: {}", first.trim_start_matches("error: ")), code: 2 });
         }
     };
     let file = match &cli.config {
@@ -192,18 +176,9 @@ fn pick(flag: Option<String>, file: Option<toml::Value>) -> Result<Option<Raw>, 
     }
     match file {
         None => Ok(None),
-        Some(toml::Value::String(value)) => Ok(Some(Raw {
-            value,
-            source: " (config file)",
-        })),
-        Some(toml::Value::Integer(n)) => Ok(Some(Raw {
-            value: n.to_string(),
-            source: " (config file)",
-        })),
-        Some(other) => Ok(Some(Raw {
-            value: other.to_string(),
-            source: " (config file)",
-        })),
+        Some(toml::Value::String(value)) => Ok(Some(Raw { value, source: " (config file)" })),
+        Some(toml::Value::Integer(n)) => Ok(Some(Raw { value: n.to_string(), source: " (config file)" })),
+        Some(other) => Ok(Some(Raw { value: other.to_string(), source: " (config file)" })),
     }
 }
 
@@ -217,113 +192,60 @@ fn setting<T>(
 ) -> Result<T, String> {
     match pick(cli, file)? {
         None => Ok(default),
-        Some(raw) => parse(raw.value.trim()).map_err(|why| {
-            format!(
-                "shardgate: invalid --{flag}{} '{}': {why}",
-                raw.source, raw.value
-            )
-        }),
+        Some(raw) => parse(raw.value.trim())
+            .map_err(|why| format!("shardgate: invalid --{flag}{} '{}': {why}", raw.source, raw.value)),
     }
 }
 
 fn resolve(cli: Cli, file: File) -> Result<Config, String> {
-    let max_header = setting(
-        "max-header",
-        cli.max_header,
-        file.max_header,
-        16 * 1024,
-        |v| {
-            parse_size(v)
-                .and_then(|n| within(n, 1024, 1 << 20))
-                .map(|n| n as usize)
-        },
-    )?;
+    let max_header = setting("max-header", cli.max_header, file.max_header, 16 * 1024, |v| {
+        parse_size(v).and_then(|n| within(n, 1024, 1 << 20)).map(|n| n as usize)
+    })?;
     Ok(Config {
-        listen: setting(
-            "listen",
-            cli.listen,
-            file.listen,
-            "127.0.0.1:8080".parse().expect("valid"),
-            parse_address,
-        )?,
+        listen: setting("listen", cli.listen, file.listen, "127.0.0.1:8080".parse().expect("valid"), parse_address)?,
         shards: setting("shards", cli.shards, file.shards, None, |v| {
             parse_count(v, 1, u64::from(SHARDS_MAX)).map(|n| Some(n as u32))
         })?,
-        data_dir: setting(
-            "data-dir",
-            cli.data_dir,
-            file.data_dir,
-            PathBuf::from("./data"),
-            |v| {
-                if v.is_empty() {
-                    Err("expected a directory path".to_string())
-                } else {
-                    Ok(PathBuf::from(v))
-                }
-            },
-        )?,
-        durability: setting(
-            "durability",
-            cli.durability,
-            file.durability,
-            Durability::Async,
-            |v| match v {
-                "async" => Ok(Durability::Async),
-                "sync" => Ok(Durability::Sync),
-                _ => Err("expected async or sync".to_string()),
-            },
-        )?,
+        data_dir: setting("data-dir", cli.data_dir, file.data_dir, PathBuf::from("./data"), |v| {
+            if v.is_empty() {
+                Err("expected a directory path".to_string())
+            } else {
+                Ok(PathBuf::from(v))
+            }
+        })?,
+        durability: setting("durability", cli.durability, file.durability, Durability::Async, |v| match v {
+            "async" => Ok(Durability::Async),
+            "sync" => Ok(Durability::Sync),
+            _ => Err("expected async or sync".to_string()),
+        })?,
         flush_interval: setting(
             "flush-interval",
             cli.flush_interval,
             file.flush_interval,
             Duration::from_millis(5),
-            |v| {
-                parse_duration(v).and_then(|d| {
-                    within_duration(d, Duration::from_millis(1), Duration::from_secs(60))
-                })
-            },
+            |v| parse_duration(v).and_then(|d| within_duration(d, Duration::from_millis(1), Duration::from_secs(60))),
         )?,
-        cache_bytes: setting(
-            "cache-bytes",
-            cli.cache_bytes,
-            file.cache_bytes,
-            1 << 30,
-            |v| parse_size(v).and_then(|n| within(n, 64 * 1024, u64::MAX / 2)),
-        )?,
+        cache_bytes: setting("cache-bytes", cli.cache_bytes, file.cache_bytes, 1 << 30, |v| {
+            parse_size(v).and_then(|n| within(n, 64 * 1024, u64::MAX / 2))
+        })?,
         rate_limit: setting(
             "rate-limit",
             cli.rate_limit,
             file.rate_limit,
-            RateLimit::PerWindow {
-                requests: 1000,
-                window: Duration::from_secs(1),
-            },
+            RateLimit::PerWindow { requests: 1000, window: Duration::from_secs(1) },
             parse_rate_limit,
         )?,
-        io_driver: setting(
-            "io-driver",
-            cli.io_driver,
-            file.io_driver,
-            DriverChoice::Auto,
-            |v| match v {
-                "auto" => Ok(DriverChoice::Auto),
-                "uring" => Ok(DriverChoice::Uring),
-                "epoll" => Ok(DriverChoice::Epoll),
-                _ => Err("expected auto, uring or epoll".to_string()),
-            },
-        )?,
-        max_connections: setting(
-            "max-connections",
-            cli.max_connections,
-            file.max_connections,
-            10_000,
-            |v| parse_count(v, 1, 1 << 20).map(|n| n as usize),
-        )?,
+        io_driver: setting("io-driver", cli.io_driver, file.io_driver, DriverChoice::Auto, |v| match v {
+            "auto" => Ok(DriverChoice::Auto),
+            "uring" => Ok(DriverChoice::Uring),
+            "epoll" => Ok(DriverChoice::Epoll),
+            _ => Err("expected auto, uring or epoll".to_string()),
+        })?,
+        max_connections: setting("max-connections", cli.max_connections, file.max_connections, 10_000, |v| {
+            parse_count(v, 1, 1 << 20).map(|n| n as usize)
+        })?,
         max_body: setting("max-body", cli.max_body, file.max_body, 1 << 20, |v| {
-            parse_size(v)
-                .and_then(|n| within(n, 0, 1 << 30))
-                .map(|n| n as usize)
+            parse_size(v).and_then(|n| within(n, 0, 1 << 30)).map(|n| n as usize)
         })?,
         max_header,
         header_timeout: setting(
@@ -347,22 +269,16 @@ fn resolve(cli: Cli, file: File) -> Result<Config, String> {
             Duration::from_secs(60),
             parse_timeout,
         )?,
-        backlog: setting("backlog", cli.backlog, file.backlog, 4096, |v| {
-            parse_count(v, 1, 1 << 20).map(|n| n as i32)
-        })?,
+        backlog: setting("backlog", cli.backlog, file.backlog, 4096, |v| parse_count(v, 1, 1 << 20).map(|n| n as i32))?,
     })
 }
 
 fn parse_address(value: &str) -> Result<SocketAddr, String> {
-    value
-        .parse()
-        .map_err(|_| "expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080".to_string())
+    value.parse().map_err(|_| "expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080".to_string())
 }
 
 fn parse_count(value: &str, min: u64, max: u64) -> Result<u64, String> {
-    let n: u64 = value
-        .parse()
-        .map_err(|_| "expected a whole number".to_string())?;
+    let n: u64 = value.parse().map_err(|_| "expected a whole number".to_string())?;
     within(n, min, max)
 }
 
@@ -381,8 +297,7 @@ fn within_duration(d: Duration, min: Duration, max: Duration) -> Result<Duration
 }
 
 fn parse_timeout(value: &str) -> Result<Duration, String> {
-    parse_duration(value)
-        .and_then(|d| within_duration(d, Duration::from_secs(1), Duration::from_secs(24 * 3600)))
+    parse_duration(value).and_then(|d| within_duration(d, Duration::from_secs(1), Duration::from_secs(24 * 3600)))
 }
 
 /// Parses `123`, `64KiB`, `512MiB`, `1GiB`, `2TiB` (powers of 1024).
@@ -397,27 +312,19 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         "TiB" => 1 << 40,
         _ => return Err("expected a size such as 65536, 64KiB, 512MiB or 1GiB".to_string()),
     };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| "expected a size such as 65536, 64KiB, 512MiB or 1GiB".to_string())?;
-    n.checked_mul(scale)
-        .ok_or_else(|| "size overflows".to_string())
+    let n: u64 = number.parse().map_err(|_| "expected a size such as 65536, 64KiB, 512MiB or 1GiB".to_string())?;
+    n.checked_mul(scale).ok_or_else(|| "size overflows".to_string())
 }
 
 /// Parses `250ms`, `10s`, `5m`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let digits = value.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = value.split_at(digits);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| "expected a duration such as 250ms, 10s or 5m".to_string())?;
+    let n: u64 = number.parse().map_err(|_| "expected a duration such as 250ms, 10s or 5m".to_string())?;
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| "duration overflows".to_string()),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| "duration overflows".to_string()),
         _ => Err("expected a duration such as 250ms, 10s or 5m".to_string()),
     }
 }
@@ -428,11 +335,7 @@ fn parse_rate_limit(value: &str) -> Result<RateLimit, String> {
     }
     let expected = || "expected N/DURATION such as 1000/1s, or off".to_string();
     let (requests, window) = value.split_once('/').ok_or_else(expected)?;
-    let requests = requests
-        .parse::<u64>()
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(expected)?;
+    let requests = requests.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(expected)?;
     let window = parse_duration(window).map_err(|_| expected())?;
     if window.is_zero() {
         return Err(expected());

@@ -18,8 +18,8 @@ pub fn run(config: Config) -> Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let cpus = allowed_cpus().context("reading the CPU affinity mask")?;
     let shard_count = config.shards.unwrap_or(cpus.len() as u32);
-    let (driver, warning) = driver::resolve(config.io_driver)
-        .map_err(|reason| anyhow::anyhow!("--io-driver uring: {reason}"))?;
+    let (driver, warning) =
+        driver::resolve(config.io_driver).map_err(|reason| anyhow::anyhow!("--io-driver uring: {reason}"))?;
     if let Some(warning) = warning {
         eprintln!("level=warn msg=\"{warning}\"");
     }
@@ -35,14 +35,9 @@ pub fn run(config: Config) -> Result<()> {
     let server_config = ServerConfig {
         listen: config.listen,
         shard_count,
-        cpus: (0..shard_count as usize)
-            .map(|i| cpus[i % cpus.len()])
-            .collect(),
+        cpus: (0..shard_count as usize).map(|i| cpus[i % cpus.len()]).collect(),
         driver,
-        limits: Limits {
-            head_bytes_max: config.max_header,
-            body_bytes_max: config.max_body,
-        },
+        limits: Limits { head_bytes_max: config.max_header, body_bytes_max: config.max_body },
         cache_bytes: config.cache_bytes,
         connections_max: config.max_connections,
         header_timeout_s: config.header_timeout.as_secs(),
@@ -53,21 +48,13 @@ pub fn run(config: Config) -> Result<()> {
     let server = server::start(server_config)?;
     let mut stdout = std::io::stdout().lock();
     for info in &server.shards {
-        writeln!(
-            stdout,
-            "shard {}: cpu {}, driver {}",
-            info.shard, info.cpu, info.driver
-        )?;
+        writeln!(stdout, "shard {}: cpu {}, driver {}", info.shard, info.cpu, info.driver)?;
     }
     writeln!(stdout, "listening on {}", server.local_addr)?;
     stdout.flush()?;
     drop(stdout);
     let signal = signals.forever().next().unwrap_or(SIGTERM);
-    let name = if signal == SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
-    };
+    let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
     eprintln!("level=info msg=\"draining\" signal={name}");
     server.shutdown();
     server.join();
@@ -86,9 +73,8 @@ fn allowed_cpus() -> Result<Vec<usize>> {
         set
     };
     // SAFETY: CPU_ISSET only reads the set.
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect();
+    let cpus: Vec<usize> =
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect();
     if cpus.is_empty() {
         bail!("the affinity mask is empty");
     }

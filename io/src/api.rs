@@ -30,56 +30,29 @@ pub enum Step {
 }
 
 /// Routes one request. Local key-value ops run on this core's shard now.
-pub fn dispatch(core: &Rc<Core>, request: Request, now_ms: u64) -> (Step, Route) {
-    let Request {
-        method,
-        target,
-        content_type,
-        if_match,
-        if_none_match,
-        body,
-        ..
-    } = request;
-    let (path, query) = split_target(&target);
+pub fn dispatch(core: &Rc<Core>, request: &Request<'_>, now_ms: u64) -> (Step, Route) {
+    let method = request.method;
+    let (path, query) = split_target(request.target);
     if let Some(raw_key) = path.strip_prefix(KV_PREFIX) {
-        let fields = KvFields {
-            content_type,
-            if_match,
-            if_none_match,
-            body,
-        };
-        return (kv(core, method, raw_key, query, fields, now_ms), Route::Kv);
+        return (kv(core, request, raw_key, query, now_ms), Route::Kv);
     }
     let route = match path {
         b"/healthz" => Route::Healthz,
         b"/readyz" => Route::Readyz,
         b"/metrics" => Route::Metrics,
-        _ => {
-            return (
-                Step::Ready(Response::problem(404, "no such resource")),
-                Route::Other,
-            )
-        }
+        _ => return (Step::Ready(Response::problem(404, "no such resource")), Route::Other),
     };
     if !matches!(method, Method::Get | Method::Head) {
-        let response = Response {
-            allow: Some(SERVICE_ALLOW),
-            ..Response::problem(405, "use GET or HEAD")
-        };
+        let response = Response { allow: Some(SERVICE_ALLOW), ..Response::problem(405, "use GET or HEAD") };
         return (Step::Ready(response), route);
     }
     let response = match route {
         Route::Healthz => Response::text(200, "ok\n"),
         Route::Readyz if core.mesh.is_ready() => Response::text(200, "ready\n"),
-        Route::Readyz => Response {
-            retry_after_s: Some(1),
-            ..Response::problem(503, "shards are starting")
-        },
+        Route::Readyz => Response { retry_after_s: Some(1), ..Response::problem(503, "shards are starting") },
         _ => Response {
             status: 200,
-            content_type: Some(Bytes::from_static(
-                b"text/plain; version=0.0.4; charset=utf-8",
-            )),
+            content_type: Some(Bytes::from_static(b"text/plain; version=0.0.4; charset=utf-8")),
             body: Bytes::from(core.metrics_all.render(&core.mesh)),
             ..Response::default()
         },
@@ -87,22 +60,9 @@ pub fn dispatch(core: &Rc<Core>, request: Request, now_ms: u64) -> (Step, Route)
     (Step::Ready(response), route)
 }
 
-/// The parts of a request a key-value op keeps.
-struct KvFields {
-    content_type: Option<Bytes>,
-    if_match: Option<Bytes>,
-    if_none_match: Option<Bytes>,
-    body: Bytes,
-}
-
-fn kv(
-    core: &Rc<Core>,
-    method: Method,
-    raw_key: &[u8],
-    query: &[u8],
-    fields: KvFields,
-    now_ms: u64,
-) -> Step {
+/// Builds the shard op of a key-value request, copying out of the input only
+/// what the op keeps, and applies or forwards it.
+fn kv(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[u8], now_ms: u64) -> Step {
     let key = match decode_key(raw_key) {
         Ok(key) => key,
         Err(response) => return Step::Ready(response),
@@ -110,10 +70,10 @@ fn kv(
     let shard_count = core.shard_count();
     let owner = shard_for_key(&key, shard_count);
     let conditions = Conditions {
-        if_match: fields.if_match.as_deref().map(TagList::parse),
-        if_none_match: fields.if_none_match.as_deref().map(TagList::parse),
+        if_match: request.if_match.map(TagList::parse),
+        if_none_match: request.if_none_match.map(TagList::parse),
     };
-    let op = match method {
+    let op = match request.method {
         Method::Get | Method::Head => Op::Get { key, conditions },
         Method::Delete => Op::Delete { key, conditions },
         Method::Put => {
@@ -123,19 +83,16 @@ fn kv(
             };
             Op::Put {
                 key,
-                value: fields.body,
-                content_type: fields
+                value: Bytes::copy_from_slice(request.body),
+                content_type: request
                     .content_type
-                    .unwrap_or_else(|| Bytes::from_static(CONTENT_TYPE_DEFAULT)),
+                    .map_or(Bytes::from_static(CONTENT_TYPE_DEFAULT), Bytes::copy_from_slice),
                 ttl_ms,
                 conditions,
             }
         }
         _ => {
-            let response = Response {
-                allow: Some(KV_ALLOW),
-                ..Response::problem(405, "use GET, HEAD, PUT or DELETE")
-            };
+            let response = Response { allow: Some(KV_ALLOW), ..Response::problem(405, "use GET, HEAD, PUT or DELETE") };
             return Step::Ready(with_shard(response, owner, shard_count));
         }
     };
@@ -149,26 +106,33 @@ fn kv(
 }
 
 fn with_shard(response: Response, owner: u32, shard_count: u32) -> Response {
-    Response {
-        shard: Some((owner, shard_count)),
-        ..response
-    }
+    Response { shard: Some((owner, shard_count)), ..response }
 }
 
 /// Maps a shard's outcome to the HTTP response of SPEC §2.
 pub fn kv_response(outcome: Outcome, owner: u32, shard_count: u32) -> Response {
     let response = match outcome {
-        Outcome::Value { value, content_type, etag } => {
-            Response { status: 200, content_type: Some(content_type), etag: Some(etag), body: value, ..Response::default() }
-        }
+        Outcome::Value { value, content_type, etag } => Response {
+            status: 200,
+            content_type: Some(content_type),
+            etag: Some(etag),
+            body: value,
+            ..Response::default()
+        },
         Outcome::NotModified { etag } => Response { etag: Some(etag), ..Response::new(304) },
         Outcome::NotFound => Response::problem(404, "no such key"),
-        Outcome::Stored { etag, created } => Response { etag: Some(etag), ..Response::new(if created { 201 } else { 200 }) },
+        Outcome::Stored { etag, created } => {
+            Response { etag: Some(etag), ..Response::new(if created { 201 } else { 200 }) }
+        }
         Outcome::Deleted => Response::new(204),
-        Outcome::PreconditionFailed => Response::problem(412, "a precondition (If-Match / If-None-Match) does not hold"),
+        Outcome::PreconditionFailed => {
+            Response::problem(412, "a precondition (If-Match / If-None-Match) does not hold")
+        }
         Outcome::InsufficientStorage { entry_bytes, budget_bytes } => Response::problem(
             507,
-            &format!("the owner shard's memory budget ({budget_bytes} bytes) cannot take this entry ({entry_bytes} bytes)"),
+            &format!(
+                "the owner shard's memory budget ({budget_bytes} bytes) cannot take this entry ({entry_bytes} bytes)"
+            ),
         ),
     };
     with_shard(response, owner, shard_count)
@@ -180,10 +144,7 @@ fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
     let mut path = target;
     for scheme in [&b"http://"[..], b"https://"] {
         if let Some(rest) = target.strip_prefix(scheme) {
-            path = rest
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(&b"/"[..], |i| &rest[i..]);
+            path = rest.iter().position(|&b| b == b'/').map_or(&b"/"[..], |i| &rest[i..]);
         }
     }
     match path.iter().position(|&b| b == b'?') {
@@ -199,9 +160,7 @@ fn decode_key(raw: &[u8]) -> Result<Bytes, Response> {
         let mut i = 0;
         while i < raw.len() {
             if raw[i] == b'%' {
-                let hex = raw
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
+                let hex = raw.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
                 let byte = hex
                     .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
@@ -230,10 +189,7 @@ fn decode_key(raw: &[u8]) -> Result<Bytes, Response> {
 
 /// Reads `ttl=SECONDS` from a query string; other parameters are ignored.
 fn parse_ttl(query: &[u8]) -> Result<Option<u64>, Response> {
-    let Some(value) = query
-        .split(|&b| b == b'&')
-        .find_map(|pair| pair.strip_prefix(b"ttl="))
-    else {
+    let Some(value) = query.split(|&b| b == b'&').find_map(|pair| pair.strip_prefix(b"ttl=")) else {
         return Ok(None);
     };
     let seconds = std::str::from_utf8(value)
@@ -243,10 +199,7 @@ fn parse_ttl(query: &[u8]) -> Result<Option<u64>, Response> {
         .filter(|&s| (1..=TTL_SECONDS_MAX).contains(&s));
     match seconds {
         Some(s) => Ok(Some(s)),
-        None => Err(Response::problem(
-            400,
-            "ttl must be a whole number of seconds from 1 to 4294967295",
-        )),
+        None => Err(Response::problem(400, "ttl must be a whole number of seconds from 1 to 4294967295")),
     }
 }
 

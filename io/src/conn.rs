@@ -38,12 +38,18 @@ const OUTPUT_BATCH_BYTES_MAX: usize = 256 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES_MAX: usize = 64 * 1024;
 
-/// A dispatched request whose response is not yet encoded.
-struct Pending {
-    step: Step,
+/// What encoding and counting a response needs to know of its request.
+#[derive(Clone, Copy)]
+struct Meta {
     route: Route,
     head_only: bool,
     persistence: Persistence,
+}
+
+/// A dispatched request whose response is not yet encoded.
+struct Pending {
+    step: Step,
+    meta: Meta,
 }
 
 /// Serves one connection until it closes, then removes it from the registry.
@@ -72,35 +78,19 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
         core.date.borrow_mut().refresh(now);
         core.now_ms.set(unix_ms(now));
         set_phase(core, conn_key, Phase::Busy, 0);
-        let (consumed, error) = decode_batch(core, &mut decoder, &input, unix_ms(now), &mut batch);
-        let mut close = error || core.shutting_down.get();
-        let requests = batch.len();
+        let outcome = decode_batch(core, &mut decoder, &input, unix_ms(now), &mut batch, &mut output);
+        let mut close = outcome.close || core.shutting_down.get();
         for pending in batch.drain(..) {
             let response = match pending.step {
                 Step::Ready(response) => response,
-                Step::Remote { reply, owner } => {
-                    kv_response(reply.await, owner, core.shard_count())
-                }
+                Step::Remote { reply, owner } => kv_response(reply.await, owner, core.shard_count()),
             };
-            let persistence = if response.close {
-                Persistence::Close
-            } else {
-                pending.persistence
-            };
-            close |= persistence == Persistence::Close;
-            encode(
-                &mut output,
-                &response,
-                &core.date.borrow(),
-                pending.head_only,
-                persistence,
-            );
-            core.metrics().request(pending.route, response.status);
+            close |= write_response(core, &mut output, &response, pending.meta);
         }
-        if requests > 0 {
-            core.metrics()
-                .duration(started.elapsed().as_micros() as u64, requests as u64);
+        if outcome.requests > 0 {
+            core.metrics().duration(started.elapsed().as_micros() as u64, outcome.requests as u64);
         }
+        let (consumed, error) = (outcome.consumed, outcome.error);
         input.drain(..consumed);
         if decoder.take_continue() {
             output.extend_from_slice(CONTINUE);
@@ -116,15 +106,14 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
         if close {
             return error;
         }
-        if requests == PIPELINE_BATCH_MAX {
+        if outcome.requests == PIPELINE_BATCH_MAX {
             continue; // More complete requests may be buffered: no read yet.
         }
         shrink(&mut input);
         shrink(&mut output);
         if input.len() == input.capacity() {
             if input.len() >= input_bytes_max {
-                let response =
-                    Response::problem(413, "request framing exceeds the input buffer limit");
+                let response = Response::problem(413, "request framing exceeds the input buffer limit");
                 respond_and_close(core, stream, response).await;
                 return true;
             }
@@ -145,12 +134,7 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
             Ok(0) | Err(_) => {
                 let timed_out = core.conns.borrow()[conn_key].timed_out;
                 if timed_out && phase != Phase::Idle {
-                    respond_and_close(
-                        core,
-                        stream,
-                        Response::problem(408, "the request did not arrive in time"),
-                    )
-                    .await;
+                    respond_and_close(core, stream, Response::problem(408, "the request did not arrive in time")).await;
                 }
                 return false;
             }
@@ -159,62 +143,75 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
     }
 }
 
+/// What one batch of decoding did.
+struct BatchOutcome {
+    /// Input bytes the batch's requests used.
+    consumed: usize,
+    /// Requests decoded (including an error's response).
+    requests: usize,
+    /// A response asked to close the connection.
+    close: bool,
+    /// A decode error ended the batch; its response is the batch's last.
+    error: bool,
+}
+
 /// Decodes and dispatches every complete request in `input` (up to the batch
-/// limits). Returns the bytes consumed and whether a decode error ended the
-/// batch (its 400-class response is the batch's last entry).
+/// limits). Responses that are ready while nothing before them waits on
+/// another shard are encoded into `output` at once; the rest go to `batch`,
+/// to be encoded in order once their replies arrive.
 fn decode_batch(
     core: &Rc<Core>,
     decoder: &mut Decoder,
     input: &[u8],
     now_ms: u64,
     batch: &mut Vec<Pending>,
-) -> (usize, bool) {
-    let mut consumed = 0;
-    let mut output_estimate = 0;
-    while batch.len() < PIPELINE_BATCH_MAX && output_estimate < OUTPUT_BATCH_BYTES_MAX {
-        match decoder.decode(&input[consumed..]) {
+    output: &mut Vec<u8>,
+) -> BatchOutcome {
+    let mut outcome = BatchOutcome { consumed: 0, requests: 0, close: false, error: false };
+    while outcome.requests < PIPELINE_BATCH_MAX && output.len() < OUTPUT_BATCH_BYTES_MAX {
+        let pending = match decoder.decode(&input[outcome.consumed..]) {
             Ok(Decoded::Partial) => break,
-            Ok(Decoded::Complete {
-                request,
-                consumed: used,
-            }) => {
-                consumed += used;
+            Ok(Decoded::Complete { request, consumed }) => {
+                outcome.consumed += consumed;
                 let head_only = request.method == Method::Head;
                 let persistence = persistence(&request, core.shutting_down.get());
-                let (step, route) = dispatch(core, request, now_ms);
-                if let Step::Ready(response) = &step {
-                    output_estimate += response.body.len();
-                }
-                batch.push(Pending {
-                    step,
-                    route,
-                    head_only,
-                    persistence,
-                });
-                if persistence == Persistence::Close {
-                    break;
-                }
+                let (step, route) = dispatch(core, &request, now_ms);
+                Pending { step, meta: Meta { route, head_only, persistence } }
             }
             Err(error) => {
-                let response = Response {
-                    close: true,
-                    ..Response::problem(error.status(), &error.to_string())
-                };
-                let step = Step::Ready(response);
-                batch.push(Pending {
-                    step,
-                    route: Route::Other,
-                    head_only: false,
-                    persistence: Persistence::Close,
-                });
-                return (input.len(), true);
+                let response = Response { close: true, ..Response::problem(error.status(), &error.to_string()) };
+                outcome.consumed = input.len();
+                outcome.error = true;
+                let meta = Meta { route: Route::Other, head_only: false, persistence: Persistence::Close };
+                Pending { step: Step::Ready(response), meta }
             }
+        };
+        outcome.requests += 1;
+        let closing = pending.meta.persistence == Persistence::Close;
+        match &pending.step {
+            Step::Ready(response) if batch.is_empty() => {
+                outcome.close |= write_response(core, output, response, pending.meta);
+            }
+            _ => batch.push(pending),
+        }
+        if closing {
+            outcome.close = true;
+            break;
         }
     }
-    (consumed, false)
+    outcome
 }
 
-fn persistence(request: &Request, shutting_down: bool) -> Persistence {
+/// Encodes one response and counts it. Returns true when the connection
+/// must close after it.
+fn write_response(core: &Core, output: &mut Vec<u8>, response: &Response, meta: Meta) -> bool {
+    let persistence = if response.close { Persistence::Close } else { meta.persistence };
+    encode(output, response, &core.date.borrow(), meta.head_only, persistence);
+    core.metrics().request(meta.route, response.status);
+    persistence == Persistence::Close
+}
+
+fn persistence(request: &Request<'_>, shutting_down: bool) -> Persistence {
     match (request.keep_alive && !shutting_down, request.version_minor) {
         (false, _) => Persistence::Close,
         (true, 0) => Persistence::KeepAlive10,
@@ -238,9 +235,7 @@ fn arm_deadline(core: &Core, conn_key: usize, phase: Phase) {
     let deadline_ms = match phase {
         Phase::Idle => now_ms + config.idle_timeout_s * 1000,
         // The head deadline runs from its first byte, not from each read.
-        Phase::Head if conn.head_started_ms != 0 => {
-            conn.head_started_ms + config.header_timeout_s * 1000
-        }
+        Phase::Head if conn.head_started_ms != 0 => conn.head_started_ms + config.header_timeout_s * 1000,
         Phase::Head => {
             conn.head_started_ms = now_ms;
             now_ms + config.header_timeout_s * 1000
@@ -264,13 +259,7 @@ fn shrink(buffer: &mut Vec<u8>) {
 async fn respond_and_close(core: &Core, stream: &mut TcpStream, response: Response) {
     let mut output = Vec::with_capacity(256 + response.body.len());
     core.date.borrow_mut().refresh(SystemTime::now());
-    encode(
-        &mut output,
-        &response,
-        &core.date.borrow(),
-        false,
-        Persistence::Close,
-    );
+    encode(&mut output, &response, &core.date.borrow(), false, Persistence::Close);
     core.metrics().request(Route::Other, response.status);
     let _ = stream.write_all(output).await;
 }
@@ -301,20 +290,9 @@ async fn linger(stream: &mut TcpStream) {
 pub fn refuse(core: &Core, stream: &TcpStream) {
     let mut output = Vec::with_capacity(256);
     let response = Response::overloaded("this shard is at its connection limit");
-    encode(
-        &mut output,
-        &response,
-        &core.date.borrow(),
-        false,
-        Persistence::Close,
-    );
+    encode(&mut output, &response, &core.date.borrow(), false, Persistence::Close);
     // SAFETY: the fd is open for the duration of the call; the buffer is ours.
     unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            output.as_ptr().cast(),
-            output.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        );
+        libc::send(stream.as_raw_fd(), output.as_ptr().cast(), output.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
     }
 }

@@ -70,17 +70,11 @@ pub struct Core {
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn unix_ms(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Core {
-    pub fn new(
-        id: u32,
-        config: Arc<ServerConfig>,
-        mesh: Arc<Mesh>,
-        metrics_all: Arc<Metrics>,
-    ) -> Core {
+    pub fn new(id: u32, config: Arc<ServerConfig>, mesh: Arc<Mesh>, metrics_all: Arc<Metrics>) -> Core {
         let shard_bytes_max = config.cache_bytes / u64::from(config.shard_count);
         let now = SystemTime::now();
         let core = Core {
@@ -112,8 +106,7 @@ impl Core {
     pub fn apply(&self, now_ms: u64, op: Op) -> Outcome {
         let mut shard = self.shard.borrow_mut();
         let outcome = shard.handle(now_ms, op);
-        self.metrics()
-            .store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+        self.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
         outcome
     }
 
@@ -125,33 +118,17 @@ impl Core {
         let mut pending = self.pending.borrow_mut();
         if pending.len() >= REPLY_QUEUE_ENTRIES {
             self.metrics().shed();
-            return Err(Response::overloaded(
-                "too many requests in flight to other shards",
-            ));
+            return Err(Response::overloaded("too many requests in flight to other shards"));
         }
-        let token = pending.insert(PendingReply {
-            outcome: None,
-            waker: None,
-            abandoned: false,
-        });
-        let forward = Forward {
-            source: self.id,
-            token: token as u32,
-            op,
-        };
+        let token = pending.insert(PendingReply { outcome: None, waker: None, abandoned: false });
+        let forward = Forward { source: self.id, token: token as u32, op };
         if self.mesh.forward(owner, forward).is_err() {
             pending.remove(token);
             self.metrics().shed();
-            return Err(Response::overloaded(
-                "the owner shard's inbound queue is full",
-            ));
+            return Err(Response::overloaded("the owner shard's inbound queue is full"));
         }
         self.metrics().hop_out();
-        Ok(ReplyFuture {
-            core: Rc::clone(self),
-            token,
-            done: false,
-        })
+        Ok(ReplyFuture { core: Rc::clone(self), token, done: false })
     }
 
     /// Serves everything in this core's mailbox: forwarded requests are
@@ -167,13 +144,7 @@ impl Core {
             let outcome = self.apply(now_ms, forward.op);
             // Waking per reply still costs one cross-thread wake per batch:
             // after the first, the source's waker is taken until it re-polls.
-            self.mesh.reply(
-                forward.source,
-                crate::mesh::Reply {
-                    token: forward.token,
-                    outcome,
-                },
-            );
+            self.mesh.reply(forward.source, crate::mesh::Reply { token: forward.token, outcome });
             handled += 1;
         }
         self.metrics().hops_in(handled as u64);

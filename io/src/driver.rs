@@ -41,9 +41,7 @@ pub enum Driver {
 impl fmt::Display for Driver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Driver::Uring(RingFlags::DeferTaskrun) => {
-                f.write_str("io_uring (single_issuer+defer_taskrun)")
-            }
+            Driver::Uring(RingFlags::DeferTaskrun) => f.write_str("io_uring (single_issuer+defer_taskrun)"),
             Driver::Uring(RingFlags::CoopTaskrun) => f.write_str("io_uring (coop_taskrun)"),
             Driver::Uring(RingFlags::Plain) => f.write_str("io_uring"),
             Driver::Epoll => f.write_str("epoll"),
@@ -75,10 +73,7 @@ pub fn resolve(choice: DriverChoice) -> Result<(Driver, Option<String>), String>
         DriverChoice::Uring => probe_uring().map(|flags| (Driver::Uring(flags), None)),
         DriverChoice::Auto => match probe_uring() {
             Ok(flags) => Ok((Driver::Uring(flags), None)),
-            Err(reason) => Ok((
-                Driver::Epoll,
-                Some(format!("io_uring unavailable ({reason}); using epoll")),
-            )),
+            Err(reason) => Ok((Driver::Epoll, Some(format!("io_uring unavailable ({reason}); using epoll")))),
         },
     }
 }
@@ -92,11 +87,7 @@ pub fn probe_uring() -> Result<RingFlags, String> {
         }
     }
     let mut last_error = None;
-    for flags in [
-        RingFlags::DeferTaskrun,
-        RingFlags::CoopTaskrun,
-        RingFlags::Plain,
-    ] {
+    for flags in [RingFlags::DeferTaskrun, RingFlags::CoopTaskrun, RingFlags::Plain] {
         match uring_builder(flags).build(RING_ENTRIES) {
             Ok(ring) => return check_opcodes(&ring).map(|()| flags),
             // EINVAL: this kernel does not know the flags; try the next set.
@@ -110,9 +101,7 @@ pub fn probe_uring() -> Result<RingFlags, String> {
 fn check_opcodes(ring: &io_uring::IoUring) -> Result<(), String> {
     use io_uring::opcode::*;
     let mut probe = io_uring::Probe::new();
-    ring.submitter()
-        .register_probe(&mut probe)
-        .map_err(|e| format!("probe failed: {}", describe(&e)))?;
+    ring.submitter().register_probe(&mut probe).map_err(|e| format!("probe failed: {}", describe(&e)))?;
     let needed = [
         ("accept", Accept::CODE),
         ("async_cancel", AsyncCancel::CODE),
@@ -136,23 +125,15 @@ fn check_opcodes(ring: &io_uring::IoUring) -> Result<(), String> {
 
 fn describe(error: &io::Error) -> String {
     match error.raw_os_error() {
-        Some(libc::EPERM) => {
-            "io_uring_setup: EPERM, blocked by seccomp or kernel.io_uring_disabled".to_string()
-        }
+        Some(libc::EPERM) => "io_uring_setup: EPERM, blocked by seccomp or kernel.io_uring_disabled".to_string(),
         Some(libc::ENOSYS) => "io_uring_setup: ENOSYS, kernel built without io_uring".to_string(),
-        Some(libc::ENOMEM) => format!(
-            "io_uring_setup: ENOMEM, locked-memory limit too low ({})",
-            memlock_text()
-        ),
+        Some(libc::ENOMEM) => format!("io_uring_setup: ENOMEM, locked-memory limit too low ({})", memlock_text()),
         _ => format!("io_uring_setup: {error}"),
     }
 }
 
 fn memlock_text() -> String {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
     if !ok {
@@ -161,8 +142,5 @@ fn memlock_text() -> String {
     if limit.rlim_cur == libc::RLIM_INFINITY {
         return "RLIMIT_MEMLOCK unlimited".to_string();
     }
-    format!(
-        "RLIMIT_MEMLOCK {} KiB; raise it with LimitMEMLOCK= or ulimit -l",
-        limit.rlim_cur / 1024
-    )
+    format!("RLIMIT_MEMLOCK {} KiB; raise it with LimitMEMLOCK= or ulimit -l", limit.rlim_cur / 1024)
 }

@@ -88,10 +88,7 @@ impl Mesh {
     pub fn reply(&self, source: u32, reply: Reply) {
         let mailbox = &self.mailboxes[source as usize];
         let pushed = mailbox.replies.push(reply);
-        assert!(
-            pushed.is_ok(),
-            "reply queue overflow: in-flight bound broken"
-        );
+        assert!(pushed.is_ok(), "reply queue overflow: in-flight bound broken");
         mailbox.waker.wake();
     }
 

@@ -29,25 +29,18 @@ const ROUTES: [(Route, &str); 5] = [
 ];
 
 /// The statuses shardgate sends; anything else is counted as the last slot.
-const STATUSES: [u16; 23] = [
-    200, 201, 204, 304, 400, 404, 405, 408, 412, 413, 414, 417, 429, 431, 500, 502, 503, 504, 507,
-    202, 401, 403, 0,
-];
+const STATUSES: [u16; 23] =
+    [200, 201, 204, 304, 400, 404, 405, 408, 412, 413, 414, 417, 429, 431, 500, 502, 503, 504, 507, 202, 401, 403, 0];
 
 /// Upper bounds of the request-duration histogram, in microseconds.
-const DURATION_BOUNDS_US: [u64; 14] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000,
-];
+const DURATION_BOUNDS_US: [u64; 14] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
 
 /// Selects one per-shard counter or gauge.
 type Field = fn(&ShardMetrics) -> &AtomicU64;
 
 fn status_slot(status: u16) -> usize {
-    STATUSES
-        .iter()
-        .position(|&s| s == status)
-        .unwrap_or(STATUSES.len() - 1)
+    STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len() - 1)
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -78,10 +71,7 @@ impl ShardMetrics {
 
     /// Records `count` requests that each took `micros`.
     pub fn duration(&self, micros: u64, count: u64) {
-        let slot = DURATION_BOUNDS_US
-            .iter()
-            .position(|&b| micros <= b)
-            .unwrap_or(DURATION_BOUNDS_US.len());
+        let slot = DURATION_BOUNDS_US.iter().position(|&b| micros <= b).unwrap_or(DURATION_BOUNDS_US.len());
         bump(&self.duration_buckets[slot], count);
         bump(&self.duration_sum_us, micros * count);
     }
@@ -124,9 +114,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(shard_count: u32) -> Metrics {
-        Metrics {
-            shards: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
-        }
+        Metrics { shards: (0..shard_count).map(|_| ShardMetrics::default()).collect() }
     }
 
     pub fn shard(&self, shard: u32) -> &ShardMetrics {
@@ -151,52 +139,26 @@ impl Metrics {
                 "Requests received from other shards, by owner shard.",
                 |m| &m.hops_in,
             ),
-            (
-                "shardgate_load_shed_total",
-                "counter",
-                "Requests answered 503 because a bounded queue was full.",
-                |m| &m.shed,
-            ),
-            (
-                "shardgate_connections_open",
-                "gauge",
-                "Open client connections.",
-                |m| &m.connections_open,
-            ),
-            (
-                "shardgate_connections_refused_total",
-                "counter",
-                "Connections refused at --max-connections.",
-                |m| &m.connections_refused,
-            ),
-            (
-                "shardgate_cache_bytes",
-                "gauge",
-                "Bytes held by stored entries, as charged against the budget.",
-                |m| &m.bytes_held,
-            ),
-            (
-                "shardgate_cache_budget_bytes",
-                "gauge",
-                "Each shard's share of --cache-bytes.",
-                |m| &m.bytes_max,
-            ),
+            ("shardgate_load_shed_total", "counter", "Requests answered 503 because a bounded queue was full.", |m| {
+                &m.shed
+            }),
+            ("shardgate_connections_open", "gauge", "Open client connections.", |m| &m.connections_open),
+            ("shardgate_connections_refused_total", "counter", "Connections refused at --max-connections.", |m| {
+                &m.connections_refused
+            }),
+            ("shardgate_cache_bytes", "gauge", "Bytes held by stored entries, as charged against the budget.", |m| {
+                &m.bytes_held
+            }),
+            ("shardgate_cache_budget_bytes", "gauge", "Each shard's share of --cache-bytes.", |m| &m.bytes_max),
             ("shardgate_keys", "gauge", "Keys stored.", |m| &m.keys),
-            (
-                "shardgate_expired_keys_total",
-                "counter",
-                "Expired keys reclaimed by the background sweep.",
-                |m| &m.expired_swept,
-            ),
+            ("shardgate_expired_keys_total", "counter", "Expired keys reclaimed by the background sweep.", |m| {
+                &m.expired_swept
+            }),
         ];
         for (name, kind, help, field) in families {
             header(&mut out, name, kind, help);
             for (shard, metrics) in self.shards.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{shard=\"{shard}\"}} {}",
-                    field(metrics).load(Relaxed)
-                );
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", field(metrics).load(Relaxed));
             }
         }
         header(
@@ -206,39 +168,21 @@ impl Metrics {
             "Requests waiting in each shard's inbound cross-core queue.",
         );
         for shard in 0..mesh.shard_count() {
-            let _ = writeln!(
-                out,
-                "shardgate_channel_depth{{shard=\"{shard}\"}} {}",
-                mesh.forward_depth(shard)
-            );
+            let _ = writeln!(out, "shardgate_channel_depth{{shard=\"{shard}\"}} {}", mesh.forward_depth(shard));
         }
-        header(
-            &mut out,
-            "shardgate_ready",
-            "gauge",
-            "1 when every shard is serving.",
-        );
+        header(&mut out, "shardgate_ready", "gauge", "1 when every shard is serving.");
         let _ = writeln!(out, "shardgate_ready {}", u8::from(mesh.is_ready()));
         out
     }
 
     fn render_requests(&self, out: &mut String) {
-        header(
-            out,
-            "shardgate_requests_total",
-            "counter",
-            "Requests answered, by shard, route and status.",
-        );
+        header(out, "shardgate_requests_total", "counter", "Requests answered, by shard, route and status.");
         for (shard, metrics) in self.shards.iter().enumerate() {
             for (route, route_name) in ROUTES {
                 for (slot, status) in STATUSES.iter().enumerate() {
                     let count = metrics.requests[route as usize][slot].load(Relaxed);
                     if count > 0 {
-                        let status = if *status == 0 {
-                            "other".to_string()
-                        } else {
-                            status.to_string()
-                        };
+                        let status = if *status == 0 { "other".to_string() } else { status.to_string() };
                         let _ = writeln!(
                             out,
                             "shardgate_requests_total{{shard=\"{shard}\",route=\"{route_name}\",status=\"{status}\"}} {count}"
@@ -251,12 +195,7 @@ impl Metrics {
 
     fn render_durations(&self, out: &mut String) {
         let name = "shardgate_request_duration_seconds";
-        header(
-            out,
-            name,
-            "histogram",
-            "Time from reading a request to encoding its response.",
-        );
+        header(out, name, "histogram", "Time from reading a request to encoding its response.");
         for (shard, metrics) in self.shards.iter().enumerate() {
             let mut cumulative = 0;
             for (i, bucket) in metrics.duration_buckets.iter().enumerate() {
@@ -265,10 +204,7 @@ impl Metrics {
                     Some(&bound) => format!("{}", bound as f64 / 1e6),
                     None => "+Inf".to_string(),
                 };
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}"
-                );
+                let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}");
             }
             let sum = metrics.duration_sum_us.load(Relaxed) as f64 / 1e6;
             let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");

@@ -41,10 +41,7 @@ pub enum StartError {
     #[error("{0} is already in use: another process is serving it")]
     AddressInUse(SocketAddr),
     #[error("cannot bind {address}: {source}")]
-    Bind {
-        address: SocketAddr,
-        source: io::Error,
-    },
+    Bind { address: SocketAddr, source: io::Error },
     #[error("shard {shard}: {source}")]
     Shard { shard: u32, source: io::Error },
 }
@@ -121,12 +118,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     }
     shards.sort_by_key(|info| info.shard);
     mesh.set_ready();
-    Ok(Server {
-        local_addr: address,
-        shards,
-        mesh,
-        threads,
-    })
+    Ok(Server { local_addr: address, shards, mesh, threads })
 }
 
 /// Resolves port 0 to one concrete port, and refuses an address another
@@ -135,23 +127,13 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
 /// `SO_REUSEPORT`, so any listener on the port makes it fail.
 fn resolve_address(listen: SocketAddr) -> Result<SocketAddr, StartError> {
     match std::net::TcpListener::bind(listen) {
-        Ok(probe) => probe.local_addr().map_err(|source| StartError::Bind {
-            address: listen,
-            source,
-        }),
+        Ok(probe) => probe.local_addr().map_err(|source| StartError::Bind { address: listen, source }),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(StartError::AddressInUse(listen)),
-        Err(source) => Err(StartError::Bind {
-            address: listen,
-            source,
-        }),
+        Err(source) => Err(StartError::Bind { address: listen, source }),
     }
 }
 
-fn bind_reuseport(
-    address: SocketAddr,
-    backlog: i32,
-    nonblocking: bool,
-) -> io::Result<std::net::TcpListener> {
+fn bind_reuseport(address: SocketAddr, backlog: i32, nonblocking: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -166,13 +148,7 @@ fn bind_reuseport(
 type CoreParts = (Arc<ServerConfig>, Arc<Mesh>, Arc<Metrics>);
 type Report = Result<ShardInfo, StartError>;
 
-fn run_thread(
-    shard: u32,
-    cpu: usize,
-    parts: CoreParts,
-    listener: std::net::TcpListener,
-    report: mpsc::Sender<Report>,
-) {
+fn run_thread(shard: u32, cpu: usize, parts: CoreParts, listener: std::net::TcpListener, report: mpsc::Sender<Report>) {
     if let Err(source) = pin_to_cpu(cpu) {
         let _ = report.send(Err(StartError::Shard { shard, source }));
         return;
@@ -186,10 +162,9 @@ fn run_thread(
             .enable_timer()
             .build()
             .map(|mut runtime| runtime.block_on(main)),
-        Driver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut runtime| runtime.block_on(main)),
+        Driver::Epoll => {
+            RuntimeBuilder::<LegacyDriver>::new().enable_timer().build().map(|mut runtime| runtime.block_on(main))
+        }
     };
     if let Err(source) = built {
         let _ = report.send(Err(StartError::Shard { shard, source }));
@@ -246,10 +221,7 @@ async fn accept_loop(core: &Rc<Core>, listener: &TcpListener) {
             Ok((stream, _peer)) => stream,
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning on accept.
-                eprintln!(
-                    "level=warn shard={} msg=\"accept failed\" error=\"{error}\"",
-                    core.id
-                );
+                eprintln!("level=warn shard={} msg=\"accept failed\" error=\"{error}\"", core.id);
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -322,8 +294,7 @@ async fn ticker_loop(core: Rc<Core>) {
         let mut shard = core.shard.borrow_mut();
         let swept = shard.sweep_expired(now_ms, SWEEP_PER_TICK_MAX);
         core.metrics().expired(swept);
-        core.metrics()
-            .store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+        core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
     }
 }
 

@@ -115,14 +115,8 @@ fn parse_member(member: &[u8]) -> ListedTag {
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
@@ -160,11 +154,7 @@ impl Conditions {
         if let Some(list) = &self.if_none_match {
             let matched = current.is_some_and(|tag| list.matches_weak(tag));
             if matched {
-                return if safe {
-                    Verdict::NotModified
-                } else {
-                    Verdict::Failed
-                };
+                return if safe { Verdict::NotModified } else { Verdict::Failed };
             }
         }
         Verdict::Proceed

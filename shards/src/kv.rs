@@ -119,12 +119,7 @@ pub struct KvShard {
 
 impl KvShard {
     pub fn new(bytes_max: u64) -> KvShard {
-        KvShard {
-            map: HashMap::new(),
-            expiry: BTreeSet::new(),
-            bytes_held: 0,
-            bytes_max,
-        }
+        KvShard { map: HashMap::new(), expiry: BTreeSet::new(), bytes_held: 0, bytes_max }
     }
 
     /// Bytes charged against the budget by the entries held now.
@@ -142,19 +137,10 @@ impl KvShard {
 
     /// Applies one operation at time `now_ms` and returns its outcome.
     pub fn handle(&mut self, now_ms: u64, op: Op) -> Outcome {
-        assert!(
-            !op.key().is_empty() && op.key().len() <= KEY_BYTES_MAX,
-            "key length unchecked"
-        );
+        assert!(!op.key().is_empty() && op.key().len() <= KEY_BYTES_MAX, "key length unchecked");
         let outcome = match op {
             Op::Get { key, conditions } => self.get(now_ms, &key, &conditions),
-            Op::Put {
-                key,
-                value,
-                content_type,
-                ttl_ms,
-                conditions,
-            } => {
+            Op::Put { key, value, content_type, ttl_ms, conditions } => {
                 let expires_at_ms = ttl_ms.map(|ttl| now_ms.saturating_add(ttl));
                 self.put(now_ms, key, value, content_type, expires_at_ms, &conditions)
             }
@@ -178,15 +164,11 @@ impl KvShard {
         let entry = self.live(now_ms, key);
         match conditions.evaluate(entry.map(|e| e.etag), true) {
             Verdict::Failed => Outcome::PreconditionFailed,
-            Verdict::NotModified => Outcome::NotModified {
-                etag: entry.expect("matched").etag,
-            },
+            Verdict::NotModified => Outcome::NotModified { etag: entry.expect("matched").etag },
             Verdict::Proceed => match entry {
-                Some(e) => Outcome::Value {
-                    value: e.value.clone(),
-                    content_type: e.content_type.clone(),
-                    etag: e.etag,
-                },
+                Some(e) => {
+                    Outcome::Value { value: e.value.clone(), content_type: e.content_type.clone(), etag: e.etag }
+                }
                 None => Outcome::NotFound,
             },
         }
@@ -209,10 +191,7 @@ impl KvShard {
         if !self.fits(&key, bytes_new) {
             self.sweep_expired(now_ms, SWEEP_ON_PRESSURE_ENTRIES_MAX);
             if !self.fits(&key, bytes_new) {
-                return Outcome::InsufficientStorage {
-                    entry_bytes: bytes_new,
-                    budget_bytes: self.bytes_max,
-                };
+                return Outcome::InsufficientStorage { entry_bytes: bytes_new, budget_bytes: self.bytes_max };
             }
         }
         let created = self.remove(&key).is_none();
@@ -221,24 +200,13 @@ impl KvShard {
             self.expiry.insert((at, key.clone()));
         }
         self.bytes_held += bytes_new;
-        self.map.insert(
-            key,
-            Entry {
-                value,
-                content_type,
-                etag,
-                expires_at_ms,
-            },
-        );
+        self.map.insert(key, Entry { value, content_type, etag, expires_at_ms });
         Outcome::Stored { etag, created }
     }
 
     /// True when replacing `key`'s entry by one of `bytes_new` stays within budget.
     fn fits(&self, key: &[u8], bytes_new: u64) -> bool {
-        let bytes_old = self
-            .map
-            .get_key_value(key)
-            .map_or(0, |(k, e)| entry_bytes(k, &e.value, &e.content_type));
+        let bytes_old = self.map.get_key_value(key).map_or(0, |(k, e)| entry_bytes(k, &e.value, &e.content_type));
         self.bytes_held - bytes_old + bytes_new <= self.bytes_max
     }
 

@@ -1,8 +1,8 @@
 use super::*;
 
 fn resolve_args(args: &[&str], file: &str) -> Result<Config, String> {
-    let cli = Cli::try_parse_from(std::iter::once("shardgate").chain(args.iter().copied()))
-        .map_err(|e| e.to_string())?;
+    let cli =
+        Cli::try_parse_from(std::iter::once("shardgate").chain(args.iter().copied())).map_err(|e| e.to_string())?;
     let file: File = toml::from_str(file).map_err(|e| e.to_string())?;
     resolve(cli, file)
 }
@@ -19,21 +19,14 @@ fn defaults() {
     assert_eq!(config.flush_interval, Duration::from_millis(5));
     assert_eq!(config.durability, Durability::Async);
     assert_eq!(config.io_driver, DriverChoice::Auto);
-    assert_eq!(
-        config.rate_limit,
-        RateLimit::PerWindow {
-            requests: 1000,
-            window: Duration::from_secs(1)
-        }
-    );
+    assert_eq!(config.rate_limit, RateLimit::PerWindow { requests: 1000, window: Duration::from_secs(1) });
     assert_eq!(config.header_timeout, Duration::from_secs(10));
     assert_eq!(config.idle_timeout, Duration::from_secs(60));
 }
 
 #[test]
 fn flags_beat_the_file() {
-    let file =
-        "shards = 3\ncache_bytes = \"2GiB\"\nlisten = \"127.0.0.1:9000\"\nrate_limit = \"off\"";
+    let file = "shards = 3\ncache_bytes = \"2GiB\"\nlisten = \"127.0.0.1:9000\"\nrate_limit = \"off\"";
     let config = resolve_args(&["--shards", "2"], file).unwrap();
     assert_eq!(config.shards, Some(2));
     assert_eq!(config.cache_bytes, 2 << 30);
@@ -45,31 +38,13 @@ fn flags_beat_the_file() {
 fn bad_values_name_their_flag() {
     let cases = [
         (vec!["--shards", "0"], "invalid --shards '0'"),
-        (
-            vec!["--cache-bytes", "lots"],
-            "invalid --cache-bytes 'lots'",
-        ),
+        (vec!["--cache-bytes", "lots"], "invalid --cache-bytes 'lots'"),
         (vec!["--max-body", "1PiB"], "invalid --max-body '1PiB'"),
-        (
-            vec!["--io-driver", "kqueue"],
-            "invalid --io-driver 'kqueue'",
-        ),
-        (
-            vec!["--flush-interval", "5"],
-            "invalid --flush-interval '5'",
-        ),
-        (
-            vec!["--rate-limit", "10/0s"],
-            "invalid --rate-limit '10/0s'",
-        ),
-        (
-            vec!["--listen", "localhost"],
-            "invalid --listen 'localhost'",
-        ),
-        (
-            vec!["--durability", "maybe"],
-            "invalid --durability 'maybe'",
-        ),
+        (vec!["--io-driver", "kqueue"], "invalid --io-driver 'kqueue'"),
+        (vec!["--flush-interval", "5"], "invalid --flush-interval '5'"),
+        (vec!["--rate-limit", "10/0s"], "invalid --rate-limit '10/0s'"),
+        (vec!["--listen", "localhost"], "invalid --listen 'localhost'"),
+        (vec!["--durability", "maybe"], "invalid --durability 'maybe'"),
     ];
     for (args, expect) in cases {
         let error = resolve_args(&args, "").unwrap_err();
@@ -77,10 +52,7 @@ fn bad_values_name_their_flag() {
         assert_eq!(error.lines().count(), 1, "{error}");
     }
     let error = resolve_args(&[], "max_header = \"12\"").unwrap_err();
-    assert!(
-        error.contains("invalid --max-header (config file) '12'"),
-        "{error}"
-    );
+    assert!(error.contains("invalid --max-header (config file) '12'"), "{error}");
 }
 
 #[test]

@@ -5,15 +5,8 @@ use std::process::{Command, Stdio};
 use crate::harness::Server;
 
 fn run_bad(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let output = Command::new(env!("CARGO_BIN_EXE_shardgate")).args(args).stdin(Stdio::null()).output().unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 #[test]
@@ -52,10 +45,7 @@ fn flag_beats_env_beats_file() {
     assert_eq!(from_file.shard_lines.len(), 3);
     let from_env = Server::start_with_env(&["--config", path], &[("SHARDGATE_SHARDS", "2")]);
     assert_eq!(from_env.shard_lines.len(), 2);
-    let from_flag = Server::start_with_env(
-        &["--config", path, "--shards", "1"],
-        &[("SHARDGATE_SHARDS", "2")],
-    );
+    let from_flag = Server::start_with_env(&["--config", path, "--shards", "1"], &[("SHARDGATE_SHARDS", "2")]);
     assert_eq!(from_flag.shard_lines.len(), 1);
     std::fs::write(&file, "shards = 0\n").unwrap();
     let (code, stderr) = run_bad(&["--config", path]);

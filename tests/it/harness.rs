@@ -45,12 +45,7 @@ impl Server {
                 },
                 _ => {
                     let mut stderr = String::new();
-                    child
-                        .stderr
-                        .take()
-                        .unwrap()
-                        .read_to_string(&mut stderr)
-                        .ok();
+                    child.stderr.take().unwrap().read_to_string(&mut stderr).ok();
                     panic!("shardgate exited before listening: {stderr}");
                 }
             }
@@ -59,12 +54,7 @@ impl Server {
         std::thread::spawn(move || for _ in lines {});
         let stderr = child.stderr.take().expect("stderr");
         std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
-        Server {
-            child,
-            addr,
-            shard_lines,
-            _data_dir: data_dir,
-        }
+        Server { child, addr, shard_lines, _data_dir: data_dir }
     }
 
     pub fn client(&self) -> Client {
@@ -131,10 +121,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -144,17 +131,11 @@ impl Response {
     /// Checks an RFC 9457 problem body for this status.
     pub fn assert_problem(&self, status: u16) {
         assert_eq!(self.status, status, "{}", self.text());
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json")
-        );
+        assert_eq!(self.header("content-type"), Some("application/problem+json"));
         let text = self.text();
         assert!(text.starts_with("{\"type\":\""), "{text}");
         assert!(text.contains(&format!("\"status\":{status},")), "{text}");
-        assert!(
-            text.contains("\"title\":\"") && text.contains("\"detail\":\""),
-            "{text}"
-        );
+        assert!(text.contains("\"title\":\"") && text.contains("\"detail\":\""), "{text}");
     }
 }
 
@@ -170,10 +151,7 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            buffer: Vec::new(),
-        }
+        Client { stream, buffer: Vec::new() }
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
@@ -198,19 +176,12 @@ impl Client {
         loop {
             let mut fields = [httparse::EMPTY_HEADER; 32];
             let mut parsed = httparse::Response::new(&mut fields);
-            if let httparse::Status::Complete(head_len) =
-                parsed.parse(&self.buffer).expect("valid response head")
-            {
+            if let httparse::Status::Complete(head_len) = parsed.parse(&self.buffer).expect("valid response head") {
                 let status = parsed.code.unwrap();
                 let headers: Vec<(String, String)> = parsed
                     .headers
                     .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8(h.value.to_vec()).unwrap(),
-                        )
-                    })
+                    .map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap()))
                     .collect();
                 let length = headers
                     .iter()
@@ -232,11 +203,7 @@ impl Client {
                 }
                 let body = self.buffer[head_len..head_len + body_len].to_vec();
                 self.buffer.drain(..head_len + body_len);
-                return Response {
-                    status,
-                    headers,
-                    body,
-                };
+                return Response { status, headers, body };
             }
             self.fill();
         }
@@ -245,11 +212,7 @@ impl Client {
     fn fill(&mut self) {
         let mut chunk = [0u8; 16 * 1024];
         let n = self.stream.read(&mut chunk).expect("read (timed out?)");
-        assert!(
-            n > 0,
-            "connection closed mid-response; have {:?}",
-            String::from_utf8_lossy(&self.buffer)
-        );
+        assert!(n > 0, "connection closed mid-response; have {:?}", String::from_utf8_lossy(&self.buffer));
         self.buffer.extend_from_slice(&chunk[..n]);
     }
 
@@ -265,10 +228,7 @@ impl Client {
 
 /// Builds a request with a body and the usual fields.
 pub fn put(path: &str, body: &str) -> String {
-    format!(
-        "PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    format!("PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
 pub fn get(path: &str) -> String {

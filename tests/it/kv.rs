@@ -8,13 +8,12 @@ use crate::harness::{get, put, Server};
 fn put_get_head_delete() {
     let server = Server::start(&["--shards", "2"]);
     let mut c = server.client();
-    let created = c.request("PUT /v1/kv/user HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}");
+    let created = c.request(
+        "PUT /v1/kv/user HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+    );
     assert_eq!(created.status, 201);
     let etag = created.header("etag").expect("ETag").to_string();
-    assert!(
-        etag.starts_with('"') && etag.ends_with('"') && etag.len() == 18,
-        "{etag}"
-    );
+    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() == 18, "{etag}");
     let shard = created.header("x-shard").expect("X-Shard").to_string();
     assert!(shard == "0/2" || shard == "1/2", "{shard}");
 
@@ -28,26 +27,19 @@ fn put_get_head_delete() {
 
     c.write(b"HEAD /v1/kv/user HTTP/1.1\r\nHost: t\r\n\r\n");
     let head = c.head_response();
-    assert_eq!(
-        (head.status, head.header("content-length")),
-        (200, Some("7"))
-    );
+    assert_eq!((head.status, head.header("content-length")), (200, Some("7")));
     assert!(head.body.is_empty());
     assert_eq!(head.header("etag"), Some(etag.as_str()));
 
     let replaced = c.request(&put("/v1/kv/user", "second"));
     assert_eq!(replaced.status, 200);
     assert_ne!(replaced.header("etag"), Some(etag.as_str()));
-    assert_eq!(
-        c.request(&get("/v1/kv/user")).header("content-type"),
-        Some("application/octet-stream")
-    );
+    assert_eq!(c.request(&get("/v1/kv/user")).header("content-type"), Some("application/octet-stream"));
 
     let deleted = c.request("DELETE /v1/kv/user HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(deleted.status, 204);
     assert_eq!(deleted.header("x-shard"), Some(shard.as_str()));
-    c.request("DELETE /v1/kv/user HTTP/1.1\r\nHost: t\r\n\r\n")
-        .assert_problem(404);
+    c.request("DELETE /v1/kv/user HTTP/1.1\r\nHost: t\r\n\r\n").assert_problem(404);
     let missing = c.request(&get("/v1/kv/user"));
     missing.assert_problem(404);
     assert_eq!(missing.header("x-shard"), Some(shard.as_str()));
@@ -57,8 +49,7 @@ fn put_get_head_delete() {
 fn conditional_requests() {
     let server = Server::start(&["--shards", "2"]);
     let mut c = server.client();
-    let create_only =
-        "PUT /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-None-Match: *\r\nContent-Length: 1\r\n\r\na";
+    let create_only = "PUT /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-None-Match: *\r\nContent-Length: 1\r\n\r\na";
     let first = c.request(create_only);
     assert_eq!(first.status, 201);
     c.request(create_only).assert_problem(412);
@@ -66,16 +57,13 @@ fn conditional_requests() {
 
     let stale = "PUT /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-Match: \"0000000000000000\"\r\nContent-Length: 1\r\n\r\nb";
     c.request(stale).assert_problem(412);
-    let cas = format!(
-        "PUT /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-Match: {etag}\r\nContent-Length: 1\r\n\r\nb"
-    );
+    let cas = format!("PUT /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-Match: {etag}\r\nContent-Length: 1\r\n\r\nb");
     let swapped = c.request(&cas);
     assert_eq!(swapped.status, 200);
     let new_etag = swapped.header("etag").unwrap().to_string();
     c.request(&cas).assert_problem(412);
 
-    let revalidate =
-        format!("GET /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-None-Match: {new_etag}\r\n\r\n");
+    let revalidate = format!("GET /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-None-Match: {new_etag}\r\n\r\n");
     let not_modified = c.request(&revalidate);
     assert_eq!(not_modified.status, 304);
     assert!(not_modified.body.is_empty());
@@ -83,8 +71,7 @@ fn conditional_requests() {
     let changed = format!("GET /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n");
     assert_eq!(c.request(&changed).status, 200);
 
-    let delete_stale =
-        format!("DELETE /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-Match: {etag}\r\n\r\n");
+    let delete_stale = format!("DELETE /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-Match: {etag}\r\n\r\n");
     c.request(&delete_stale).assert_problem(412);
     let delete = format!("DELETE /v1/kv/lock HTTP/1.1\r\nHost: t\r\nIf-Match: {new_etag}\r\n\r\n");
     assert_eq!(c.request(&delete).status, 204);
@@ -101,8 +88,7 @@ fn ttl_expires() {
     c.request(&get("/v1/kv/session")).assert_problem(404);
     assert_eq!(c.request(&get("/v1/kv/kept")).status, 200);
     for bad in ["0", "-1", "abc", "1.5", ""] {
-        c.request(&put(&format!("/v1/kv/k?ttl={bad}"), "x"))
-            .assert_problem(400);
+        c.request(&put(&format!("/v1/kv/k?ttl={bad}"), "x")).assert_problem(400);
     }
 }
 
@@ -116,13 +102,9 @@ fn keys_are_percent_decoded_and_bounded() {
     c.request(&get("/v1/kv/%zz")).assert_problem(400);
     c.request(&get("/v1/kv/")).assert_problem(404);
     let longest = "k".repeat(1024);
-    assert_eq!(
-        c.request(&put(&format!("/v1/kv/{longest}"), "v")).status,
-        201
-    );
+    assert_eq!(c.request(&put(&format!("/v1/kv/{longest}"), "v")).status, 201);
     assert_eq!(c.request(&get(&format!("/v1/kv/{longest}"))).body, b"v");
-    c.request(&get(&format!("/v1/kv/{longest}k")))
-        .assert_problem(414);
+    c.request(&get(&format!("/v1/kv/{longest}k"))).assert_problem(414);
     // Binary and multi-byte keys.
     assert_eq!(c.request(&put("/v1/kv/%00%ff%e2%9c%93", "bin")).status, 201);
     assert_eq!(c.request(&get("/v1/kv/%00%FF%E2%9C%93")).body, b"bin");
@@ -147,18 +129,10 @@ fn memory_budget_refuses_with_507_and_keeps_data() {
     assert!(stored >= 40, "only {stored} values fit in 64 KiB");
     // Nothing stored was evicted to make room.
     for i in 0..stored {
-        assert_eq!(
-            c.request(&get(&format!("/v1/kv/k{i}"))).body,
-            value.as_bytes(),
-            "k{i}"
-        );
+        assert_eq!(c.request(&get(&format!("/v1/kv/k{i}"))).body, value.as_bytes(), "k{i}");
     }
     // Deleting frees room again.
-    assert_eq!(
-        c.request("DELETE /v1/kv/k0 HTTP/1.1\r\nHost: t\r\n\r\n")
-            .status,
-        204
-    );
+    assert_eq!(c.request("DELETE /v1/kv/k0 HTTP/1.1\r\nHost: t\r\n\r\n").status, 204);
     assert_eq!(c.request(&put("/v1/kv/again", &value)).status, 201);
     assert!(server.metric("shardgate_cache_bytes", &[]) <= 65536.0);
 }

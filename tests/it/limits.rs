@@ -19,56 +19,29 @@ fn unknown_path_and_wrong_method() {
 
 #[test]
 fn size_limits() {
-    let server = Server::start(&[
-        "--shards",
-        "1",
-        "--max-body",
-        "1KiB",
-        "--max-header",
-        "2KiB",
-    ]);
+    let server = Server::start(&["--shards", "1", "--max-body", "1KiB", "--max-header", "2KiB"]);
     let body = "b".repeat(1025);
     let mut c = server.client();
-    let response = c.request(&format!(
-        "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\n\r\n{body}"
-    ));
+    let response = c.request(&format!("PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\n\r\n{body}"));
     response.assert_problem(413);
     assert!(c.is_closed());
     let fits = "b".repeat(1024);
     assert_eq!(
-        server
-            .send(&format!(
-                "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1024\r\n\r\n{fits}"
-            ))
-            .status,
+        server.send(&format!("PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1024\r\n\r\n{fits}")).status,
         201
     );
     // Chunked bodies are bounded by their total, not per chunk.
-    let chunks = "200\r\n".to_string()
-        + &"c".repeat(512)
-        + "\r\n"
-        + "200\r\n"
-        + &"c".repeat(512)
-        + "\r\n1\r\nc\r\n0\r\n\r\n";
+    let chunks =
+        "200\r\n".to_string() + &"c".repeat(512) + "\r\n" + "200\r\n" + &"c".repeat(512) + "\r\n1\r\nc\r\n0\r\n\r\n";
     server
-        .send(&format!(
-            "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
-        ))
+        .send(&format!("PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"))
         .assert_problem(413);
-    let big_header = format!(
-        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
-        "h".repeat(2100)
-    );
+    let big_header = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "h".repeat(2100));
     server.send(&big_header).assert_problem(431);
-    let long_line = format!(
-        "GET /v1/kv/{} HTTP/1.1\r\nHost: t\r\n\r\n",
-        "k".repeat(2100)
-    );
+    let long_line = format!("GET /v1/kv/{} HTTP/1.1\r\nHost: t\r\n\r\n", "k".repeat(2100));
     server.send(&long_line).assert_problem(414);
     let many: String = (0..80).map(|i| format!("X-{i}: v\r\n")).collect();
-    server
-        .send(&format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}\r\n"))
-        .assert_problem(431);
+    server.send(&format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}\r\n")).assert_problem(431);
 }
 
 #[test]
@@ -79,10 +52,7 @@ fn slow_header_gets_408_and_close() {
     let started = Instant::now();
     let response = c.response();
     response.assert_problem(408);
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "408 came before the timeout"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(500), "408 came before the timeout");
     assert!(c.is_closed());
 }
 
@@ -128,10 +98,7 @@ fn connections_past_the_limit_are_refused_with_503() {
         if again.response().status == 200 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the closed connection's slot was never freed"
-        );
+        assert!(Instant::now() < deadline, "the closed connection's slot was never freed");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(server.metric("shardgate_connections_refused_total", &[]) >= 1.0);

@@ -40,11 +40,7 @@ fn connection_close_and_http_1_0() {
     let mut c = server.client();
     let response = c.request("GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     assert_eq!(response.header("connection"), Some("keep-alive"));
-    assert_eq!(
-        c.request("GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            .status,
-        200
-    );
+    assert_eq!(c.request("GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").status, 200);
 }
 
 #[test]
@@ -63,9 +59,7 @@ fn chunked_request_bodies() {
 fn expect_100_continue() {
     let server = Server::start(&["--shards", "1"]);
     let mut c = server.client();
-    c.write(
-        b"PUT /v1/kv/big HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
-    );
+    c.write(b"PUT /v1/kv/big HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
     let interim = c.response();
     assert_eq!(interim.status, 100);
     c.write(b"body");
@@ -75,9 +69,7 @@ fn expect_100_continue() {
     c.write(b"PUT /v1/kv/big HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 999999999\r\n\r\n");
     c.response().assert_problem(413);
     let mut c = server.client();
-    let unknown = c.request(
-        "PUT /v1/kv/x HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx",
-    );
+    let unknown = c.request("PUT /v1/kv/x HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx");
     unknown.assert_problem(417);
 }
 
@@ -138,9 +130,7 @@ fn client_that_closes_mid_request_does_not_disturb_others() {
         c.write(b"PUT /v1/kv/x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly part");
     }
     let mut c = server.client();
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    c.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(c.request(&get("/healthz")).status, 200);
     let mut rest = Vec::new();
     let _ = c.stream.set_nonblocking(true);

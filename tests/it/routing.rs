@@ -12,21 +12,14 @@ fn connection_per_core(server: &Server, shards: u32) -> Vec<Client> {
     let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
     for _ in 0..200 {
         let before: Vec<f64> = (0..shards)
-            .map(|s| {
-                server.metric(
-                    "shardgate_requests_total",
-                    &[("shard", &s.to_string()), ("route", "healthz")],
-                )
-            })
+            .map(|s| server.metric("shardgate_requests_total", &[("shard", &s.to_string()), ("route", "healthz")]))
             .collect();
         let mut client = server.client();
         assert_eq!(client.request(&get("/healthz")).status, 200);
         let core = (0..shards)
             .find(|&s| {
-                server.metric(
-                    "shardgate_requests_total",
-                    &[("shard", &s.to_string()), ("route", "healthz")],
-                ) > before[s as usize]
+                server.metric("shardgate_requests_total", &[("shard", &s.to_string()), ("route", "healthz")])
+                    > before[s as usize]
             })
             .expect("some core counted the request");
         found[core as usize].get_or_insert(client);
@@ -38,10 +31,7 @@ fn connection_per_core(server: &Server, shards: u32) -> Vec<Client> {
 }
 
 fn key_owned_by(owner: u32, shards: u32) -> String {
-    (0..)
-        .map(|i| format!("key-{i}"))
-        .find(|k| shard_for_key(k.as_bytes(), shards) == owner)
-        .unwrap()
+    (0..).map(|i| format!("key-{i}")).find(|k| shard_for_key(k.as_bytes(), shards) == owner).unwrap()
 }
 
 #[test]
@@ -60,11 +50,7 @@ fn keys_are_reachable_from_every_core() {
             // Read-your-writes on both cores, local and forwarded.
             for (reader, client) in clients.iter_mut().enumerate() {
                 let got = client.request(&get(&path));
-                assert_eq!(
-                    got.text(),
-                    value,
-                    "written on core {writer}, read on core {reader}"
-                );
+                assert_eq!(got.text(), value, "written on core {writer}, read on core {reader}");
                 assert_eq!(got.header("x-shard"), Some(expect_shard.as_str()));
             }
         }
@@ -83,9 +69,7 @@ fn keys_are_reachable_from_every_core() {
 fn pipelined_batch_mixing_local_and_forwarded_keys_answers_in_order() {
     let server = Server::start(&["--shards", "2"]);
     let mut clients = connection_per_core(&server, 2);
-    let keys: Vec<String> = (0..8)
-        .map(|i| key_owned_by(i % 2, 2) + &i.to_string())
-        .collect();
+    let keys: Vec<String> = (0..8).map(|i| key_owned_by(i % 2, 2) + &i.to_string()).collect();
     let mut batch = String::new();
     for (i, key) in keys.iter().enumerate() {
         batch += &put(&format!("/v1/kv/{key}"), &format!("value-{i}"));
@@ -103,10 +87,7 @@ fn pipelined_batch_mixing_local_and_forwarded_keys_answers_in_order() {
         let response = client.response();
         assert_eq!(response.text(), format!("value-{i}"), "GET {key}");
         let owner = shard_for_key(key.as_bytes(), 2);
-        assert_eq!(
-            response.header("x-shard"),
-            Some(format!("{owner}/2").as_str())
-        );
+        assert_eq!(response.header("x-shard"), Some(format!("{owner}/2").as_str()));
     }
 }
 
@@ -118,19 +99,13 @@ fn many_connections_read_their_writes() {
         for (i, client) in clients.iter_mut().enumerate() {
             let path = format!("/v1/kv/conn-{i}-{}", round % 5);
             let value = format!("{i}:{round}");
-            assert!(matches!(
-                client.request(&put(&path, &value)).status,
-                200 | 201
-            ));
+            assert!(matches!(client.request(&put(&path, &value)).status, 200 | 201));
         }
         // Read back on a different connection than the writer.
         for i in 0..clients.len() {
             let path = format!("/v1/kv/conn-{i}-{}", round % 5);
             let reader = (i + 7) % clients.len();
-            assert_eq!(
-                clients[reader].request(&get(&path)).text(),
-                format!("{i}:{round}")
-            );
+            assert_eq!(clients[reader].request(&get(&path)).text(), format!("{i}:{round}"));
         }
     }
 }

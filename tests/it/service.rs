@@ -16,10 +16,7 @@ fn health_ready_and_metrics() {
     }
     let metrics = server.send(&get("/metrics"));
     assert_eq!(metrics.status, 200);
-    assert!(metrics
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+    assert!(metrics.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
     let text = metrics.text();
     for family in [
         "shardgate_requests_total",
@@ -31,25 +28,10 @@ fn health_ready_and_metrics() {
         "shardgate_keys",
         "shardgate_load_shed_total",
     ] {
-        assert!(
-            text.contains(&format!("# TYPE {family} ")),
-            "missing {family}"
-        );
+        assert!(text.contains(&format!("# TYPE {family} ")), "missing {family}");
     }
-    assert_eq!(
-        server.metric(
-            "shardgate_requests_total",
-            &[("route", "kv"), ("status", "201")]
-        ),
-        20.0
-    );
-    assert_eq!(
-        server.metric(
-            "shardgate_requests_total",
-            &[("route", "kv"), ("status", "200")]
-        ),
-        20.0
-    );
+    assert_eq!(server.metric("shardgate_requests_total", &[("route", "kv"), ("status", "201")]), 20.0);
+    assert_eq!(server.metric("shardgate_requests_total", &[("route", "kv"), ("status", "200")]), 20.0);
     assert_eq!(server.metric("shardgate_keys", &[]), 20.0);
     assert!(server.metric("shardgate_cache_bytes", &[]) > 20.0 * 5.0);
     assert!(server.metric("shardgate_connections_open", &[]) >= 1.0);

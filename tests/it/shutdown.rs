@@ -10,9 +10,7 @@ fn sigterm_drains_idle_connections_and_exits_zero() {
     let mut idle = server.client();
     assert_eq!(idle.request(&put("/v1/kv/a", "1")).status, 201);
     server.signal(libc::SIGTERM);
-    let status = server
-        .wait_exit(Duration::from_secs(5))
-        .expect("exited within 5 s");
+    let status = server.wait_exit(Duration::from_secs(5)).expect("exited within 5 s");
     assert_eq!(status.code(), Some(0));
     assert!(idle.is_closed());
 }
@@ -31,8 +29,6 @@ fn in_flight_request_finishes_during_shutdown() {
     let response = c.response();
     assert_eq!(response.status, 201);
     assert_eq!(response.header("connection"), Some("close"));
-    let status = server
-        .wait_exit(Duration::from_secs(5))
-        .expect("exited within 5 s");
+    let status = server.wait_exit(Duration::from_secs(5)).expect("exited within 5 s");
     assert_eq!(status.code(), Some(0));
 }

@@ -11,8 +11,6 @@
 //! once framing is in doubt nothing after it can be trusted (RFC 9112 §6.3,
 //! request smuggling).
 
-use bytes::Bytes;
-
 /// Most header fields in one request head; more → 431.
 pub const HEADERS_MAX: usize = 64;
 /// Longest chunk-size line, extensions included; longer → 400.
@@ -80,41 +78,109 @@ impl Method {
     }
 }
 
-/// A decoded request. Only the header fields shardgate acts on are kept, each
-/// copied out of the input so the input buffer can be reused at once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
+/// A decoded request, borrowing from the input (and, for chunked bodies and
+/// repeated list fields, from the decoder) until the next `decode` call.
+/// Only the header fields shardgate acts on are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
     pub method: Method,
     /// The request-target as sent (origin-form `/path?query`, or absolute-form).
-    pub target: Bytes,
+    pub target: &'a [u8],
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version_minor: u8,
     /// Whether the connection may serve another request after this one.
     pub keep_alive: bool,
-    pub content_type: Option<Bytes>,
-    pub if_match: Option<Bytes>,
-    pub if_none_match: Option<Bytes>,
-    pub x_durability: Option<Bytes>,
-    pub body: Bytes,
+    pub content_type: Option<&'a [u8]>,
+    pub if_match: Option<&'a [u8]>,
+    pub if_none_match: Option<&'a [u8]>,
+    pub x_durability: Option<&'a [u8]>,
+    pub body: &'a [u8],
 }
 
-// `Complete` is the common case and is moved once; boxing the request
-// would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decoded {
+pub enum Decoded<'a> {
     /// More input is needed; call again with the same bytes and more.
     Partial,
     Complete {
-        request: Request,
+        request: Request<'a>,
         consumed: usize,
     },
 }
 
-#[derive(Debug)]
-enum BodyFraming {
+/// A byte range of the request's input. Offsets rather than slices let a
+/// parsed head survive between `decode` calls while the input grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// The span of `part`, which must be a subslice of `base`.
+    fn of(base: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+        assert!(start <= base.len() && start + part.len() <= base.len(), "span outside its base");
+        Span { start: start as u32, end: (start + part.len()) as u32 }
+    }
+
+    fn get(self, base: &[u8]) -> &[u8] {
+        &base[self.start as usize..self.end as usize]
+    }
+}
+
+/// A list-valued field (`If-Match`, `If-None-Match`): one line is a span;
+/// repeated lines are joined with ", " into an owned copy (RFC 9110 §5.3).
+#[derive(Debug, Default)]
+enum ListField {
+    #[default]
+    Absent,
+    One(Span),
+    Joined(Vec<u8>),
+}
+
+impl ListField {
+    fn add(&mut self, base: &[u8], value: &[u8]) {
+        *self = match std::mem::take(self) {
+            ListField::Absent => ListField::One(Span::of(base, value)),
+            ListField::One(first) => ListField::Joined([first.get(base), b", ", value].concat()),
+            ListField::Joined(mut joined) => {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(value);
+                ListField::Joined(joined)
+            }
+        };
+    }
+
+    fn get<'a>(&'a self, base: &'a [u8]) -> Option<&'a [u8]> {
+        match self {
+            ListField::Absent => None,
+            ListField::One(span) => Some(span.get(base)),
+            ListField::Joined(joined) => Some(joined),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
     Length(usize),
-    Chunked(Chunked),
+    Chunked,
+}
+
+/// A parsed request head, as spans of the request's input.
+#[derive(Debug)]
+struct Head {
+    method: Method,
+    version_minor: u8,
+    keep_alive: bool,
+    target: Span,
+    content_type: Option<Span>,
+    if_match: ListField,
+    if_none_match: ListField,
+    x_durability: Option<Span>,
+    /// Offset of the first body byte.
+    end: usize,
+    framing: Option<Framing>,
+    expect_continue: bool,
 }
 
 #[derive(Debug)]
@@ -122,7 +188,6 @@ struct Chunked {
     /// Offset of the next unparsed byte.
     position: usize,
     phase: ChunkPhase,
-    body: Vec<u8>,
     trailer_bytes: usize,
 }
 
@@ -134,35 +199,33 @@ enum ChunkPhase {
     Trailers,
 }
 
-// One per connection, never moved on the hot path.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum State {
     /// Looking for the end of the head; `scanned` bytes hold no terminator.
     Head { scanned: usize },
-    Body {
-        request: Request,
-        body_start: usize,
-        framing: BodyFraming,
-        expect_continue: bool,
-    },
+    /// The head is in `Decoder::head`; waiting for the body.
+    Body { chunked: Option<Chunked> },
+    /// The last call completed a request or failed; the next call starts anew.
+    Done,
 }
+
+/// Chunked-body capacity kept between requests; a larger buffer is freed.
+const CHUNKED_BODY_BYTES_KEPT_MAX: usize = 64 * 1024;
 
 /// A resumable decoder for one connection.
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
     state: State,
+    head: Option<Head>,
+    /// The de-chunked body of the current request.
+    chunked_body: Vec<u8>,
     continue_due: bool,
 }
 
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
-        Decoder {
-            limits,
-            state: State::Head { scanned: 0 },
-            continue_due: false,
-        }
+        Decoder { limits, state: State::Head { scanned: 0 }, head: None, chunked_body: Vec::new(), continue_due: false }
     }
 
     /// True while a request's head has been decoded and its body not.
@@ -176,216 +239,176 @@ impl Decoder {
         std::mem::take(&mut self.continue_due)
     }
 
-    /// Decodes the request at the start of `input`.
-    pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, HttpError> {
-        let result = self.decode_inner(input);
-        if !matches!(result, Ok(Decoded::Partial)) {
+    /// Decodes the request at the start of `input`. After `Complete` or an
+    /// error, the next call decodes a new request.
+    pub fn decode<'a>(&'a mut self, input: &'a [u8]) -> Result<Decoded<'a>, HttpError> {
+        if matches!(self.state, State::Done) {
             self.state = State::Head { scanned: 0 };
+            self.head = None;
+            self.chunked_body.clear();
+            if self.chunked_body.capacity() > CHUNKED_BODY_BYTES_KEPT_MAX {
+                self.chunked_body = Vec::new();
+            }
+        }
+        let result = self.advance(input);
+        if !matches!(result, Ok(None)) {
+            self.state = State::Done;
             self.continue_due = false;
         }
-        result
+        match result? {
+            None => Ok(Decoded::Partial),
+            Some(consumed) => {
+                let head = self.head.as_ref().expect("a complete request has a head");
+                let body = match head.framing {
+                    None => &[][..],
+                    Some(Framing::Length(length)) => &input[head.end..head.end + length],
+                    Some(Framing::Chunked) => &self.chunked_body[..],
+                };
+                Ok(Decoded::Complete { request: head.request(input, body), consumed })
+            }
+        }
     }
 
-    fn decode_inner(&mut self, input: &[u8]) -> Result<Decoded, HttpError> {
+    /// Parses as far as `input` allows; returns the request's end offset once complete.
+    fn advance(&mut self, input: &[u8]) -> Result<Option<usize>, HttpError> {
         if let State::Head { scanned } = &mut self.state {
-            let Some(head_end) = find_head_end(input, scanned, self.limits.head_bytes_max)? else {
-                return Ok(Decoded::Partial);
+            let Some(head) = find_head(input, scanned, self.limits)? else {
+                return Ok(None);
             };
-            let head = parse_head(&input[..head_end], self.limits)?;
-            let Some(framing) = head.framing else {
-                return Ok(Decoded::Complete {
-                    request: head.request,
-                    consumed: head_end,
-                });
+            let end = head.end;
+            self.continue_due = head.expect_continue && input.len() == end;
+            self.state = match head.framing {
+                None => {
+                    self.head = Some(head);
+                    return Ok(Some(end));
+                }
+                Some(Framing::Length(_)) => State::Body { chunked: None },
+                Some(Framing::Chunked) => State::Body {
+                    chunked: Some(Chunked { position: end, phase: ChunkPhase::SizeLine, trailer_bytes: 0 }),
+                },
             };
-            self.continue_due = head.expect_continue && input.len() == head_end;
-            let framing = match framing {
-                Framing::Length(n) => BodyFraming::Length(n),
-                Framing::Chunked => BodyFraming::Chunked(Chunked {
-                    position: head_end,
-                    phase: ChunkPhase::SizeLine,
-                    body: Vec::new(),
-                    trailer_bytes: 0,
-                }),
-            };
-            self.state = State::Body {
-                request: head.request,
-                body_start: head_end,
-                framing,
-                expect_continue: head.expect_continue,
-            };
+            self.head = Some(head);
         }
-        let State::Body {
-            request,
-            body_start,
-            framing,
-            expect_continue,
-        } = &mut self.state
-        else {
-            unreachable!("head state handled above");
+        let State::Body { chunked } = &mut self.state else {
+            unreachable!("head and done states handled above");
         };
-        if *expect_continue && input.len() > *body_start {
+        let head = self.head.as_ref().expect("body state has a head");
+        if head.expect_continue && input.len() > head.end {
             // The client sent body bytes without waiting: no interim response.
             self.continue_due = false;
         }
-        let consumed = match framing {
-            BodyFraming::Length(length) => {
-                let end = *body_start + *length;
-                if input.len() < end {
-                    return Ok(Decoded::Partial);
-                }
-                request.body = Bytes::copy_from_slice(&input[*body_start..end]);
-                end
+        match (chunked, head.framing) {
+            (None, Some(Framing::Length(length))) => {
+                let end = head.end + length;
+                Ok((input.len() >= end).then_some(end))
             }
-            BodyFraming::Chunked(chunked) => match chunked.advance(input, self.limits)? {
-                None => return Ok(Decoded::Partial),
-                Some(end) => {
-                    request.body = Bytes::from(std::mem::take(&mut chunked.body));
-                    end
-                }
-            },
-        };
-        let State::Body { request, .. } =
-            std::mem::replace(&mut self.state, State::Head { scanned: 0 })
-        else {
-            unreachable!();
-        };
-        Ok(Decoded::Complete { request, consumed })
+            (Some(chunked), _) => chunked.advance(input, &mut self.chunked_body, self.limits),
+            _ => unreachable!("body state matches its framing"),
+        }
     }
 }
 
-/// Finds the end of the head (the byte after its empty line), resuming the
-/// scan at `*scanned`. Errors when the head passes `head_bytes_max`.
-fn find_head_end(
-    input: &[u8],
-    scanned: &mut usize,
-    head_bytes_max: usize,
-) -> Result<Option<usize>, HttpError> {
+impl Head {
+    fn request<'a>(&'a self, input: &'a [u8], body: &'a [u8]) -> Request<'a> {
+        Request {
+            method: self.method,
+            target: self.target.get(input),
+            version_minor: self.version_minor,
+            keep_alive: self.keep_alive,
+            content_type: self.content_type.map(|s| s.get(input)),
+            if_match: self.if_match.get(input),
+            if_none_match: self.if_none_match.get(input),
+            x_durability: self.x_durability.map(|s| s.get(input)),
+            body,
+        }
+    }
+}
+
+/// Finds and parses the head, resuming the search for its end at
+/// `*scanned`, so a head arriving a byte at a time is still scanned once.
+fn find_head(input: &[u8], scanned: &mut usize, limits: Limits) -> Result<Option<Head>, HttpError> {
+    let head_bytes_max = limits.head_bytes_max;
     let limit = input.len().min(head_bytes_max);
     // Resume two bytes back so a terminator split across reads is still seen.
-    let mut i = scanned.saturating_sub(2);
-    while i < limit {
-        if input[i] == b'\n' {
-            match input.get(i + 1) {
-                Some(b'\n') if i + 2 <= head_bytes_max => return Ok(Some(i + 2)),
-                Some(b'\r') if input.get(i + 2) == Some(&b'\n') && i + 3 <= head_bytes_max => {
-                    return Ok(Some(i + 3));
-                }
-                _ => {}
-            }
+    let mut from = scanned.saturating_sub(2);
+    while let Some(found) = memchr::memchr(b'\n', &input[from..limit]) {
+        let i = from + found;
+        from = i + 1;
+        let end = match (input.get(i + 1), input.get(i + 2)) {
+            (Some(b'\n'), _) => i + 2,
+            (Some(b'\r'), Some(b'\n')) => i + 3,
+            _ => continue,
+        };
+        if end > head_bytes_max {
+            break;
         }
-        i += 1;
+        // Leading empty lines make httparse wait for more; keep scanning.
+        if let Some(head) = parse_head(&input[..end], limits)? {
+            return Ok(Some(head));
+        }
     }
     *scanned = limit;
     if input.len() >= head_bytes_max {
-        let leading = input
-            .iter()
-            .take_while(|&&b| b == b'\r' || b == b'\n')
-            .count();
+        let leading = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
         let has_line_end = input[leading..head_bytes_max.max(leading)].contains(&b'\n');
-        return Err(if has_line_end {
-            HttpError::HeaderTooLarge
-        } else {
-            HttpError::UriTooLong
-        });
+        return Err(if has_line_end { HttpError::HeaderTooLarge } else { HttpError::UriTooLong });
     }
     Ok(None)
 }
 
-enum Framing {
-    Length(usize),
-    Chunked,
-}
-
-struct Head {
-    request: Request,
-    framing: Option<Framing>,
-    expect_continue: bool,
-}
-
-fn parse_head(bytes: &[u8], limits: Limits) -> Result<Head, HttpError> {
+/// Parses a complete head (`bytes` ends with its empty line). Returns
+/// `None` when httparse still wants more (only leading empty lines do that).
+fn parse_head(bytes: &[u8], limits: Limits) -> Result<Option<Head>, HttpError> {
     let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut parsed = httparse::Request::new(&mut fields);
     match parsed.parse(bytes) {
         Ok(httparse::Status::Complete(_)) => {}
-        // The terminator was found, so a partial parse means a malformed head.
-        Ok(httparse::Status::Partial) => {
-            return Err(HttpError::BadRequest("malformed request head"))
-        }
+        Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeaderTooLarge),
-        Err(httparse::Error::Version) => {
-            return Err(HttpError::BadRequest("unsupported HTTP version"))
-        }
-        Err(_) => {
-            return Err(HttpError::BadRequest(
-                "malformed request line or header field",
-            ))
-        }
+        Err(httparse::Error::Version) => return Err(HttpError::BadRequest("unsupported HTTP version")),
+        Err(_) => return Err(HttpError::BadRequest("malformed request line or header field")),
     }
     let version_minor = parsed.version.expect("complete parse has a version");
     let method = Method::parse(parsed.method.expect("complete parse has a method"));
-    let target = Bytes::copy_from_slice(parsed.path.expect("complete parse has a path").as_bytes());
-    let mut fields_seen = Fields::default();
+    let target = Span::of(bytes, parsed.path.expect("complete parse has a path").as_bytes());
+    let mut fields = Fields::default();
     for field in parsed.headers.iter() {
-        fields_seen.add(field.name, field.value)?;
+        fields.add(bytes, field.name, field.value)?;
     }
-    let Fields {
-        content_length,
-        chunked,
-        hosts,
-        close,
-        keep_alive,
-        ref expect,
-        ..
-    } = fields_seen;
-    if chunked && content_length.is_some() {
-        return Err(HttpError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
+    if fields.chunked && fields.content_length.is_some() {
+        return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding"));
     }
-    if chunked && version_minor == 0 {
-        return Err(HttpError::BadRequest(
-            "Transfer-Encoding in an HTTP/1.0 request",
-        ));
+    if fields.chunked && version_minor == 0 {
+        return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
     }
-    if version_minor == 1 && hosts != 1 {
-        return Err(HttpError::BadRequest(
-            "HTTP/1.1 requires exactly one Host field",
-        ));
+    if version_minor == 1 && fields.hosts != 1 {
+        return Err(HttpError::BadRequest("HTTP/1.1 requires exactly one Host field"));
     }
-    let expect_continue = match expect {
+    let expect_continue = match fields.expect {
         None => false,
-        Some(v) if v.eq_ignore_ascii_case(b"100-continue") => version_minor == 1,
+        Some(v) if v.get(bytes).eq_ignore_ascii_case(b"100-continue") => version_minor == 1,
         Some(_) => return Err(HttpError::ExpectationFailed),
     };
-    let framing = match content_length {
-        _ if chunked => Some(Framing::Chunked),
+    let framing = match fields.content_length {
+        _ if fields.chunked => Some(Framing::Chunked),
         Some(n) if n > limits.body_bytes_max as u64 => return Err(HttpError::BodyTooLarge),
         Some(0) | None => None,
         Some(n) => Some(Framing::Length(n as usize)),
     };
-    let keep_alive = if version_minor == 1 {
-        !close
-    } else {
-        keep_alive && !close
-    };
-    let request = Request {
+    let keep_alive = if version_minor == 1 { !fields.close } else { fields.keep_alive && !fields.close };
+    Ok(Some(Head {
         method,
-        target,
         version_minor,
         keep_alive,
-        content_type: fields_seen.content_type,
-        if_match: fields_seen.if_match,
-        if_none_match: fields_seen.if_none_match,
-        x_durability: fields_seen.x_durability,
-        body: Bytes::new(),
-    };
-    let expect_continue = expect_continue && framing.is_some();
-    Ok(Head {
-        request,
+        target,
+        content_type: fields.content_type,
+        if_match: fields.if_match,
+        if_none_match: fields.if_none_match,
+        x_durability: fields.x_durability,
+        end: bytes.len(),
+        expect_continue: expect_continue && framing.is_some(),
         framing,
-        expect_continue,
-    })
+    }))
 }
 
 /// The header fields the decoder acts on, gathered over all field lines.
@@ -397,67 +420,64 @@ struct Fields {
     hosts: u32,
     close: bool,
     keep_alive: bool,
-    expect: Option<Vec<u8>>,
-    content_type: Option<Bytes>,
-    if_match: Option<Bytes>,
-    if_none_match: Option<Bytes>,
-    x_durability: Option<Bytes>,
+    expect: Option<Span>,
+    content_type: Option<Span>,
+    if_match: ListField,
+    if_none_match: ListField,
+    x_durability: Option<Span>,
 }
 
 impl Fields {
-    fn add(&mut self, name: &str, value: &[u8]) -> Result<(), HttpError> {
+    /// Records one field line. Names are matched by length first: most
+    /// lines are then rejected by one integer compare.
+    fn add(&mut self, base: &[u8], name: &str, value: &[u8]) -> Result<(), HttpError> {
         let is = |n: &str| name.eq_ignore_ascii_case(n);
-        if is("content-length") {
-            for member in value.split(|&b| b == b',') {
-                let length = parse_content_length(trim(member))?;
-                if self.content_length.is_some_and(|seen| seen != length) {
-                    return Err(HttpError::BadRequest("conflicting Content-Length values"));
+        match name.len() {
+            4 if is("host") => self.hosts += 1,
+            6 if is("expect") => {
+                if self.expect.is_some() {
+                    return Err(HttpError::ExpectationFailed);
                 }
-                self.content_length = Some(length);
+                self.expect = Some(Span::of(base, trim(value)));
             }
-        } else if is("transfer-encoding") {
-            // Only `chunked`, once, is accepted: any other coding, or chunked
-            // applied twice, is refused (SPEC §5: unknown coding → 400).
-            for coding in value.split(|&b| b == b',').map(trim) {
-                if !coding.eq_ignore_ascii_case(b"chunked") || self.chunked {
-                    return Err(HttpError::BadRequest("unsupported transfer coding"));
+            8 if is("if-match") => self.if_match.add(base, value),
+            10 if is("connection") => {
+                for option in value.split(|&b| b == b',').map(trim) {
+                    self.close |= option.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
                 }
-                self.chunked = true;
             }
-        } else if is("host") {
-            self.hosts += 1;
-        } else if is("connection") {
-            for option in value.split(|&b| b == b',').map(trim) {
-                self.close |= option.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            12 if is("content-type") => {
+                if self.content_type.is_some() {
+                    return Err(HttpError::BadRequest("more than one Content-Type"));
+                }
+                self.content_type = Some(Span::of(base, trim(value)));
             }
-        } else if is("expect") {
-            if self.expect.is_some() {
-                return Err(HttpError::ExpectationFailed);
+            12 if is("x-durability") => self.x_durability = Some(Span::of(base, trim(value))),
+            13 if is("if-none-match") => self.if_none_match.add(base, value),
+            14 if is("content-length") => {
+                for member in value.split(|&b| b == b',') {
+                    let length = parse_content_length(trim(member))?;
+                    if self.content_length.is_some_and(|seen| seen != length) {
+                        return Err(HttpError::BadRequest("conflicting Content-Length values"));
+                    }
+                    self.content_length = Some(length);
+                }
             }
-            self.expect = Some(trim(value).to_vec());
-        } else if is("content-type") {
-            if self.content_type.is_some() {
-                return Err(HttpError::BadRequest("more than one Content-Type"));
+            17 if is("transfer-encoding") => {
+                // Only `chunked`, once, is accepted: any other coding, or
+                // chunked applied twice, is refused (SPEC §5: unknown → 400).
+                for coding in value.split(|&b| b == b',').map(trim) {
+                    if !coding.eq_ignore_ascii_case(b"chunked") || self.chunked {
+                        return Err(HttpError::BadRequest("unsupported transfer coding"));
+                    }
+                    self.chunked = true;
+                }
             }
-            self.content_type = Some(Bytes::copy_from_slice(trim(value)));
-        } else if is("if-match") {
-            append_list(&mut self.if_match, value);
-        } else if is("if-none-match") {
-            append_list(&mut self.if_none_match, value);
-        } else if is("x-durability") {
-            self.x_durability = Some(Bytes::copy_from_slice(trim(value)));
+            _ => {}
         }
         Ok(())
     }
-}
-
-/// Joins repeated list-valued field lines with ", " (RFC 9110 §5.3).
-fn append_list(target: &mut Option<Bytes>, value: &[u8]) {
-    *target = Some(match target.take() {
-        None => Bytes::copy_from_slice(value),
-        Some(seen) => Bytes::from([&seen[..], b", ", value].concat()),
-    });
 }
 
 fn parse_content_length(digits: &[u8]) -> Result<u64, HttpError> {
@@ -465,27 +485,19 @@ fn parse_content_length(digits: &[u8]) -> Result<u64, HttpError> {
     if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(HttpError::BadRequest("invalid Content-Length"));
     }
-    Ok(digits
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    Ok(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| *b != b' ' && *b != b'\t')
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| *b != b' ' && *b != b'\t')
-        .map_or(start, |i| i + 1);
+    let start = bytes.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| *b != b' ' && *b != b'\t').map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
 impl Chunked {
     /// Parses as far as `input` allows. Returns the end offset of the whole
     /// message once the last chunk and the trailer section are in.
-    fn advance(&mut self, input: &[u8], limits: Limits) -> Result<Option<usize>, HttpError> {
+    fn advance(&mut self, input: &[u8], body: &mut Vec<u8>, limits: Limits) -> Result<Option<usize>, HttpError> {
         loop {
             let rest = &input[self.position..];
             match self.phase {
@@ -494,24 +506,19 @@ impl Chunked {
                         return Ok(None);
                     };
                     let size = parse_chunk_size(&rest[..line_end])?;
-                    if self.body.len() as u64 + size > limits.body_bytes_max as u64 {
+                    if body.len() as u64 + size > limits.body_bytes_max as u64 {
                         return Err(HttpError::BodyTooLarge);
                     }
                     self.position += line_end + 2;
-                    self.phase = if size == 0 {
-                        ChunkPhase::Trailers
-                    } else {
-                        ChunkPhase::Data {
-                            remaining: size as usize,
-                        }
-                    };
+                    self.phase =
+                        if size == 0 { ChunkPhase::Trailers } else { ChunkPhase::Data { remaining: size as usize } };
                 }
                 ChunkPhase::Data { remaining } => {
                     let take = remaining.min(rest.len());
                     if take == 0 {
                         return Ok(None);
                     }
-                    self.body.extend_from_slice(&rest[..take]);
+                    body.extend_from_slice(&rest[..take]);
                     self.position += take;
                     self.phase = match remaining - take {
                         0 => ChunkPhase::DataEnd,
@@ -530,9 +537,7 @@ impl Chunked {
                 }
                 ChunkPhase::Trailers => {
                     let budget = limits.head_bytes_max.saturating_sub(self.trailer_bytes);
-                    let Some(line_end) =
-                        find_crlf(rest, budget).map_err(|_| HttpError::HeaderTooLarge)?
-                    else {
+                    let Some(line_end) = find_crlf(rest, budget).map_err(|_| HttpError::HeaderTooLarge)? else {
                         return Ok(None);
                     };
                     self.position += line_end + 2;
@@ -543,8 +548,7 @@ impl Chunked {
                     // Trailer fields are discarded, but must be well formed.
                     let line = &rest[..line_end];
                     let colon = line.iter().position(|&b| b == b':');
-                    let name_ok =
-                        colon.is_some_and(|c| c > 0 && line[..c].iter().all(|&b| is_token(b)));
+                    let name_ok = colon.is_some_and(|c| c > 0 && line[..c].iter().all(|&b| is_token(b)));
                     if !name_ok {
                         return Err(HttpError::BadRequest("malformed trailer field"));
                     }
@@ -585,15 +589,10 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     if line[..digits].iter().skip_while(|&&b| b == b'0').count() > 15 {
         return Err(HttpError::BadRequest("chunk size overflows"));
     }
-    let size = line[..digits].iter().fold(0u64, |n, &d| {
-        (n << 4) | u64::from((d as char).to_digit(16).unwrap())
-    });
+    let size = line[..digits].iter().fold(0u64, |n, &d| (n << 4) | u64::from((d as char).to_digit(16).unwrap()));
     let extensions = trim(&line[digits..]);
     if !extensions.is_empty() {
-        let legal = extensions[0] == b';'
-            && extensions
-                .iter()
-                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+        let legal = extensions[0] == b';' && extensions.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
         if !legal {
             return Err(HttpError::BadRequest("invalid chunk extension"));
         }

@@ -11,8 +11,7 @@ use shardgate_shards::conditions::Etag;
 /// `Content-Type` of every error body (RFC 9457).
 pub const PROBLEM_CONTENT_TYPE: &[u8] = b"application/problem+json";
 /// The problem type of a 429, as the RateLimit header fields draft names it.
-pub const PROBLEM_TYPE_QUOTA_EXCEEDED: &str =
-    "https://iana.org/assignments/http-problem-types#quota-exceeded";
+pub const PROBLEM_TYPE_QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
 /// The interim response to `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -35,10 +34,7 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response {
-            status,
-            ..Response::default()
-        }
+        Response { status, ..Response::default() }
     }
 
     /// A plain-text body, as the service endpoints answer.
@@ -77,10 +73,7 @@ impl Response {
 
     /// The 503 every bounded queue answers when full.
     pub fn overloaded(detail: &str) -> Response {
-        Response {
-            retry_after_s: Some(1),
-            ..Response::problem(503, detail)
-        }
+        Response { retry_after_s: Some(1), ..Response::problem(503, detail) }
     }
 }
 
@@ -96,18 +89,9 @@ pub enum Persistence {
 
 /// Appends `response` to `out`. `head_only` omits the body of a HEAD
 /// response while keeping its `Content-Length`.
-pub fn encode(
-    out: &mut Vec<u8>,
-    response: &Response,
-    date: &DateCache,
-    head_only: bool,
-    persistence: Persistence,
-) {
+pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, head_only: bool, persistence: Persistence) {
     let status = response.status;
-    assert!(
-        (100..=599).contains(&status),
-        "status {status} out of range"
-    );
+    assert!((100..=599).contains(&status), "status {status} out of range");
     let mut numbers = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(numbers.format(status).as_bytes());
@@ -161,10 +145,7 @@ pub struct DateCache {
 
 impl DateCache {
     pub fn new(now: SystemTime) -> DateCache {
-        let mut cache = DateCache {
-            second: u64::MAX,
-            text: [b' '; 29],
-        };
+        let mut cache = DateCache { second: u64::MAX, text: [b' '; 29] };
         cache.refresh(now);
         cache
     }

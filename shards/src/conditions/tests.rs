@@ -2,13 +2,7 @@ use super::*;
 
 const TAG: Etag = Etag(0x0123_4567_89ab_cdef);
 
-fn check(
-    if_match: Option<&str>,
-    if_none_match: Option<&str>,
-    current: Option<Etag>,
-    safe: bool,
-    expect: Verdict,
-) {
+fn check(if_match: Option<&str>, if_none_match: Option<&str>, current: Option<Etag>, safe: bool, expect: Verdict) {
     let conditions = Conditions {
         if_match: if_match.map(|v| TagList::parse(v.as_bytes())),
         if_none_match: if_none_match.map(|v| TagList::parse(v.as_bytes())),
@@ -40,33 +34,15 @@ fn etag_depends_on_content_type_and_value() {
 fn if_match() {
     let tag = "\"0123456789abcdef\"";
     check(Some(tag), None, Some(TAG), false, Verdict::Proceed);
-    check(
-        Some("\"x\", \"0123456789abcdef\""),
-        None,
-        Some(TAG),
-        false,
-        Verdict::Proceed,
-    );
+    check(Some("\"x\", \"0123456789abcdef\""), None, Some(TAG), false, Verdict::Proceed);
     check(Some(tag), None, Some(Etag(1)), false, Verdict::Failed);
     check(Some(tag), None, None, false, Verdict::Failed);
     check(Some("*"), None, Some(TAG), false, Verdict::Proceed);
     check(Some("*"), None, None, false, Verdict::Failed);
     // Strong comparison: a weak tag never satisfies If-Match.
-    check(
-        Some("W/\"0123456789abcdef\""),
-        None,
-        Some(TAG),
-        false,
-        Verdict::Failed,
-    );
+    check(Some("W/\"0123456789abcdef\""), None, Some(TAG), false, Verdict::Failed);
     // Upper-case hex is not a tag we issue.
-    check(
-        Some("\"0123456789ABCDEF\""),
-        None,
-        Some(TAG),
-        false,
-        Verdict::Failed,
-    );
+    check(Some("\"0123456789ABCDEF\""), None, Some(TAG), false, Verdict::Failed);
     check(Some("garbage"), None, Some(TAG), true, Verdict::Failed);
 }
 
@@ -75,13 +51,7 @@ fn if_none_match() {
     let tag = "\"0123456789abcdef\"";
     check(None, Some(tag), Some(TAG), true, Verdict::NotModified);
     check(None, Some(tag), Some(TAG), false, Verdict::Failed);
-    check(
-        None,
-        Some("W/\"0123456789abcdef\""),
-        Some(TAG),
-        true,
-        Verdict::NotModified,
-    );
+    check(None, Some("W/\"0123456789abcdef\""), Some(TAG), true, Verdict::NotModified);
     check(None, Some(tag), Some(Etag(2)), true, Verdict::Proceed);
     check(None, Some(tag), None, true, Verdict::Proceed);
     check(None, Some("*"), None, false, Verdict::Proceed);
@@ -91,20 +61,8 @@ fn if_none_match() {
 
 #[test]
 fn if_match_is_evaluated_first() {
-    check(
-        Some("\"0000000000000000\""),
-        Some("*"),
-        Some(TAG),
-        true,
-        Verdict::Failed,
-    );
-    check(
-        Some("*"),
-        Some("\"0123456789abcdef\""),
-        Some(TAG),
-        true,
-        Verdict::NotModified,
-    );
+    check(Some("\"0000000000000000\""), Some("*"), Some(TAG), true, Verdict::Failed);
+    check(Some("*"), Some("\"0123456789abcdef\""), Some(TAG), true, Verdict::NotModified);
 }
 
 #[test]

@@ -32,35 +32,21 @@ fn one_shard_owns_everything() {
 #[test]
 fn uniform_over_shard_counts() {
     const KEYS: u32 = 1_000_000;
-    let hashes: Vec<u64> = (0..KEYS)
-        .map(|i| key_hash(format!("key-{i}").as_bytes()))
-        .collect();
+    let hashes: Vec<u64> = (0..KEYS).map(|i| key_hash(format!("key-{i}").as_bytes())).collect();
     for shard_count in 2..=64u32 {
         let mut counts = vec![0u32; shard_count as usize];
         for &h in &hashes {
             counts[shard_for_hash(h, shard_count) as usize] += 1;
         }
         let mean = f64::from(KEYS) / f64::from(shard_count);
-        let deviation_max = counts
-            .iter()
-            .map(|&c| (f64::from(c) - mean).abs() / mean)
-            .fold(0.0, f64::max);
+        let deviation_max = counts.iter().map(|&c| (f64::from(c) - mean).abs() / mean).fold(0.0, f64::max);
         let sigma = (mean * (1.0 - 1.0 / f64::from(shard_count))).sqrt() / mean;
         let bound = if shard_count <= 16 { 0.02 } else { 5.0 * sigma };
-        assert!(
-            deviation_max <= bound,
-            "{shard_count} shards: max deviation {deviation_max:.4} > {bound:.4}"
-        );
-        let chi_square: f64 = counts
-            .iter()
-            .map(|&c| (f64::from(c) - mean).powi(2) / mean)
-            .sum();
+        assert!(deviation_max <= bound, "{shard_count} shards: max deviation {deviation_max:.4} > {bound:.4}");
+        let chi_square: f64 = counts.iter().map(|&c| (f64::from(c) - mean).powi(2) / mean).sum();
         let dof = f64::from(shard_count - 1);
         // Mean dof, standard deviation sqrt(2 dof): 5 standard deviations.
-        assert!(
-            chi_square <= dof + 5.0 * (2.0 * dof).sqrt(),
-            "{shard_count} shards: chi-square {chi_square:.1}"
-        );
+        assert!(chi_square <= dof + 5.0 * (2.0 * dof).sqrt(), "{shard_count} shards: chi-square {chi_square:.1}");
     }
 }
 
@@ -72,11 +58,7 @@ fn growth_moves_keys_only_to_the_new_shard() {
         for n in 1..32u32 {
             let before = shard_for_hash(h, n);
             let after = shard_for_hash(h, n + 1);
-            assert!(
-                after == before || after == n,
-                "key {i}: {before} -> {after} at {n}->{}",
-                n + 1
-            );
+            assert!(after == before || after == n, "key {i}: {before} -> {after} at {n}->{}", n + 1);
         }
     }
 }

@@ -23,23 +23,20 @@ fn value_response() {
         ..Response::default()
     };
     let head = "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 5\r\nContent-Type: text/plain\r\nETag: \"00000000000000ab\"\r\nX-Shard: 1/2\r\n\r\n";
-    check(
-        &response,
-        false,
-        Persistence::KeepAlive11,
-        &format!("{head}hello"),
-    );
+    check(&response, false, Persistence::KeepAlive11, &format!("{head}hello"));
     // HEAD keeps Content-Length and drops the body.
     check(&response, true, Persistence::KeepAlive11, head);
 }
 
 #[test]
 fn bodyless_statuses_have_no_content_length() {
-    check(&Response::new(204), false, Persistence::Close, "HTTP/1.1 204 No Content\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n");
-    let not_modified = Response {
-        etag: Some(Etag(1)),
-        ..Response::new(304)
-    };
+    check(
+        &Response::new(204),
+        false,
+        Persistence::Close,
+        "HTTP/1.1 204 No Content\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n",
+    );
+    let not_modified = Response { etag: Some(Etag(1)), ..Response::new(304) };
     check(
         &not_modified,
         false,
@@ -50,10 +47,7 @@ fn bodyless_statuses_have_no_content_length() {
 
 #[test]
 fn problem_details() {
-    let response = Response {
-        allow: Some("GET, HEAD"),
-        ..Response::problem(405, "say \"hi\"\n")
-    };
+    let response = Response { allow: Some("GET, HEAD"), ..Response::problem(405, "say \"hi\"\n") };
     let body = "{\"type\":\"about:blank\",\"title\":\"Method Not Allowed\",\"status\":405,\"detail\":\"say \\\"hi\\\"\\u000a\"}";
     check(
         &response,
@@ -65,10 +59,7 @@ fn problem_details() {
         ),
     );
     let overloaded = Response::overloaded("queue full");
-    assert_eq!(
-        (overloaded.status, overloaded.retry_after_s),
-        (503, Some(1))
-    );
+    assert_eq!((overloaded.status, overloaded.retry_after_s), (503, Some(1)));
 }
 
 #[test]
