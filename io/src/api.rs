@@ -1,6 +1,7 @@
 //! From a decoded request to a response: the service endpoints and the
 //! key-value API of SPEC §2 and §3.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -73,16 +74,20 @@ fn kv(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[u8], now_
         if_match: request.if_match.map(TagList::parse),
         if_none_match: request.if_none_match.map(TagList::parse),
     };
+    let local = owner == core.id;
     let op = match request.method {
-        Method::Get | Method::Head => Op::Get { key, conditions },
-        Method::Delete => Op::Delete { key, conditions },
+        Method::Get | Method::Head if local => {
+            return Step::Ready(kv_response(core.read(now_ms, &key, &conditions), owner, shard_count));
+        }
+        Method::Get | Method::Head => Op::Get { key: Bytes::copy_from_slice(&key), conditions },
+        Method::Delete => Op::Delete { key: Bytes::copy_from_slice(&key), conditions },
         Method::Put => {
             let ttl_ms = match parse_ttl(query) {
                 Ok(ttl) => ttl.map(|s| s * 1000),
                 Err(response) => return Step::Ready(with_shard(response, owner, shard_count)),
             };
             Op::Put {
-                key,
+                key: Bytes::copy_from_slice(&key),
                 value: Bytes::copy_from_slice(request.body),
                 content_type: request
                     .content_type
@@ -96,7 +101,7 @@ fn kv(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[u8], now_
             return Step::Ready(with_shard(response, owner, shard_count));
         }
     };
-    if owner == core.id {
+    if local {
         return Step::Ready(kv_response(core.apply(now_ms, op), owner, shard_count));
     }
     match core.forward(owner, op) {
@@ -153,8 +158,9 @@ fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// Percent-decodes a key and checks its length (1 to 1024 bytes).
-fn decode_key(raw: &[u8]) -> Result<Bytes, Response> {
+/// Percent-decodes a key and checks its length (1 to 1024 bytes). Borrows
+/// the input when there is nothing to decode.
+fn decode_key(raw: &[u8]) -> Result<Cow<'_, [u8]>, Response> {
     let key = if raw.contains(&b'%') {
         let mut decoded = Vec::with_capacity(raw.len());
         let mut i = 0;
@@ -174,9 +180,9 @@ fn decode_key(raw: &[u8]) -> Result<Bytes, Response> {
                 i += 1;
             }
         }
-        Bytes::from(decoded)
+        Cow::Owned(decoded)
     } else {
-        Bytes::copy_from_slice(raw)
+        Cow::Borrowed(raw)
     };
     if key.is_empty() {
         return Err(Response::problem(404, "no key in path: use /v1/kv/{key}"));

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use shardgate_shards::conditions::Conditions;
 use shardgate_shards::kv::{KvShard, Op, Outcome};
 use slab::Slab;
 
@@ -108,6 +109,11 @@ impl Core {
         let outcome = shard.handle(now_ms, op);
         self.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
         outcome
+    }
+
+    /// Reads a key from this core's own shard.
+    pub fn read(&self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
+        self.shard.borrow_mut().get(now_ms, key, conditions)
     }
 
     /// Sends `op` to its owner. Returns the future of its outcome, or the 503

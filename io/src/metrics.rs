@@ -39,8 +39,19 @@ const DURATION_BOUNDS_US: [u64; 14] =
 /// Selects one per-shard counter or gauge.
 type Field = fn(&ShardMetrics) -> &AtomicU64;
 
+/// Status code → slot in `STATUSES`, so counting is one load.
+const STATUS_SLOTS: [u8; 600] = {
+    let mut slots = [(STATUSES.len() - 1) as u8; 600];
+    let mut i = 0;
+    while i < STATUSES.len() - 1 {
+        slots[STATUSES[i] as usize] = i as u8;
+        i += 1;
+    }
+    slots
+};
+
 fn status_slot(status: u16) -> usize {
-    STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len() - 1)
+    STATUS_SLOTS.get(status as usize).map_or(STATUSES.len() - 1, |&slot| slot as usize)
 }
 
 fn bump(counter: &AtomicU64, by: u64) {

@@ -26,15 +26,25 @@ impl Etag {
 
     /// Returns the tag as it appears in an `ETag` header, quotes included.
     pub fn encode(self) -> [u8; ETAG_ENCODED_BYTES] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut target = [b'"'; ETAG_ENCODED_BYTES];
-        for (i, byte) in target[1..17].iter_mut().enumerate() {
-            let nibble = (self.0 >> (60 - 4 * i)) & 0xf;
-            *byte = HEX[nibble as usize];
+        for (i, byte) in self.0.to_be_bytes().into_iter().enumerate() {
+            target[1 + 2 * i..3 + 2 * i].copy_from_slice(&HEX_PAIRS[byte as usize]);
         }
         target
     }
 }
+
+/// The two lowercase hex digits of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
 impl fmt::Display for Etag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

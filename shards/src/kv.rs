@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
 
 use crate::conditions::{Conditions, Etag, Verdict};
@@ -110,21 +111,47 @@ fn entry_bytes(key: &[u8], value: &[u8], content_type: &[u8]) -> u64 {
 /// One shard's keys, values and expiry index.
 pub struct KvShard {
     map: HashMap<Bytes, Entry>,
+    books: Books,
+    bytes_max: u64,
+}
+
+/// What the shard keeps about its entries besides the map; a separate struct
+/// so it can be updated while an entry of the map is borrowed.
+struct Books {
+    bytes_held: u64,
     /// Entries with a TTL, ordered by absolute expiry: lets expired entries be
     /// reclaimed oldest-first without scanning the map.
     expiry: BTreeSet<(u64, Bytes)>,
-    bytes_held: u64,
-    bytes_max: u64,
+}
+
+impl Books {
+    fn add(&mut self, key: &Bytes, entry: &Entry) {
+        self.bytes_held += entry_bytes(key, &entry.value, &entry.content_type);
+        if let Some(at) = entry.expires_at_ms {
+            self.expiry.insert((at, key.clone()));
+        }
+    }
+
+    /// Releases the budget and the expiry index slot of a removed entry.
+    fn forget(&mut self, key: &Bytes, entry: &Entry) {
+        let bytes = entry_bytes(key, &entry.value, &entry.content_type);
+        assert!(self.bytes_held >= bytes);
+        self.bytes_held -= bytes;
+        if let Some(at) = entry.expires_at_ms {
+            let removed = self.expiry.remove(&(at, key.clone()));
+            assert!(removed, "expiry index out of step with the map");
+        }
+    }
 }
 
 impl KvShard {
     pub fn new(bytes_max: u64) -> KvShard {
-        KvShard { map: HashMap::new(), expiry: BTreeSet::new(), bytes_held: 0, bytes_max }
+        KvShard { map: HashMap::new(), books: Books { bytes_held: 0, expiry: BTreeSet::new() }, bytes_max }
     }
 
     /// Bytes charged against the budget by the entries held now.
     pub fn bytes_held(&self) -> u64 {
-        self.bytes_held
+        self.books.bytes_held
     }
 
     pub fn bytes_max(&self) -> u64 {
@@ -146,21 +173,28 @@ impl KvShard {
             }
             Op::Delete { key, conditions } => self.delete(now_ms, &key, &conditions),
         };
-        assert!(self.bytes_held <= self.bytes_max || self.map.is_empty() || self.bytes_max == 0);
+        assert!(self.books.bytes_held <= self.bytes_max || self.map.is_empty() || self.bytes_max == 0);
         outcome
     }
 
-    /// Returns the live entry of `key`, dropping it first if it has expired.
+    /// Returns the live entry of `key`, dropping it if it has expired; one
+    /// hash probe either way.
     fn live(&mut self, now_ms: u64, key: &[u8]) -> Option<&Entry> {
-        let expired = self.map.get(key)?.is_expired(now_ms);
-        if expired {
-            self.remove(key);
-            return None;
+        match self.map.entry_ref(key) {
+            EntryRef::Vacant(_) => None,
+            EntryRef::Occupied(occupied) if occupied.get().is_expired(now_ms) => {
+                let (key, entry) = occupied.remove_entry();
+                self.books.forget(&key, &entry);
+                None
+            }
+            EntryRef::Occupied(occupied) => Some(occupied.into_mut()),
         }
-        self.map.get(key)
     }
 
-    fn get(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
+    /// Reads a key: the same as applying `Op::Get`, without needing an owned
+    /// key, so a read on the owner core allocates nothing.
+    pub fn get(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
+        assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "key length unchecked");
         let entry = self.live(now_ms, key);
         match conditions.evaluate(entry.map(|e| e.etag), true) {
             Verdict::Failed => Outcome::PreconditionFailed,
@@ -196,18 +230,16 @@ impl KvShard {
         }
         let created = self.remove(&key).is_none();
         let etag = Etag::of(&content_type, &value);
-        if let Some(at) = expires_at_ms {
-            self.expiry.insert((at, key.clone()));
-        }
-        self.bytes_held += bytes_new;
-        self.map.insert(key, Entry { value, content_type, etag, expires_at_ms });
+        let entry = Entry { value, content_type, etag, expires_at_ms };
+        self.books.add(&key, &entry);
+        self.map.insert(key, entry);
         Outcome::Stored { etag, created }
     }
 
     /// True when replacing `key`'s entry by one of `bytes_new` stays within budget.
     fn fits(&self, key: &[u8], bytes_new: u64) -> bool {
         let bytes_old = self.map.get_key_value(key).map_or(0, |(k, e)| entry_bytes(k, &e.value, &e.content_type));
-        self.bytes_held - bytes_old + bytes_new <= self.bytes_max
+        self.books.bytes_held - bytes_old + bytes_new <= self.bytes_max
     }
 
     fn delete(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
@@ -224,13 +256,7 @@ impl KvShard {
 
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let (key, entry) = self.map.remove_entry(key)?;
-        let bytes = entry_bytes(&key, &entry.value, &entry.content_type);
-        assert!(self.bytes_held >= bytes);
-        self.bytes_held -= bytes;
-        if let Some(at) = entry.expires_at_ms {
-            let removed = self.expiry.remove(&(at, key));
-            assert!(removed, "expiry index out of step with the map");
-        }
+        self.books.forget(&key, &entry);
         Some(entry)
     }
 
@@ -239,7 +265,7 @@ impl KvShard {
     pub fn sweep_expired(&mut self, now_ms: u64, entries_max: usize) -> usize {
         let mut dropped = 0;
         while dropped < entries_max {
-            let key = match self.expiry.first() {
+            let key = match self.books.expiry.first() {
                 Some((at, key)) if *at <= now_ms => key.clone(),
                 _ => break,
             };

@@ -11,6 +11,8 @@
 //! once framing is in doubt nothing after it can be trusted (RFC 9112 §6.3,
 //! request smuggling).
 
+use std::mem::MaybeUninit;
+
 /// Most header fields in one request head; more → 431.
 pub const HEADERS_MAX: usize = 64;
 /// Longest chunk-size line, extensions included; longer → 400.
@@ -359,9 +361,10 @@ fn find_head(input: &[u8], scanned: &mut usize, limits: Limits) -> Result<Option
 /// Parses a complete head (`bytes` ends with its empty line). Returns
 /// `None` when httparse still wants more (only leading empty lines do that).
 fn parse_head(bytes: &[u8], limits: Limits) -> Result<Option<Head>, HttpError> {
-    let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
-    let mut parsed = httparse::Request::new(&mut fields);
-    match parsed.parse(bytes) {
+    // Uninitialized: zeroing 64 headers (2 KiB) cost half of decoding.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_MAX];
+    let mut parsed = httparse::Request::new(&mut []);
+    match parsed.parse_with_uninit_headers(bytes, &mut fields) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeaderTooLarge),

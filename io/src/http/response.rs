@@ -91,20 +91,17 @@ pub enum Persistence {
 /// response while keeping its `Content-Length`.
 pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, head_only: bool, persistence: Persistence) {
     let status = response.status;
-    assert!((100..=599).contains(&status), "status {status} out of range");
-    let mut numbers = itoa::Buffer::new();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(numbers.format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\nDate: ");
+    let content_type = response.content_type.as_deref().unwrap_or_default();
+    out.reserve(HEAD_FIXED_BYTES_MAX + content_type.len() + response.body.len());
+    out.extend_from_slice(status_line(status));
     out.extend_from_slice(date.text());
+    let mut numbers = itoa::Buffer::new();
     let bodyless = status < 200 || status == 204 || status == 304;
     if !bodyless {
         out.extend_from_slice(b"\r\nContent-Length: ");
         out.extend_from_slice(numbers.format(response.body.len()).as_bytes());
     }
-    if let Some(content_type) = &response.content_type {
+    if response.content_type.is_some() {
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(content_type);
     }
@@ -137,6 +134,58 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, head_onl
     }
 }
 
+/// Upper bound of a head's bytes besides the content type: the longest
+/// status line, the date, and every other field at its longest.
+const HEAD_FIXED_BYTES_MAX: usize = 512;
+
+/// Defines, from one table, the status line (with the `Date` field name
+/// that always follows it) and the reason phrase of each status sent.
+macro_rules! statuses {
+    ($($code:literal $reason:literal,)*) => {
+        /// `HTTP/1.1 <code> <reason>\r\nDate: `.
+        fn status_line(status: u16) -> &'static [u8] {
+            match status {
+                $($code => concat!("HTTP/1.1 ", stringify!($code), " ", $reason, "\r\nDate: ").as_bytes(),)*
+                _ => panic!("status {status} is not in the status table"),
+            }
+        }
+
+        /// The reason phrase of a status shardgate sends.
+        pub fn reason(status: u16) -> &'static str {
+            match status {
+                $($code => $reason,)*
+                _ => "Unknown",
+            }
+        }
+    };
+}
+
+statuses! {
+    100 "Continue",
+    200 "OK",
+    201 "Created",
+    202 "Accepted",
+    204 "No Content",
+    304 "Not Modified",
+    400 "Bad Request",
+    401 "Unauthorized",
+    403 "Forbidden",
+    404 "Not Found",
+    405 "Method Not Allowed",
+    408 "Request Timeout",
+    412 "Precondition Failed",
+    413 "Content Too Large",
+    414 "URI Too Long",
+    417 "Expectation Failed",
+    429 "Too Many Requests",
+    431 "Request Header Fields Too Large",
+    500 "Internal Server Error",
+    502 "Bad Gateway",
+    503 "Service Unavailable",
+    504 "Gateway Timeout",
+    507 "Insufficient Storage",
+}
+
 /// The `Date` field value, formatted once per second (RFC 9110 §6.6.1).
 pub struct DateCache {
     second: u64,
@@ -161,7 +210,7 @@ impl DateCache {
         }
     }
 
-    pub fn text(&self) -> &[u8] {
+    pub fn text(&self) -> &[u8; 29] {
         &self.text
     }
 }
@@ -183,36 +232,6 @@ fn json_string(out: &mut Vec<u8>, value: &str) {
         }
     }
     out.push(b'"');
-}
-
-/// The reason phrase of a status shardgate sends.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        417 => "Expectation Failed",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        507 => "Insufficient Storage",
-        _ => "Unknown",
-    }
 }
 
 #[cfg(test)]
