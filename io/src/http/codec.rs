@@ -326,11 +326,19 @@ impl Head {
     }
 }
 
-/// Finds and parses the head, resuming the search for its end at
-/// `*scanned`, so a head arriving a byte at a time is still scanned once.
+/// Finds and parses the head. The first attempt hands the input straight to
+/// httparse, which finds the end itself: the common case of a whole head in
+/// one read costs one pass. After that the search for the end resumes at
+/// `*scanned`, and httparse runs again only when a new line end could close
+/// the head, so a head arriving a byte at a time is still scanned once.
 fn find_head(input: &[u8], scanned: &mut usize, limits: Limits) -> Result<Option<Head>, HttpError> {
     let head_bytes_max = limits.head_bytes_max;
     let limit = input.len().min(head_bytes_max);
+    if *scanned == 0 && limit > 0 {
+        if let Some(head) = parse_head(&input[..limit], limits)? {
+            return Ok(Some(head));
+        }
+    }
     // Resume two bytes back so a terminator split across reads is still seen.
     let mut from = scanned.saturating_sub(2);
     while let Some(found) = memchr::memchr(b'\n', &input[from..limit]) {
@@ -358,19 +366,19 @@ fn find_head(input: &[u8], scanned: &mut usize, limits: Limits) -> Result<Option
     Ok(None)
 }
 
-/// Parses a complete head (`bytes` ends with its empty line). Returns
-/// `None` when httparse still wants more (only leading empty lines do that).
+/// Parses the head at the start of `bytes`. Returns `None` when httparse
+/// needs more input.
 fn parse_head(bytes: &[u8], limits: Limits) -> Result<Option<Head>, HttpError> {
     // Uninitialized: zeroing 64 headers (2 KiB) cost half of decoding.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_MAX];
     let mut parsed = httparse::Request::new(&mut []);
-    match parsed.parse_with_uninit_headers(bytes, &mut fields) {
-        Ok(httparse::Status::Complete(_)) => {}
+    let end = match parsed.parse_with_uninit_headers(bytes, &mut fields) {
+        Ok(httparse::Status::Complete(end)) => end,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeaderTooLarge),
         Err(httparse::Error::Version) => return Err(HttpError::BadRequest("unsupported HTTP version")),
         Err(_) => return Err(HttpError::BadRequest("malformed request line or header field")),
-    }
+    };
     let version_minor = parsed.version.expect("complete parse has a version");
     let method = Method::parse(parsed.method.expect("complete parse has a method"));
     let target = Span::of(bytes, parsed.path.expect("complete parse has a path").as_bytes());
@@ -408,7 +416,7 @@ fn parse_head(bytes: &[u8], limits: Limits) -> Result<Option<Head>, HttpError> {
         if_match: fields.if_match,
         if_none_match: fields.if_none_match,
         x_durability: fields.x_durability,
-        end: bytes.len(),
+        end,
         expect_continue: expect_continue && framing.is_some(),
         framing,
     }))
