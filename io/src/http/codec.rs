@@ -203,7 +203,7 @@ enum ChunkPhase {
 
 #[derive(Debug)]
 enum State {
-    /// Looking for the end of the head; `scanned` bytes hold no terminator.
+    /// Looking for the end of the head; `scanned` bytes were seen already.
     Head { scanned: usize },
     /// The head is in `Decoder::head`; waiting for the body.
     Body { chunked: Option<Chunked> },
@@ -326,38 +326,22 @@ impl Head {
     }
 }
 
-/// Finds and parses the head. The first attempt hands the input straight to
-/// httparse, which finds the end itself: the common case of a whole head in
-/// one read costs one pass. After that the search for the end resumes at
-/// `*scanned`, and httparse runs again only when a new line end could close
-/// the head, so a head arriving a byte at a time is still scanned once.
+/// Finds and parses the head. httparse is given the input up to its last
+/// line end: what it says about complete lines does not depend on how the
+/// bytes were split into reads, and a head trickling in is parsed at most
+/// once per new line (bounded by `HEADERS_MAX`), never once per byte.
+/// `*scanned` is how much input the previous call had seen.
 fn find_head(input: &[u8], scanned: &mut usize, limits: Limits) -> Result<Option<Head>, HttpError> {
     let head_bytes_max = limits.head_bytes_max;
     let limit = input.len().min(head_bytes_max);
-    if *scanned == 0 && limit > 0 {
-        if let Some(head) = parse_head(&input[..limit], limits)? {
-            return Ok(Some(head));
-        }
-    }
-    // Resume two bytes back so a terminator split across reads is still seen.
-    let mut from = scanned.saturating_sub(2);
-    while let Some(found) = memchr::memchr(b'\n', &input[from..limit]) {
-        let i = from + found;
-        from = i + 1;
-        let end = match (input.get(i + 1), input.get(i + 2)) {
-            (Some(b'\n'), _) => i + 2,
-            (Some(b'\r'), Some(b'\n')) => i + 3,
-            _ => continue,
-        };
-        if end > head_bytes_max {
-            break;
-        }
-        // Leading empty lines make httparse wait for more; keep scanning.
+    let from = (*scanned).min(limit);
+    let line_end = memchr::memrchr(b'\n', &input[from..limit]).map(|i| from + i + 1);
+    *scanned = limit;
+    if let Some(end) = line_end {
         if let Some(head) = parse_head(&input[..end], limits)? {
             return Ok(Some(head));
         }
     }
-    *scanned = limit;
     if input.len() >= head_bytes_max {
         let leading = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
         let has_line_end = input[leading..head_bytes_max.max(leading)].contains(&b'\n');

@@ -331,3 +331,19 @@ fn leading_empty_lines_are_ignored() {
     let r = check_ok("\r\n\r\nGET /x HTTP/1.1\r\nHost: t\r\n\r\n", Method::Get, "/x", "");
     assert!(r.keep_alive);
 }
+
+/// Found by the fuzzer: a bad request line without a complete head used to
+/// be refused when it arrived in one read but left waiting when split.
+#[test]
+fn errors_do_not_depend_on_read_boundaries() {
+    for input in ["GET / HTTP/9.9\r\nHost", "\x01GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nBad Name: x\r\nHo"] {
+        let whole = Decoder::new(LIMITS).decode(input.as_bytes()).map(|_| ());
+        assert!(whole.is_err(), "{input:?}");
+        for split in 0..input.len() {
+            let mut decoder = Decoder::new(LIMITS);
+            let first = decoder.decode(&input.as_bytes()[..split]).map(|_| ());
+            let result = if first == Ok(()) { decoder.decode(input.as_bytes()).map(|_| ()) } else { first };
+            assert_eq!(result, whole, "{input:?} split at {split}");
+        }
+    }
+}
