@@ -219,3 +219,6 @@ impl Drop for ReplyFuture {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -99,6 +99,10 @@ impl ShardMetrics {
         bump(&self.shed, 1);
     }
 
+    pub fn shed_count(&self) -> u64 {
+        self.shed.load(Relaxed)
+    }
+
     pub fn connections(&self, open: usize) {
         self.connections_open.store(open as u64, Relaxed);
     }

@@ -34,6 +34,30 @@ pub const SWEEP_ON_PRESSURE_ENTRIES_MAX: usize = 256;
 /// The content type stored when a PUT names none.
 pub const CONTENT_TYPE_DEFAULT: &[u8] = b"application/octet-stream";
 
+/// Content types common enough to keep one static copy of. A stored value
+/// whose type is one of these shares it: no allocation per entry, and
+/// handing it out costs no reference-count update.
+const CONTENT_TYPES_INTERNED: [&[u8]; 10] = [
+    CONTENT_TYPE_DEFAULT,
+    b"application/json",
+    b"application/x-www-form-urlencoded",
+    b"text/plain",
+    b"text/plain; charset=utf-8",
+    b"text/html; charset=utf-8",
+    b"application/xml",
+    b"application/cbor",
+    b"application/msgpack",
+    b"application/x-protobuf",
+];
+
+/// Returns the static copy of a common content type, else `content_type`.
+fn interned(content_type: Bytes) -> Bytes {
+    match CONTENT_TYPES_INTERNED.iter().find(|&&known| known == &content_type[..]) {
+        Some(known) => Bytes::from_static(known),
+        None => content_type,
+    }
+}
+
 /// A request to a shard, produced by the HTTP layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -230,6 +254,7 @@ impl KvShard {
         }
         let created = self.remove(&key).is_none();
         let etag = Etag::of(&content_type, &value);
+        let content_type = interned(content_type);
         let entry = Entry { value, content_type, etag, expires_at_ms };
         self.books.add(&key, &entry);
         self.map.insert(key, entry);

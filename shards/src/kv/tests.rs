@@ -153,3 +153,13 @@ fn accounting_returns_to_zero() {
     assert_eq!(shard.keys(), 0);
     assert_eq!(shard.bytes_held(), 0);
 }
+
+#[test]
+fn common_content_types_are_interned() {
+    let json = interned(Bytes::copy_from_slice(b"application/json"));
+    assert_eq!(&json[..], b"application/json");
+    // A static Bytes points into the binary, not the heap copy we passed.
+    assert_eq!(json.as_ptr(), CONTENT_TYPES_INTERNED[1].as_ptr());
+    let rare = Bytes::copy_from_slice(b"application/vnd.example+json");
+    assert_eq!(interned(rare.clone()).as_ptr(), rare.as_ptr());
+}

@@ -1,0 +1,86 @@
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use shardgate_shards::route::shard_for_key;
+
+use super::*;
+use crate::driver::Driver;
+use crate::http::codec::Limits;
+use crate::mesh::FORWARD_QUEUE_ENTRIES;
+
+fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
+    let config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        shard_count: 2,
+        cpus: vec![0, 0],
+        driver: Driver::Epoll,
+        limits: Limits { head_bytes_max: 1024, body_bytes_max: 1024 },
+        cache_bytes: 1 << 20,
+        connections_max: 16,
+        header_timeout_s: 10,
+        idle_timeout_s: 60,
+        body_timeout_s: 60,
+        backlog: 16,
+    };
+    Rc::new(Core::new(id, Arc::new(config), Arc::clone(mesh), Arc::new(Metrics::new(2))))
+}
+
+fn get(key: &str) -> Op {
+    Op::Get { key: Bytes::copy_from_slice(key.as_bytes()), conditions: Conditions::default() }
+}
+
+fn key_of(owner: u32) -> String {
+    (0..).map(|i| format!("k{i}")).find(|k| shard_for_key(k.as_bytes(), 2) == owner).unwrap()
+}
+
+#[test]
+fn a_full_inbound_queue_answers_503() {
+    let mesh = Arc::new(Mesh::new(2));
+    let sender = core(0, &mesh);
+    let key = key_of(1);
+    let mut replies = Vec::new();
+    for _ in 0..FORWARD_QUEUE_ENTRIES {
+        replies.push(sender.forward(1, get(&key)).ok().expect("room in the queue"));
+    }
+    let refused = sender.forward(1, get(&key)).err().expect("queue full");
+    assert_eq!((refused.status, refused.retry_after_s), (503, Some(1)));
+    assert_eq!(sender.metrics_all.shard(0).shed_count(), 1);
+    assert_eq!(sender.in_flight(), FORWARD_QUEUE_ENTRIES, "the refused request holds no slot");
+}
+
+#[test]
+fn in_flight_forwards_are_bounded_and_answered() {
+    let mesh = Arc::new(Mesh::new(2));
+    let sender = core(0, &mesh);
+    let owner = core(1, &mesh);
+    let key = key_of(1);
+    let mut replies = Vec::new();
+    // The owner drains its queue as it fills, but nobody collects replies:
+    // the sender's in-flight bound is what stops it.
+    loop {
+        match sender.forward(1, get(&key)) {
+            Ok(reply) => replies.push(reply),
+            Err(refused) => {
+                assert_eq!((refused.status, refused.retry_after_s), (503, Some(1)));
+                break;
+            }
+        }
+        if mesh.forward_depth(1) == FORWARD_QUEUE_ENTRIES {
+            owner.drain_mailbox(usize::MAX);
+        }
+    }
+    owner.drain_mailbox(usize::MAX);
+    assert_eq!(replies.len(), REPLY_QUEUE_ENTRIES);
+    // Dropping a waiting future abandons its slot; the reply frees it.
+    replies.truncate(10);
+    assert_eq!(sender.drain_mailbox(usize::MAX), REPLY_QUEUE_ENTRIES);
+    assert_eq!(sender.in_flight(), 10);
+    // The remaining replies resolve with the owner's outcome.
+    let waker = std::task::Waker::noop();
+    let mut context = Context::from_waker(waker);
+    for mut reply in replies {
+        let outcome = Pin::new(&mut reply).poll(&mut context);
+        assert_eq!(outcome, Poll::Ready(Outcome::NotFound));
+    }
+    assert_eq!(sender.in_flight(), 0);
+}
