@@ -40,7 +40,8 @@ fn a_full_inbound_queue_answers_503() {
     let key = key_of(1);
     let mut replies = Vec::new();
     for _ in 0..FORWARD_QUEUE_ENTRIES {
-        replies.push(sender.forward(1, get(&key)).ok().expect("room in the queue"));
+        let reply = sender.forward(1, get(&key)).unwrap_or_else(|r| panic!("refused with {}", r.status));
+        replies.push(reply);
     }
     let refused = sender.forward(1, get(&key)).err().expect("queue full");
     assert_eq!((refused.status, refused.retry_after_s), (503, Some(1)));
