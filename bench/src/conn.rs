@@ -26,8 +26,17 @@ pub struct Stats {
     pub by_class: [u64; 6],
     pub status_429: u64,
     pub status_503: u64,
+    /// Responses whose status [`is_error`] counts.
+    pub error_statuses: u64,
     /// Requests that got no response: connection errors and timeouts.
     pub failures: u64,
+}
+
+/// Whether a status counts as an error in the report: 5xx (503 included)
+/// and 4xx, except 404 (a miss is a valid answer from a key-value store)
+/// and 429 (reported in its own column: a policy, not a failure).
+pub fn is_error(status: u16) -> bool {
+    !(200..400).contains(&status) && status != 404 && status != 429
 }
 
 impl Stats {
@@ -38,6 +47,7 @@ impl Stats {
             by_class: [0; 6],
             status_429: 0,
             status_503: 0,
+            error_statuses: 0,
             failures: 0,
         }
     }
@@ -49,6 +59,7 @@ impl Stats {
         self.by_class[usize::from(status / 100).min(5)] += 1;
         self.status_429 += u64::from(status == 429);
         self.status_503 += u64::from(status == 503);
+        self.error_statuses += u64::from(is_error(status));
     }
 
     pub fn merge(&mut self, other: &Stats) {
@@ -59,12 +70,14 @@ impl Stats {
         }
         self.status_429 += other.status_429;
         self.status_503 += other.status_503;
+        self.error_statuses += other.error_statuses;
         self.failures += other.failures;
     }
 
-    /// Responses that were not 2xx or 3xx, plus requests with no response.
+    /// Requests that failed: no response (connection error, timeout), or a
+    /// status [`is_error`] counts.
     pub fn errors(&self) -> u64 {
-        self.by_class[1] + self.by_class[4] + self.by_class[5] + self.by_class[0] + self.failures
+        self.failures + self.error_statuses
     }
 }
 
@@ -133,7 +146,33 @@ impl Conn {
         }
     }
 
-    async fn fill(&mut self) -> Result<()> {
+    /// Takes the next complete response out of the input; its status.
+    pub fn next_response(&mut self) -> Result<Option<u16>> {
+        match parse_response(&self.input)? {
+            Some(parsed) => {
+                self.input.drain(..parsed.length);
+                Ok(Some(parsed.status))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `bytes` (`count` requests) and returns their statuses.
+    pub async fn send_batch(&mut self, bytes: &[u8], count: usize) -> Result<Vec<u16>> {
+        let (written, _) = self.stream.write_all(bytes.to_vec()).await;
+        written?;
+        let mut statuses = Vec::with_capacity(count);
+        while statuses.len() < count {
+            match self.next_response()? {
+                Some(status) => statuses.push(status),
+                None => self.fill().await?,
+            }
+        }
+        Ok(statuses)
+    }
+
+    /// Reads more input; errors on end of stream.
+    pub async fn fill(&mut self) -> Result<()> {
         if self.input.capacity() - self.input.len() < READ_BYTES / 4 {
             self.input.reserve(READ_BYTES);
         }
@@ -220,7 +259,12 @@ mod tests {
         let mut b = Stats::new();
         for micros in 1..=100 {
             a.record(200, Duration::from_micros(micros));
-            b.record(if micros % 10 == 0 { 503 } else { 200 }, Duration::from_micros(micros * 100));
+            let status = match micros % 10 {
+                0 => 503,
+                1 => 404,
+                _ => 200,
+            };
+            b.record(status, Duration::from_micros(micros * 100));
         }
         b.failures = 3;
         a.merge(&b);

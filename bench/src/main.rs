@@ -1,19 +1,16 @@
-//! `shardgate-bench`: load generation and measurements for shardgate.
-//!
-//! # Layout
-//! - `conn`: one client connection: pipelined requests, response parsing,
-//!   latency histograms (`Stats`).
-//! - `hop`: the cross-core hop measurement (local versus forwarded keys).
-//! - `procfs`: the server's CPU time and peak RSS from /proc.
-
-mod conn;
-mod hop;
-mod procfs;
+//! `shardgate-bench`: the command line over the `shardgate_bench` library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use shardgate_bench::execute::run_scenario;
+use shardgate_bench::hop;
+use shardgate_bench::report::{self, CORE_HOUR_PRICE_DEFAULT};
+use shardgate_bench::runner::{Options, Target};
+use shardgate_bench::scenario::Scenario;
+use shardgate_bench::workload::Api;
 
 #[derive(Parser)]
 #[command(name = "shardgate-bench", version, about = "Load generator and benchmarks for shardgate")]
@@ -22,8 +19,49 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ApiArg {
+    Shardgate,
+    Webdis,
+    Static,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Runs scenario files against a server and reports them.
+    Run {
+        /// Scenario files (bench/scenarios/*.toml).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The HTTP API the server speaks.
+        #[arg(long, value_enum, default_value = "shardgate")]
+        api: ApiArg,
+        /// Name of the server in the report.
+        #[arg(long, default_value = "shardgate")]
+        server_name: String,
+        /// PID of the server, for CPU per request and RSS.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Generator threads, each with its own event loop.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// CPUs to pin generator threads to (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
+        /// Price of one vCPU-hour in dollars, for $ per 100M requests.
+        #[arg(long, default_value_t = CORE_HOUR_PRICE_DEFAULT)]
+        core_hour_price: f64,
+        /// Writes <scenario>-<server>.json and .svg here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Skip the scenarios' preload phase (data already there).
+        #[arg(long)]
+        no_preload: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// CPU per request for keys owned by the receiving core versus another core.
     Hop {
         /// Server address (a shardgate started with --shards 2 or more).
@@ -47,18 +85,52 @@ enum Command {
         seconds: u64,
         /// Also write the Markdown report here.
         #[arg(long)]
-        out: Option<std::path::PathBuf>,
+        out: Option<PathBuf>,
     },
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-        .context("building the load generator's runtime")?;
-    match cli.command {
+    match Cli::parse().command {
+        Command::Run {
+            scenarios,
+            addr,
+            api,
+            server_name,
+            server_pid,
+            threads,
+            cpus,
+            core_hour_price,
+            out_dir,
+            no_preload,
+            seed,
+        } => {
+            let api = match api {
+                ApiArg::Shardgate => Api::Shardgate,
+                ApiArg::Webdis => Api::Webdis,
+                ApiArg::Static => Api::Static,
+            };
+            let target = Target { addr, api, server_pid };
+            let options = Options { threads, cpus, progress: true, seed };
+            let mut rows = Vec::new();
+            for path in &scenarios {
+                let scenario = Scenario::load_file(path).map_err(anyhow::Error::msg)?;
+                eprintln!("{}: {}", scenario.name, scenario.description);
+                let run = run_scenario(&scenario, &target, &server_name, &options, core_hour_price, !no_preload)?;
+                if let Some(rate) = run.max_sustainable_rps {
+                    eprintln!("{}: highest rate meeting the bound: {rate:.0}/s", scenario.name);
+                }
+                if let Some(dir) = &out_dir {
+                    write_outputs(dir, &scenario, &server_name, &run)?;
+                }
+                rows.extend(run.rows);
+            }
+            print!("{}", report::markdown(&rows));
+        }
         Command::Hop { addr, server_pid, shards, connections, depth, rounds, seconds, out } => {
+            let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .context("building the load generator's runtime")?;
             let args = hop::HopArgs { addr, server_pid, shards, connections, depth, rounds, seconds };
             let report = runtime.block_on(hop::run(args))?;
             println!("{report}");
@@ -66,6 +138,35 @@ fn main() -> Result<()> {
                 std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
             }
         }
+    }
+    Ok(())
+}
+
+fn write_outputs(
+    dir: &std::path::Path,
+    scenario: &Scenario,
+    server: &str,
+    run: &shardgate_bench::execute::ScenarioRun,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let stem = format!("{}-{}", scenario.name, server);
+    let series: Vec<_> = run
+        .phases
+        .iter()
+        .map(|(label, phase)| serde_json::json!({ "label": label, "seconds": phase.series }))
+        .collect();
+    let json = serde_json::json!({
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "server": server,
+        "rows": run.rows,
+        "max_sustainable_rps": run.max_sustainable_rps,
+        "series": series,
+    });
+    std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&json)?)?;
+    if let Some((_, phase)) = run.phases.first().filter(|_| run.phases.len() == 1) {
+        let title = format!("{} on {server}: {}", scenario.name, scenario.description);
+        std::fs::write(dir.join(format!("{stem}.svg")), report::svg(&title, &phase.series))?;
     }
     Ok(())
 }

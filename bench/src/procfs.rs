@@ -23,6 +23,19 @@ pub fn parse_cpu_time(stat: &str, ticks_per_second: u64) -> Result<Duration> {
     Ok(Duration::from_micros((utime + stime) * 1_000_000 / ticks_per_second))
 }
 
+/// Resident set size (VmRSS) of a process now, in bytes. Sampled during a
+/// phase, its maximum is the phase's peak (VmHWM would be the lifetime's).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_kib_field(&status, "VmRSS:").context("no VmRSS in status")
+}
+
+pub fn parse_kib_field(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -41,5 +54,12 @@ mod tests {
     fn stat_fields_are_counted_after_the_name() {
         let stat = "4242 (shard gate (x)) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 3 0 100 0 0";
         assert_eq!(parse_cpu_time(stat, 100).unwrap(), Duration::from_millis(3250));
+    }
+
+    #[test]
+    fn status_kib_field() {
+        let status = "Name:\tshardgate\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_kib_field(status, "VmHWM:"), Some(12345 * 1024));
+        assert_eq!(parse_kib_field(status, "VmSwap:"), None);
     }
 }

@@ -1,0 +1,717 @@
+//! Running a phase of load: threads, connections, the open-loop scheduler,
+//! the closed loop, preloading, progress, and the server's CPU and RSS.
+//!
+//! Open loop, per generator thread: one scheduler task walks the thread's
+//! share of the schedule (request `k` of the profile belongs to thread
+//! `k mod threads`), sleeps on the timer until about a millisecond before the
+//! next due time and then yields in a loop, so requests leave within
+//! microseconds of their due time. It hands each request to the next
+//! connection round-robin. Each connection has a writer (sends queued
+//! requests, at most `pipeline` unanswered) and a reader (parses responses in
+//! order). Latency runs from the due time, so a request that waited behind a
+//! slow response is charged for the wait (no coordinated omission).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+
+use crate::conn::{is_error, parse_response, Conn, Stats, LATENCY_US_MAX};
+use crate::procfs;
+use crate::schedule::RateProfile;
+use crate::workload::{Api, RequestGen, Workload};
+
+/// Where the load goes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub api: Api,
+    /// The server process, for its CPU time and RSS.
+    pub server_pid: Option<u32>,
+}
+
+/// How the generator runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub threads: usize,
+    /// CPUs to pin generator threads to, round-robin; empty: no pinning.
+    pub cpus: Vec<usize>,
+    /// Print a progress line every second (only on a terminal).
+    pub progress: bool,
+    pub seed: u64,
+}
+
+/// The load of one phase.
+#[derive(Clone, Debug)]
+pub enum Offered {
+    Open(RateProfile),
+    Closed(Duration),
+}
+
+/// What one second of a phase looked like (by due time for the open loop).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Second {
+    pub offered: u64,
+    pub responses: u64,
+    pub errors: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// The outcome of one phase.
+#[derive(Clone, Debug)]
+pub struct PhaseResult {
+    /// Requests the phase issued (scheduled, for the open loop).
+    pub issued: u64,
+    pub stats: Stats,
+    pub elapsed: Duration,
+    pub series: Vec<Second>,
+    /// How late the scheduler sent requests (open loop), microseconds.
+    pub lag_us: Histogram<u64>,
+    pub server_cpu: Option<Duration>,
+    pub server_rss_peak: Option<u64>,
+}
+
+/// Counters the threads publish for the progress line.
+#[derive(Default)]
+struct Progress {
+    issued: AtomicU64,
+    responses: AtomicU64,
+    errors: AtomicU64,
+    p99_us: AtomicU64,
+}
+
+/// Runs one phase against `target`.
+pub fn run_phase(
+    target: &Target,
+    offered: &Offered,
+    connections: usize,
+    pipeline: usize,
+    timeout: Duration,
+    workload: &Workload,
+    options: &Options,
+) -> Result<PhaseResult> {
+    let threads = options.threads.clamp(1, connections);
+    let progress = Arc::new(Progress::default());
+    let cpu_before = target.server_pid.map(procfs::cpu_time).transpose()?;
+    let started = Instant::now() + Duration::from_millis(50);
+    let handles: Vec<_> = (0..threads)
+        .map(|thread| {
+            let spec = ThreadSpec {
+                thread,
+                threads,
+                connections: (thread..connections).step_by(threads).collect(),
+                pipeline,
+                timeout,
+                offered: offered.clone(),
+                workload: workload.clone(),
+                target: target.clone(),
+                seed: options.seed,
+                started,
+                cpu: (!options.cpus.is_empty()).then(|| options.cpus[thread % options.cpus.len()]),
+                progress: Arc::clone(&progress),
+            };
+            std::thread::Builder::new().name(format!("bench-{thread}")).spawn(move || run_thread(spec))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let mut rss_peak = None;
+    let show = options.progress && std::io::stderr().is_terminal();
+    let mut next_line = Instant::now() + Duration::from_secs(1);
+    let mut last_responses = 0;
+    while handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(pid) = target.server_pid {
+            if let Ok(rss) = procfs::rss_bytes(pid) {
+                rss_peak = Some(rss_peak.unwrap_or(0).max(rss));
+            }
+        }
+        if show && Instant::now() >= next_line {
+            next_line += Duration::from_secs(1);
+            let responses = progress.responses.load(Ordering::Relaxed);
+            eprint!(
+                "\r{:>6.1}s  offered {:>9}  achieved {:>9}/s  p99 {:>8} µs  errors {:>6}   ",
+                started.elapsed().as_secs_f64(),
+                progress.issued.load(Ordering::Relaxed),
+                responses - last_responses,
+                progress.p99_us.load(Ordering::Relaxed),
+                progress.errors.load(Ordering::Relaxed),
+            );
+            last_responses = responses;
+        }
+    }
+    if show {
+        eprintln!();
+    }
+    let mut total = ThreadResult::new();
+    for handle in handles {
+        let result = handle.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
+        total.merge(result);
+    }
+    let elapsed = started.elapsed();
+    let server_cpu = match (target.server_pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(procfs::cpu_time(pid)? - before),
+        _ => None,
+    };
+    Ok(PhaseResult {
+        issued: total.issued,
+        series: total.seconds.iter().map(SecondAcc::summary).collect(),
+        stats: total.stats,
+        elapsed,
+        lag_us: total.lag_us,
+        server_cpu,
+        server_rss_peak: rss_peak,
+    })
+}
+
+struct ThreadSpec {
+    thread: usize,
+    threads: usize,
+    /// Global indexes of this thread's connections.
+    connections: Vec<usize>,
+    pipeline: usize,
+    timeout: Duration,
+    offered: Offered,
+    workload: Workload,
+    target: Target,
+    seed: u64,
+    started: Instant,
+    cpu: Option<usize>,
+    progress: Arc<Progress>,
+}
+
+/// Per-second accumulation.
+struct SecondAcc {
+    offered: u64,
+    responses: u64,
+    errors: u64,
+    latency_us: Histogram<u64>,
+}
+
+impl SecondAcc {
+    fn new() -> SecondAcc {
+        SecondAcc {
+            offered: 0,
+            responses: 0,
+            errors: 0,
+            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 2).expect("bounds"),
+        }
+    }
+
+    fn summary(&self) -> Second {
+        let h = &self.latency_us;
+        let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+        Second {
+            offered: self.offered,
+            responses: self.responses,
+            errors: self.errors,
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// One thread's results, merged across threads at the end.
+struct ThreadResult {
+    issued: u64,
+    stats: Stats,
+    seconds: Vec<SecondAcc>,
+    lag_us: Histogram<u64>,
+}
+
+impl ThreadResult {
+    fn new() -> ThreadResult {
+        ThreadResult {
+            issued: 0,
+            stats: Stats::new(),
+            seconds: Vec::new(),
+            lag_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 2).expect("bounds"),
+        }
+    }
+
+    fn second(&mut self, at: Duration) -> &mut SecondAcc {
+        let index = at.as_secs() as usize;
+        while self.seconds.len() <= index {
+            self.seconds.push(SecondAcc::new());
+        }
+        &mut self.seconds[index]
+    }
+
+    fn merge(&mut self, other: ThreadResult) {
+        self.issued += other.issued;
+        self.stats.merge(&other.stats);
+        self.lag_us.add(&other.lag_us).expect("same bounds");
+        for (i, second) in other.seconds.into_iter().enumerate() {
+            let mine = self.second(Duration::from_secs(i as u64));
+            mine.offered += second.offered;
+            mine.responses += second.responses;
+            mine.errors += second.errors;
+            mine.latency_us.add(&second.latency_us).expect("same bounds");
+        }
+    }
+}
+
+/// Records results for one thread; shared by its tasks.
+struct Recorder {
+    started: Instant,
+    result: ThreadResult,
+    progress: Arc<Progress>,
+    recorded: u64,
+}
+
+impl Recorder {
+    fn issue(&mut self, due: Instant) {
+        self.result.issued += 1;
+        self.result.second(due.saturating_duration_since(self.started)).offered += 1;
+        self.progress.issued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn response(&mut self, due: Instant, status: u16, now: Instant) {
+        let latency = now.saturating_duration_since(due);
+        self.result.stats.record(status, latency);
+        let bad = is_error(status);
+        let second = self.result.second(due.saturating_duration_since(self.started));
+        second.responses += 1;
+        second.errors += u64::from(bad);
+        second.latency_us.saturating_record((latency.as_micros() as u64).max(1));
+        self.progress.responses.fetch_add(1, Ordering::Relaxed);
+        self.progress.errors.fetch_add(u64::from(bad), Ordering::Relaxed);
+        self.recorded += 1;
+        if self.recorded % 1024 == 0 {
+            let p99 = self.result.stats.latency_us.value_at_quantile(0.99);
+            self.progress.p99_us.fetch_max(p99, Ordering::Relaxed);
+        }
+    }
+
+    fn failure(&mut self, due: Instant) {
+        self.result.stats.failures += 1;
+        self.result.second(due.saturating_duration_since(self.started)).errors += 1;
+        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn run_thread(spec: ThreadSpec) -> Result<ThreadResult> {
+    if let Some(cpu) = spec.cpu {
+        pin_to_cpu(cpu)?;
+    }
+    let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
+    runtime.block_on(thread_main(spec))
+}
+
+async fn thread_main(spec: ThreadSpec) -> Result<ThreadResult> {
+    let recorder = Rc::new(RefCell::new(Recorder {
+        started: spec.started,
+        result: ThreadResult::new(),
+        progress: Arc::clone(&spec.progress),
+        recorded: 0,
+    }));
+    let mut conns = Vec::new();
+    for &index in &spec.connections {
+        let conn = Conn::connect(spec.target.addr).await?;
+        let generator = RequestGen::new(&spec.workload, spec.target.api, spec.seed, index);
+        conns.push((conn, generator));
+    }
+    // The phase runs as a spawned task, not inline in `block_on`: monoio
+    // re-polls a self-woken main future in a tight loop without polling I/O,
+    // which would starve every connection while the scheduler yields.
+    let spec = Rc::new(spec);
+    let phase = {
+        let (spec, recorder) = (Rc::clone(&spec), Rc::clone(&recorder));
+        monoio::spawn(async move {
+            match &spec.offered {
+                Offered::Closed(duration) => closed(&spec, conns, *duration, &recorder).await,
+                Offered::Open(profile) => open(&spec, conns, profile, &recorder).await,
+            }
+        })
+    };
+    phase.await;
+    let recorder = Rc::try_unwrap(recorder).map_err(|_| anyhow::anyhow!("tasks outlived the phase"))?;
+    Ok(recorder.into_inner().result)
+}
+
+async fn closed(
+    spec: &ThreadSpec,
+    conns: Vec<(Conn, RequestGen)>,
+    duration: Duration,
+    recorder: &Rc<RefCell<Recorder>>,
+) {
+    monoio::time::sleep_until(spec.started.into()).await;
+    let until = spec.started + duration;
+    let handles: Vec<_> = conns
+        .into_iter()
+        .map(|(mut conn, mut generator)| {
+            let recorder = Rc::clone(recorder);
+            let depth = spec.pipeline;
+            let timeout = spec.timeout;
+            monoio::spawn(async move { closed_conn(&mut conn, &mut generator, depth, until, timeout, &recorder).await })
+        })
+        .collect();
+    for handle in handles {
+        handle.await;
+    }
+}
+
+/// Closed loop on one connection: `depth` requests in flight until `until`,
+/// then the outstanding ones are awaited. Latency runs from the send time.
+async fn closed_conn(
+    conn: &mut Conn,
+    generator: &mut RequestGen,
+    depth: usize,
+    until: Instant,
+    timeout: Duration,
+    recorder: &Rc<RefCell<Recorder>>,
+) {
+    let mut sent: VecDeque<Instant> = VecDeque::with_capacity(depth);
+    let mut output = Vec::with_capacity(4096);
+    let mut due = depth;
+    loop {
+        if due > 0 && Instant::now() < until {
+            output.clear();
+            for _ in 0..due {
+                generator.next(&mut output);
+            }
+            let now = Instant::now();
+            for _ in 0..due {
+                recorder.borrow_mut().issue(now);
+                sent.push_back(now);
+            }
+            let (written, returned) = conn.stream.write_all(output).await;
+            output = returned;
+            if written.is_err() {
+                break;
+            }
+        }
+        due = 0;
+        let Some(&oldest) = sent.front() else { return };
+        let remaining = (oldest + timeout).saturating_duration_since(Instant::now());
+        match monoio::time::timeout(remaining, conn.fill()).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+        let now = Instant::now();
+        loop {
+            match conn.next_response() {
+                Ok(Some(status)) => {
+                    let started = sent.pop_front().expect("a response answers a request we sent");
+                    recorder.borrow_mut().response(started, status, now);
+                    due += 1;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    let mut recorder = recorder.borrow_mut();
+                    sent.drain(..).for_each(|at| recorder.failure(at));
+                    return;
+                }
+            }
+        }
+    }
+    let mut recorder = recorder.borrow_mut();
+    sent.drain(..).for_each(|at| recorder.failure(at));
+}
+
+/// A connection's side of the open loop, shared by its scheduler, writer and reader.
+struct Lane {
+    /// Due times of requests handed over but not yet written.
+    queued: VecDeque<Instant>,
+    /// Due times of requests written and not yet answered, oldest first.
+    in_flight: VecDeque<Instant>,
+    /// The scheduler is done: finish what is queued and stop.
+    finished: bool,
+    /// The connection failed; everything on it counts as a failure.
+    dead: bool,
+    writer: Option<Waker>,
+    reader: Option<Waker>,
+}
+
+impl Lane {
+    fn wake_writer(&mut self) {
+        if let Some(waker) = self.writer.take() {
+            waker.wake();
+        }
+    }
+
+    fn wake_reader(&mut self) {
+        if let Some(waker) = self.reader.take() {
+            waker.wake();
+        }
+    }
+}
+
+async fn open(
+    spec: &ThreadSpec,
+    conns: Vec<(Conn, RequestGen)>,
+    profile: &RateProfile,
+    recorder: &Rc<RefCell<Recorder>>,
+) {
+    let mut lanes = Vec::new();
+    let mut tasks = Vec::new();
+    for (conn, generator) in conns {
+        let lane = Rc::new(RefCell::new(Lane {
+            queued: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            finished: false,
+            dead: false,
+            writer: None,
+            reader: None,
+        }));
+        let (reader, writer) = conn.stream.into_split();
+        let pipeline = spec.pipeline;
+        tasks.push(monoio::spawn(write_lane(writer, generator, Rc::clone(&lane), pipeline, Rc::clone(recorder))));
+        tasks.push(monoio::spawn(read_lane(reader, Rc::clone(&lane), spec.timeout, Rc::clone(recorder))));
+        lanes.push(lane);
+    }
+    let mut next = 0;
+    for k in (spec.thread as u64..).step_by(spec.threads) {
+        let Some(due) = profile.due(k) else { break };
+        let due_at = spec.started + due;
+        wait_until(due_at).await;
+        let now = Instant::now();
+        let mut recorder_ref = recorder.borrow_mut();
+        recorder_ref.issue(due_at);
+        recorder_ref.result.lag_us.saturating_record((now.saturating_duration_since(due_at).as_micros() as u64).max(1));
+        // The next live connection, round-robin.
+        let live = (0..lanes.len()).map(|i| (next + i) % lanes.len()).find(|&i| !lanes[i].borrow().dead);
+        match live {
+            Some(i) => {
+                next = i + 1;
+                let mut lane = lanes[i].borrow_mut();
+                lane.queued.push_back(due_at);
+                lane.wake_writer();
+            }
+            None => recorder_ref.failure(due_at),
+        }
+    }
+    for lane in &lanes {
+        let mut lane = lane.borrow_mut();
+        lane.finished = true;
+        lane.wake_writer();
+        lane.wake_reader();
+    }
+    for task in tasks {
+        task.await;
+    }
+}
+
+/// Sleeps on the timer until about a millisecond before `due`, then yields
+/// until it: the timer alone is only millisecond-accurate.
+async fn wait_until(due: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return;
+        }
+        if due - now > Duration::from_millis(2) {
+            monoio::time::sleep(due - now - Duration::from_millis(1)).await;
+        } else {
+            yield_now().await;
+        }
+    }
+}
+
+/// Lets every other ready task run before this one continues. Waking
+/// oneself is no yield in monoio: a task notified during its own poll is
+/// re-queued at the front. A spawned no-op task goes to the back, and its
+/// completion wakes this one from another task, which queues it at the back.
+async fn yield_now() {
+    monoio::spawn(async {}).await;
+}
+
+async fn write_lane(
+    mut writer: OwnedWriteHalf<TcpStream>,
+    mut generator: RequestGen,
+    lane: Rc<RefCell<Lane>>,
+    pipeline: usize,
+    recorder: Rc<RefCell<Recorder>>,
+) {
+    let mut output = Vec::with_capacity(4096);
+    loop {
+        // Take every queued request that fits within the pipeline depth.
+        let batch: Vec<Instant> = poll_fn(|cx| {
+            let mut lane = lane.borrow_mut();
+            let room = pipeline.saturating_sub(lane.in_flight.len());
+            if lane.dead || (lane.finished && lane.queued.is_empty()) {
+                return Poll::Ready(Vec::new());
+            }
+            if room > 0 && !lane.queued.is_empty() {
+                let take = room.min(lane.queued.len());
+                return Poll::Ready(lane.queued.drain(..take).collect());
+            }
+            lane.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        if batch.is_empty() {
+            break;
+        }
+        output.clear();
+        for _ in &batch {
+            generator.next(&mut output);
+        }
+        lane.borrow_mut().in_flight.extend(batch.iter().copied());
+        lane.borrow_mut().wake_reader();
+        let (written, returned) = writer.write_all(output).await;
+        output = returned;
+        if written.is_err() {
+            lane.borrow_mut().dead = true;
+            break;
+        }
+    }
+    // A dead lane's unsent requests are failures.
+    let mut lane = lane.borrow_mut();
+    if lane.dead {
+        let mut recorder = recorder.borrow_mut();
+        for due in lane.queued.drain(..) {
+            recorder.failure(due);
+        }
+    }
+    lane.wake_reader();
+}
+
+async fn read_lane(
+    mut reader: OwnedReadHalf<TcpStream>,
+    lane: Rc<RefCell<Lane>>,
+    timeout: Duration,
+    recorder: Rc<RefCell<Recorder>>,
+) {
+    let mut input: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        // Wait until something is in flight (or the lane is over).
+        let oldest = poll_fn(|cx| {
+            let mut lane = lane.borrow_mut();
+            if let Some(&due) = lane.in_flight.front() {
+                return Poll::Ready(Some(due));
+            }
+            if lane.dead || (lane.finished && lane.queued.is_empty()) {
+                return Poll::Ready(None);
+            }
+            lane.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let Some(oldest) = oldest else { break };
+        // The oldest request's deadline, counted from its due time.
+        let remaining = (oldest + timeout).saturating_duration_since(Instant::now());
+        if input.capacity() - input.len() < 16 * 1024 {
+            input.reserve(64 * 1024);
+        }
+        let length = input.len();
+        let read = monoio::time::timeout(remaining, reader.read(input.slice_mut(length..))).await;
+        let (result, buffer) = match read {
+            Ok(done) => done,
+            Err(_elapsed) => {
+                lane.borrow_mut().dead = true;
+                break;
+            }
+        };
+        input = buffer.into_inner();
+        match result {
+            Ok(n) if n > 0 => {}
+            _ => {
+                lane.borrow_mut().dead = true;
+                break;
+            }
+        }
+        let now = Instant::now();
+        let mut consumed = 0;
+        loop {
+            match parse_response(&input[consumed..]) {
+                Ok(Some(parsed)) => {
+                    consumed += parsed.length;
+                    let due = lane.borrow_mut().in_flight.pop_front();
+                    let Some(due) = due else {
+                        lane.borrow_mut().dead = true;
+                        break;
+                    };
+                    recorder.borrow_mut().response(due, parsed.status, now);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    lane.borrow_mut().dead = true;
+                    break;
+                }
+            }
+        }
+        input.drain(..consumed);
+        let mut lane_ref = lane.borrow_mut();
+        if lane_ref.dead {
+            break;
+        }
+        lane_ref.wake_writer();
+    }
+    let mut lane = lane.borrow_mut();
+    lane.dead = lane.dead || !lane.in_flight.is_empty();
+    let mut recorder = recorder.borrow_mut();
+    let unanswered: Vec<Instant> = lane.in_flight.drain(..).collect();
+    let unsent: Vec<Instant> = lane.queued.drain(..).collect();
+    unanswered.into_iter().chain(unsent).for_each(|due| recorder.failure(due));
+    lane.wake_writer();
+}
+
+/// Writes `workload.preload` keys (ids 0.., the most popular first) with
+/// pipelined PUTs over `connections` connections, before measuring.
+pub fn preload(target: &Target, workload: &Workload, connections: usize) -> Result<u64> {
+    if workload.preload == 0 {
+        return Ok(0);
+    }
+    let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
+    runtime
+        .block_on(async {
+            let failed = Rc::new(AtomicBool::new(false));
+            let mut handles = Vec::new();
+            for index in 0..connections.min(workload.preload as usize) {
+                let mut conn = Conn::connect(target.addr).await?;
+                let mut generator = RequestGen::new(workload, target.api, 0, index);
+                let ids: Vec<u64> = (index as u64..workload.preload).step_by(connections).collect();
+                let failed = Rc::clone(&failed);
+                handles.push(monoio::spawn(async move {
+                    for chunk in ids.chunks(16) {
+                        let mut batch = Vec::new();
+                        for &id in chunk {
+                            let length = generator.value_len();
+                            generator.write(id, length, &mut batch);
+                        }
+                        match conn.send_batch(&batch, chunk.len()).await {
+                            Ok(statuses) if statuses.iter().all(|s| (200..300).contains(s)) => {}
+                            _ => {
+                                failed.store(true, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                }));
+            }
+            for handle in handles {
+                handle.await;
+            }
+            if failed.load(Ordering::Relaxed) {
+                bail!("preloading failed: a PUT was refused or a connection broke");
+            }
+            Ok(workload.preload)
+        })
+        .context("preloading keys")
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
