@@ -16,6 +16,7 @@
 pub mod conn;
 pub mod execute;
 pub mod hop;
+pub mod origin;
 pub mod procfs;
 pub mod report;
 pub mod runner;

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use shardgate_bench::execute::run_scenario;
-use shardgate_bench::hop;
 use shardgate_bench::report::{self, CORE_HOUR_PRICE_DEFAULT};
 use shardgate_bench::runner::{Options, Target};
 use shardgate_bench::scenario::Scenario;
 use shardgate_bench::workload::Api;
+use shardgate_bench::{hop, origin};
 
 #[derive(Parser)]
 #[command(name = "shardgate-bench", version, about = "Load generator and benchmarks for shardgate")]
@@ -41,9 +41,9 @@ enum Command {
         /// Name of the server in the report.
         #[arg(long, default_value = "shardgate")]
         server_name: String,
-        /// PID of the server, for CPU per request and RSS.
-        #[arg(long)]
-        server_pid: Option<u32>,
+        /// PIDs of the server's processes (comma-separated), for CPU per request and RSS.
+        #[arg(long, value_delimiter = ',')]
+        server_pid: Vec<u32>,
         /// Generator threads, each with its own event loop.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -61,6 +61,26 @@ enum Command {
         no_preload: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Runs the simulated origin API (for gateway scenarios) until killed.
+    Origin {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Delay before each answer, e.g. 50ms.
+        #[arg(long, default_value = "0ms")]
+        latency: String,
+        /// Fraction of requests answered 500.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        #[arg(long, default_value = "max-age=1")]
+        cache_control: String,
+        #[arg(long, default_value_t = 64)]
+        body_bytes: usize,
+    },
+    /// Prints one Markdown table from the JSON files `run --out-dir` wrote, in the order given.
+    Table {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// CPU per request for keys owned by the receiving core versus another core.
     Hop {
@@ -109,7 +129,7 @@ fn main() -> Result<()> {
                 ApiArg::Webdis => Api::Webdis,
                 ApiArg::Static => Api::Static,
             };
-            let target = Target { addr, api, server_pid };
+            let target = Target { addr, api, server_pids: server_pid };
             let options = Options { threads, cpus, progress: true, seed };
             let mut rows = Vec::new();
             for path in &scenarios {
@@ -123,6 +143,26 @@ fn main() -> Result<()> {
                     write_outputs(dir, &scenario, &server_name, &run)?;
                 }
                 rows.extend(run.rows);
+            }
+            print!("{}", report::markdown(&rows));
+        }
+        Command::Origin { listen, latency, error_rate, cache_control, body_bytes } => {
+            let latency = shardgate_bench::scenario::duration(&latency).map_err(anyhow::Error::msg)?;
+            let config = origin::OriginConfig { latency, error_rate, cache_control, body_bytes };
+            let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
+            runtime.block_on(async {
+                let (listener, addr) = origin::bind(listen)?;
+                println!("listening on {addr}");
+                origin::serve(listener, config).await
+            })?;
+        }
+        Command::Table { files } => {
+            let mut rows = Vec::new();
+            for path in files {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let json: serde_json::Value = serde_json::from_str(&text)?;
+                let found: Vec<report::Row> = serde_json::from_value(json["rows"].clone())?;
+                rows.extend(found);
             }
             print!("{}", report::markdown(&rows));
         }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::runner::{PhaseResult, Second};
 
@@ -12,7 +12,7 @@ use crate::runner::{PhaseResult, Second};
 pub const CORE_HOUR_PRICE_DEFAULT: f64 = 0.08925 / 2.0;
 
 /// One line of the results table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub scenario: String,
     pub server: String,

@@ -38,8 +38,9 @@ use crate::workload::{Api, RequestGen, Workload};
 pub struct Target {
     pub addr: SocketAddr,
     pub api: Api,
-    /// The server process, for its CPU time and RSS.
-    pub server_pid: Option<u32>,
+    /// The server's processes (webdis and redis-server count together),
+    /// for CPU time and RSS; empty: not measured.
+    pub server_pids: Vec<u32>,
 }
 
 /// How the generator runs.
@@ -106,7 +107,7 @@ pub fn run_phase(
 ) -> Result<PhaseResult> {
     let threads = options.threads.clamp(1, connections);
     let progress = Arc::new(Progress::default());
-    let cpu_before = target.server_pid.map(procfs::cpu_time).transpose()?;
+    let cpu_before = server_cpu(&target.server_pids)?;
     let started = Instant::now() + Duration::from_millis(50);
     let handles: Vec<_> = (0..threads)
         .map(|thread| {
@@ -133,8 +134,9 @@ pub fn run_phase(
     let mut last_responses = 0;
     while handles.iter().any(|h| !h.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
-        if let Some(pid) = target.server_pid {
-            if let Ok(rss) = procfs::rss_bytes(pid) {
+        if !target.server_pids.is_empty() {
+            let rss: Result<u64> = target.server_pids.iter().map(|&pid| procfs::rss_bytes(pid)).sum();
+            if let Ok(rss) = rss {
                 rss_peak = Some(rss_peak.unwrap_or(0).max(rss));
             }
         }
@@ -161,8 +163,8 @@ pub fn run_phase(
         total.merge(result);
     }
     let elapsed = started.elapsed();
-    let server_cpu = match (target.server_pid, cpu_before) {
-        (Some(pid), Some(before)) => Some(procfs::cpu_time(pid)? - before),
+    let server_cpu = match (server_cpu(&target.server_pids)?, cpu_before) {
+        (Some(after), Some(before)) => Some(after - before),
         _ => None,
     };
     Ok(PhaseResult {
@@ -174,6 +176,14 @@ pub fn run_phase(
         server_cpu,
         server_rss_peak: rss_peak,
     })
+}
+
+/// CPU time of all the server's processes together; `None` when unmeasured.
+fn server_cpu(pids: &[u32]) -> Result<Option<Duration>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    pids.iter().map(|&pid| procfs::cpu_time(pid)).sum::<Result<Duration>>().map(Some)
 }
 
 struct ThreadSpec {

@@ -1,0 +1,199 @@
+//! A simulated origin API for gateway scenarios and tests: every path
+//! answers after a configurable latency, with a configurable error rate,
+//! `Cache-Control` and body size, a stable per-path `ETag` (so conditional
+//! revalidation gets `304`), and a request counter at `GET /_origin/stats`.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// How the origin behaves.
+#[derive(Clone, Debug)]
+pub struct OriginConfig {
+    pub latency: Duration,
+    /// Fraction of requests answered `500`.
+    pub error_rate: f64,
+    /// `Cache-Control` of successful GET responses; empty sends none.
+    pub cache_control: String,
+    pub body_bytes: usize,
+}
+
+/// Largest request head the origin reads.
+const HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// Serves on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, config: OriginConfig) -> Result<()> {
+    let served = Rc::new(Cell::new(0u64));
+    let config = Rc::new(config);
+    let mut seed = 1u64;
+    loop {
+        let (stream, _) = listener.accept().await.context("accept")?;
+        stream.set_nodelay(true)?;
+        seed += 1;
+        monoio::spawn(connection(stream, Rc::clone(&config), Rc::clone(&served), seed));
+    }
+}
+
+/// Binds `addr` (port 0 picks one) and returns the listener and its address.
+pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+async fn connection(mut stream: TcpStream, config: Rc<OriginConfig>, served: Rc<Cell<u64>>, seed: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut input: Vec<u8> = Vec::with_capacity(8192);
+    loop {
+        let (head, body_length, method, path, if_none_match) = loop {
+            match parse(&input) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) if input.len() < HEAD_BYTES_MAX => {}
+                _ => return,
+            }
+            if input.capacity() - input.len() < 4096 {
+                input.reserve(8192);
+            }
+            let length = input.len();
+            let (read, buffer) = stream.read(input.slice_mut(length..)).await;
+            input = buffer.into_inner();
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+        };
+        // Read and discard the request body.
+        while input.len() < head + body_length {
+            let length = input.len();
+            input.reserve(head + body_length - length);
+            let (read, buffer) = stream.read(input.slice_mut(length..)).await;
+            input = buffer.into_inner();
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+        }
+        input.drain(..head + body_length);
+        let response = if path == "/_origin/stats" {
+            let body = format!("{{\"requests\":{}}}", served.get());
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        } else {
+            served.set(served.get() + 1);
+            if !config.latency.is_zero() {
+                monoio::time::sleep(config.latency).await;
+            }
+            answer(&config, &method, &path, if_none_match.as_deref(), rng.random::<f64>() < config.error_rate)
+        };
+        let (written, _) = stream.write_all(response.into_bytes()).await;
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+type Parsed = (usize, usize, String, String, Option<String>);
+
+/// Parses a request head: its length, body length, method, path, If-None-Match.
+fn parse(input: &[u8]) -> Result<Option<Parsed>> {
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut fields);
+    let head = match request.parse(input)? {
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(head) => head,
+    };
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let body_length = header("content-length").map(|v| v.trim().parse()).transpose()?.unwrap_or(0);
+    let if_none_match = header("if-none-match");
+    Ok(Some((
+        head,
+        body_length,
+        request.method.unwrap_or("GET").to_string(),
+        request.path.unwrap_or("/").to_string(),
+        if_none_match,
+    )))
+}
+
+/// Builds the response to one request.
+pub fn answer(config: &OriginConfig, method: &str, path: &str, if_none_match: Option<&str>, fail: bool) -> String {
+    if fail {
+        let body = "{\"error\":\"simulated failure\"}";
+        return format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    if !matches!(method, "GET" | "HEAD") {
+        return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"stored\":true}"
+            .to_string();
+    }
+    let etag = format!("\"{:016x}\"", fnv1a(path.as_bytes()));
+    let cache_control = if config.cache_control.is_empty() {
+        String::new()
+    } else {
+        format!("Cache-Control: {}\r\n", config.cache_control)
+    };
+    if if_none_match.is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        return format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n{cache_control}\r\n");
+    }
+    let body = "x".repeat(config.body_bytes);
+    let body = if method == "HEAD" { "" } else { &body };
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nETag: {etag}\r\n{cache_control}\r\n{body}",
+        config.body_bytes
+    )
+}
+
+/// FNV-1a: a stable tag per path; quality does not matter here.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> OriginConfig {
+        OriginConfig { latency: Duration::ZERO, error_rate: 0.0, cache_control: "max-age=1".to_string(), body_bytes: 4 }
+    }
+
+    #[test]
+    fn get_revalidate_fail_and_write() {
+        let ok = answer(&config(), "GET", "/a", None, false);
+        assert!(
+            ok.starts_with("HTTP/1.1 200 OK\r\n")
+                && ok.contains("Cache-Control: max-age=1\r\n")
+                && ok.ends_with("\r\n\r\nxxxx")
+        );
+        let etag = ok.split("ETag: ").nth(1).unwrap().split("\r\n").next().unwrap().to_string();
+        let not_modified = answer(&config(), "GET", "/a", Some(&etag), false);
+        assert!(not_modified.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{not_modified}");
+        assert!(answer(&config(), "GET", "/b", Some(&etag), false).starts_with("HTTP/1.1 200"));
+        assert!(answer(&config(), "GET", "/a", None, true).starts_with("HTTP/1.1 500"));
+        assert!(answer(&config(), "POST", "/a", None, false).contains("{\"stored\":true}"));
+        let head = answer(&config(), "HEAD", "/a", None, false);
+        assert!(head.contains("Content-Length: 4\r\n") && head.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn parses_heads_with_bodies() {
+        let request = b"PUT /x HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nIf-None-Match: \"t\"\r\n\r\nabc";
+        let (head, body, method, path, tag) = parse(request).unwrap().unwrap();
+        assert_eq!(
+            (head + body, method.as_str(), path.as_str(), tag.as_deref()),
+            (request.len(), "PUT", "/x", Some("\"t\""))
+        );
+        assert!(parse(b"GET / HTTP/1.1\r\nHost").unwrap().is_none());
+    }
+}
