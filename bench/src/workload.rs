@@ -127,27 +127,42 @@ impl RequestGen {
         }
     }
 
+    /// Appends a GET of key `id`. Written piece by piece: the generator
+    /// builds every request, and an allocation each would cap its rate.
     pub fn read(&self, id: u64, out: &mut Vec<u8>) {
-        let target = match self.api {
-            Api::Shardgate => format!("/v1/kv/key-{id}"),
-            Api::Webdis => format!("/GET/key-{id}"),
-            Api::Static => "/".to_string(),
-        };
-        out.extend_from_slice(format!("GET {target} HTTP/1.1\r\nHost: bench\r\n").as_bytes());
+        out.extend_from_slice(b"GET ");
+        self.target(id, b"/GET/", out);
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: bench\r\n");
         self.finish_head(out);
     }
 
+    /// Appends a PUT of a `length`-byte value to key `id`.
     pub fn write(&self, id: u64, length: usize, out: &mut Vec<u8>) {
-        let target = match self.api {
-            Api::Shardgate => format!("/v1/kv/key-{id}"),
-            Api::Webdis => format!("/SET/key-{id}"),
-            Api::Static => "/".to_string(),
-        };
-        out.extend_from_slice(
-            format!("PUT {target} HTTP/1.1\r\nHost: bench\r\nContent-Length: {length}\r\n").as_bytes(),
-        );
+        out.extend_from_slice(b"PUT ");
+        self.target(id, b"/SET/", out);
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: bench\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+        out.extend_from_slice(b"\r\n");
         self.finish_head(out);
         out.extend_from_slice(&self.value[..length]);
+    }
+
+    /// Appends the request-target of key `id`; `webdis_command` is its
+    /// `/GET/` or `/SET/` prefix.
+    fn target(&self, id: u64, webdis_command: &[u8], out: &mut Vec<u8>) {
+        let prefix: &[u8] = match self.api {
+            Api::Shardgate => b"/v1/kv/key-",
+            Api::Webdis => webdis_command,
+            Api::Static => {
+                out.push(b'/');
+                return;
+            }
+        };
+        out.extend_from_slice(prefix);
+        if self.api == Api::Webdis {
+            out.extend_from_slice(b"key-");
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
     }
 
     fn finish_head(&self, out: &mut Vec<u8>) {
