@@ -6,6 +6,8 @@
 //! - [`conditions`]: entity tags and `If-Match` / `If-None-Match` evaluation.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
+//! - [`record`]: the durable log's record format (`encode`/`decode`), the
+//!   segment scan and recovery of a shard's state from its segments.
 //!
 //! **Architecture Invariant:** this crate performs no I/O, spawns no thread and
 //! never reads the clock. Time comes in as an argument (`now_ms`), results go
@@ -13,4 +15,5 @@
 
 pub mod conditions;
 pub mod kv;
+pub mod record;
 pub mod route;
