@@ -163,3 +163,15 @@ fn common_content_types_are_interned() {
     let rare = Bytes::copy_from_slice(b"application/vnd.example+json");
     assert_eq!(interned(rare.clone()).as_ptr(), rare.as_ptr());
 }
+
+#[test]
+fn keys_spread_over_every_partition() {
+    let mut shard = KvShard::new(1 << 30);
+    for i in 0..64_000u32 {
+        shard.handle(NOW, put(&format!("key-{i}"), "v"));
+    }
+    let sizes: Vec<usize> = shard.partitions.iter().map(HashTable::len).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), shard.keys());
+    // 1000 per partition on average; binomial noise is about 31.
+    assert!(sizes.iter().all(|&n| (850..1150).contains(&n)), "{sizes:?}");
+}
