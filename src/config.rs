@@ -33,6 +33,12 @@ pub struct Cli {
     /// Longest time an acknowledged async write stays only in memory [default: 5ms]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_FLUSH_INTERVAL")]
     flush_interval: Option<String>,
+    /// Log segments roll at this size [default: 64MiB]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_SEGMENT_BYTES")]
+    segment_bytes: Option<String>,
+    /// Appended but not yet durable log bytes per shard; past it writes get 503 [default: 64MiB]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_LOG_BACKLOG_BYTES")]
+    log_backlog_bytes: Option<String>,
     /// Memory budget for stored values across all shards [default: 1GiB]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CACHE_BYTES")]
     cache_bytes: Option<String>,
@@ -78,6 +84,8 @@ struct File {
     data_dir: Option<toml::Value>,
     durability: Option<toml::Value>,
     flush_interval: Option<toml::Value>,
+    segment_bytes: Option<toml::Value>,
+    log_backlog_bytes: Option<toml::Value>,
     cache_bytes: Option<toml::Value>,
     rate_limit: Option<toml::Value>,
     io_driver: Option<toml::Value>,
@@ -111,6 +119,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub durability: Durability,
     pub flush_interval: Duration,
+    pub segment_bytes: u64,
+    pub log_backlog_bytes: u64,
     pub cache_bytes: u64,
     pub rate_limit: RateLimit,
     pub io_driver: DriverChoice,
@@ -224,6 +234,16 @@ fn resolve(cli: Cli, file: File) -> Result<Config, String> {
             file.flush_interval,
             Duration::from_millis(5),
             |v| parse_duration(v).and_then(|d| within_duration(d, Duration::from_millis(1), Duration::from_secs(60))),
+        )?,
+        segment_bytes: setting("segment-bytes", cli.segment_bytes, file.segment_bytes, 64 << 20, |v| {
+            parse_size(v).and_then(|n| within(n, 1 << 20, 4 << 30))
+        })?,
+        log_backlog_bytes: setting(
+            "log-backlog-bytes",
+            cli.log_backlog_bytes,
+            file.log_backlog_bytes,
+            64 << 20,
+            |v| parse_size(v).and_then(|n| within(n, 64 << 10, 16 << 30)),
         )?,
         cache_bytes: setting("cache-bytes", cli.cache_bytes, file.cache_bytes, 1 << 30, |v| {
             parse_size(v).and_then(|n| within(n, 64 * 1024, u64::MAX / 2))

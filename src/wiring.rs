@@ -4,14 +4,18 @@
 use std::io::Write as _;
 
 use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::Path;
+
 use shardgate_io::config::ServerConfig;
 use shardgate_io::driver;
 use shardgate_io::http::codec::Limits;
+use shardgate_io::log::{self, LogConfig};
 use shardgate_io::server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 
 pub fn run(config: Config) -> Result<()> {
     // Register before any thread starts, so an early signal drains too.
@@ -23,15 +27,10 @@ pub fn run(config: Config) -> Result<()> {
     if let Some(warning) = warning {
         eprintln!("level=warn msg=\"{warning}\"");
     }
-    // Durability (issue 3) and rate limiting (issue 4) are not built yet:
-    // their flags are validated now so deployments need not change later.
-    eprintln!(
-        "level=info msg=\"values are held in memory only; durability and rate limiting are not active yet\" data_dir={} durability={:?} flush_interval={:?} rate_limit={:?}",
-        config.data_dir.display(),
-        config.durability,
-        config.flush_interval,
-        config.rate_limit
-    );
+    // Rate limiting (issue 4) is not built yet: its flag is validated now
+    // so deployments need not change later.
+    eprintln!("level=info msg=\"rate limiting is not active yet\" rate_limit={:?}", config.rate_limit);
+    check_data_dir(&config.data_dir, shard_count)?;
     let server_config = ServerConfig {
         listen: config.listen,
         shard_count,
@@ -44,6 +43,16 @@ pub fn run(config: Config) -> Result<()> {
         idle_timeout_s: config.idle_timeout.as_secs(),
         body_timeout_s: config.body_timeout.as_secs(),
         backlog: config.backlog,
+        log: LogConfig {
+            data_dir: config.data_dir.clone(),
+            durability: match config.durability {
+                Durability::Async => log::Durability::Async,
+                Durability::Sync => log::Durability::Sync,
+            },
+            flush_interval: config.flush_interval,
+            segment_bytes: config.segment_bytes,
+            backlog_bytes_max: config.log_backlog_bytes as usize,
+        },
     };
     let server = server::start(server_config)?;
     let mut stdout = std::io::stdout().lock();
@@ -60,6 +69,37 @@ pub fn run(config: Config) -> Result<()> {
     server.join();
     eprintln!("level=info msg=\"stopped\"");
     Ok(())
+}
+
+/// Creates the data directory and records the shard count it is laid out
+/// for. A directory written with another `--shards` is refused: its keys
+/// live under their old owners, and moving them (re-homing) is not built
+/// yet; starting anyway would hide them.
+fn check_data_dir(data_dir: &Path, shard_count: u32) -> Result<()> {
+    fs::create_dir_all(data_dir).with_context(|| format!("creating --data-dir {}", data_dir.display()))?;
+    let marker = data_dir.join("shards");
+    match fs::read_to_string(&marker) {
+        Ok(text) => {
+            let recorded: u32 = text.trim().parse().with_context(|| format!("reading {}", marker.display()))?;
+            if recorded != shard_count {
+                bail!(
+                    "--data-dir {} holds data for --shards {recorded}; start with --shards {recorded} \
+                     (re-homing keys to a new shard count is not supported yet)",
+                    data_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let temporary = data_dir.join("shards.tmp");
+            fs::write(&temporary, format!("{shard_count}\n"))?;
+            fs::File::open(&temporary)?.sync_all()?;
+            fs::rename(&temporary, &marker)?;
+            fs::File::open(data_dir)?.sync_all()?;
+            Ok(())
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", marker.display())),
+    }
 }
 
 /// The CPUs this process may run on, in order.

@@ -10,8 +10,10 @@ use shardgate_shards::kv::{Op, Outcome, CONTENT_TYPE_DEFAULT, KEY_BYTES_MAX};
 use shardgate_shards::route::shard_for_key;
 
 use crate::core::{Core, ReplyFuture};
+use crate::durable::DurableFuture;
 use crate::http::codec::{Method, Request};
 use crate::http::response::Response;
+use crate::log::Durability;
 use crate::metrics::Route;
 
 const KV_PREFIX: &[u8] = b"/v1/kv/";
@@ -27,6 +29,11 @@ pub enum Step {
     Remote {
         reply: ReplyFuture,
         owner: u32,
+    },
+    /// Applied here; answered once its log record is durable.
+    Durable {
+        wait: DurableFuture,
+        response: Response,
     },
 }
 
@@ -101,12 +108,36 @@ fn kv(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[u8], now_
             return Step::Ready(with_shard(response, owner, shard_count));
         }
     };
-    if local {
-        return Step::Ready(kv_response(core.apply(now_ms, op), owner, shard_count));
+    let is_write = !matches!(op, Op::Get { .. });
+    let sync = match wants_sync(request.x_durability, core.log.borrow().durability) {
+        Ok(sync) => sync && is_write,
+        Err(response) => return Step::Ready(with_shard(response, owner, shard_count)),
+    };
+    if !local {
+        return match core.forward(owner, op, sync) {
+            Ok(reply) => Step::Remote { reply, owner },
+            Err(response) => Step::Ready(with_shard(response, owner, shard_count)),
+        };
     }
-    match core.forward(owner, op) {
-        Ok(reply) => Step::Remote { reply, owner },
-        Err(response) => Step::Ready(with_shard(response, owner, shard_count)),
+    if let Some(refusal) = core.write_refusal().filter(|_| is_write) {
+        return Step::Ready(with_shard(refusal, owner, shard_count));
+    }
+    let (outcome, logged_end) = core.apply(now_ms, op);
+    let response = kv_response(outcome, owner, shard_count);
+    match logged_end.filter(|_| sync) {
+        Some(end) => Step::Durable { wait: DurableFuture { log: Rc::clone(&core.log), end }, response },
+        None => Step::Ready(response),
+    }
+}
+
+/// Whether a write waits for fdatasync: `X-Durability: sync` asks for it
+/// whatever the server default, `async` waives a `sync` default.
+fn wants_sync(header: Option<&[u8]>, default: Durability) -> Result<bool, Response> {
+    match header {
+        None => Ok(default == Durability::Sync),
+        Some(value) if value.eq_ignore_ascii_case(b"sync") => Ok(true),
+        Some(value) if value.eq_ignore_ascii_case(b"async") => Ok(false),
+        Some(_) => Err(Response::problem(400, "X-Durability must be sync or async")),
     }
 }
 
@@ -126,7 +157,7 @@ pub fn kv_response(outcome: Outcome, owner: u32, shard_count: u32) -> Response {
         },
         Outcome::NotModified { etag } => Response { etag: Some(etag), ..Response::new(304) },
         Outcome::NotFound => Response::problem(404, "no such key"),
-        Outcome::Stored { etag, created } => {
+        Outcome::Stored { etag, created, .. } => {
             Response { etag: Some(etag), ..Response::new(if created { 201 } else { 200 }) }
         }
         Outcome::Deleted => Response::new(204),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use crate::driver::Driver;
 use crate::http::codec::Limits;
+use crate::log::LogConfig;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -25,4 +26,5 @@ pub struct ServerConfig {
     /// Seconds without progress while a request body is arriving.
     pub body_timeout_s: u64,
     pub backlog: i32,
+    pub log: LogConfig,
 }

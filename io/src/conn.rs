@@ -83,7 +83,14 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
         for pending in batch.drain(..) {
             let response = match pending.step {
                 Step::Ready(response) => response,
-                Step::Remote { reply, owner } => kv_response(reply.await, owner, core.shard_count()),
+                Step::Remote { reply, owner } => match reply.await {
+                    Ok(outcome) => kv_response(outcome, owner, core.shard_count()),
+                    Err(refusal) => Response { shard: Some((owner, core.shard_count())), ..refusal },
+                },
+                Step::Durable { wait, response } => {
+                    wait.await;
+                    response
+                }
             };
             close |= write_response(core, &mut output, &response, pending.meta);
         }

@@ -11,13 +11,16 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use shardgate_shards::conditions::Conditions;
 use shardgate_shards::kv::{KvShard, Op, Outcome};
+use shardgate_shards::record::{Record, RecordOp};
 use slab::Slab;
 
 use crate::config::ServerConfig;
+use crate::durable::CoreLog;
 use crate::http::response::{DateCache, Response};
 use crate::mesh::{Forward, Mesh, REPLY_QUEUE_ENTRIES};
 use crate::metrics::{Metrics, ShardMetrics};
@@ -48,7 +51,7 @@ pub struct ConnTrack {
 
 /// A forwarded request awaiting its reply.
 struct PendingReply {
-    outcome: Option<Outcome>,
+    outcome: Option<Result<Outcome, Response>>,
     waker: Option<Waker>,
     /// The waiting connection went away; drop the reply when it comes.
     abandoned: bool,
@@ -56,6 +59,8 @@ struct PendingReply {
 
 pub struct Core {
     pub id: u32,
+    /// This shard's log: appends, group commit, durability waits.
+    pub log: Rc<RefCell<CoreLog>>,
     pub config: Arc<ServerConfig>,
     pub mesh: Arc<Mesh>,
     pub metrics_all: Arc<Metrics>,
@@ -75,14 +80,21 @@ pub fn unix_ms(now: SystemTime) -> u64 {
 }
 
 impl Core {
-    pub fn new(id: u32, config: Arc<ServerConfig>, mesh: Arc<Mesh>, metrics_all: Arc<Metrics>) -> Core {
-        let shard_bytes_max = config.cache_bytes / u64::from(config.shard_count);
+    pub fn new(
+        id: u32,
+        config: Arc<ServerConfig>,
+        mesh: Arc<Mesh>,
+        metrics_all: Arc<Metrics>,
+        shard: KvShard,
+        log: CoreLog,
+    ) -> Core {
         let now = SystemTime::now();
         let core = Core {
             id,
+            log: Rc::new(RefCell::new(log)),
             mesh,
             metrics_all,
-            shard: RefCell::new(KvShard::new(shard_bytes_max)),
+            shard: RefCell::new(shard),
             pending: RefCell::new(Slab::with_capacity(REPLY_QUEUE_ENTRIES)),
             conns: RefCell::new(Slab::with_capacity(1024.min(config.connections_max))),
             date: RefCell::new(DateCache::new(now)),
@@ -91,7 +103,10 @@ impl Core {
             listener_fd: Cell::new(None),
             config,
         };
-        core.metrics().store(0, shard_bytes_max, 0);
+        {
+            let shard = core.shard.borrow();
+            core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+        }
         core
     }
 
@@ -103,12 +118,47 @@ impl Core {
         self.config.shard_count
     }
 
-    /// Applies an op to this core's own shard.
-    pub fn apply(&self, now_ms: u64, op: Op) -> Outcome {
+    /// Applies an op to this core's own shard and logs a successful write.
+    /// Returns the outcome and, for a logged write, the log offset past its
+    /// record (durable once the log's durable end reaches it).
+    pub fn apply(&self, now_ms: u64, op: Op) -> (Outcome, Option<u64>) {
+        let logged = match &op {
+            Op::Put { key, value, content_type, .. } => {
+                Some((RecordOp::Put, key.clone(), value.clone(), content_type.clone()))
+            }
+            Op::Delete { key, .. } => Some((RecordOp::Delete, key.clone(), Bytes::new(), Bytes::new())),
+            Op::Get { .. } => None,
+        };
         let mut shard = self.shard.borrow_mut();
         let outcome = shard.handle(now_ms, op);
         self.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
-        outcome
+        drop(shard);
+        let expires_at_ms = match (&outcome, &logged) {
+            (Outcome::Stored { expires_at_ms, .. }, Some((RecordOp::Put, ..))) => *expires_at_ms,
+            (Outcome::Deleted, Some((RecordOp::Delete, ..))) => None,
+            _ => return (outcome, None),
+        };
+        let (op, key, value, content_type) = logged.expect("a logged outcome comes from a write");
+        let record = Record {
+            op,
+            sequence: 0,
+            timestamp_ms: now_ms,
+            expires_at_ms,
+            key: &key,
+            content_type: &content_type,
+            value: &value,
+        };
+        let end = self.log.borrow_mut().append(record, Instant::now());
+        (outcome, Some(end))
+    }
+
+    /// The response refusing a write now (full log backlog, failing disk).
+    pub fn write_refusal(&self) -> Option<Response> {
+        let refusal = self.log.borrow().refusal();
+        if refusal.as_ref().is_some_and(|r| r.status == 503) {
+            self.metrics().shed();
+        }
+        refusal
     }
 
     /// Reads a key from this core's own shard.
@@ -119,7 +169,7 @@ impl Core {
     /// Sends `op` to its owner. Returns the future of its outcome, or the 503
     /// to answer when this core has too many requests in flight or the
     /// owner's queue is full.
-    pub fn forward(self: &Rc<Self>, owner: u32, op: Op) -> Result<ReplyFuture, Response> {
+    pub fn forward(self: &Rc<Self>, owner: u32, op: Op, sync: bool) -> Result<ReplyFuture, Response> {
         assert_ne!(owner, self.id, "local ops are applied, not forwarded");
         let mut pending = self.pending.borrow_mut();
         if pending.len() >= REPLY_QUEUE_ENTRIES {
@@ -127,7 +177,7 @@ impl Core {
             return Err(Response::overloaded("too many requests in flight to other shards"));
         }
         let token = pending.insert(PendingReply { outcome: None, waker: None, abandoned: false });
-        let forward = Forward { source: self.id, token: token as u32, op };
+        let forward = Forward { source: self.id, token: token as u32, op, sync };
         if self.mesh.forward(owner, forward).is_err() {
             pending.remove(token);
             self.metrics().shed();
@@ -147,11 +197,21 @@ impl Core {
             let Some(forward) = self.mesh.pop_forward(self.id) else {
                 break;
             };
-            let outcome = self.apply(now_ms, forward.op);
-            // Waking per reply still costs one cross-thread wake per batch:
-            // after the first, the source's waker is taken until it re-polls.
-            self.mesh.reply(forward.source, crate::mesh::Reply { token: forward.token, outcome });
             handled += 1;
+            let is_write = !matches!(forward.op, Op::Get { .. });
+            if let Some(refusal) = self.write_refusal().filter(|_| is_write) {
+                self.mesh.reply(forward.source, crate::mesh::Reply { token: forward.token, outcome: Err(refusal) });
+                continue;
+            }
+            let (outcome, logged_end) = self.apply(now_ms, forward.op);
+            match logged_end.filter(|_| forward.sync) {
+                Some(end) => self.log.borrow_mut().defer_reply(end, forward.source, forward.token, outcome),
+                // Waking per reply still costs one cross-thread wake per batch:
+                // after the first, the source's waker is taken until it re-polls.
+                None => {
+                    self.mesh.reply(forward.source, crate::mesh::Reply { token: forward.token, outcome: Ok(outcome) })
+                }
+            }
         }
         self.metrics().hops_in(handled as u64);
         let mut pending = self.pending.borrow_mut();
@@ -184,9 +244,9 @@ pub struct ReplyFuture {
 }
 
 impl Future for ReplyFuture {
-    type Output = Outcome;
+    type Output = Result<Outcome, Response>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut pending = self.core.pending.borrow_mut();
         let slot = pending.get_mut(self.token).expect("token in flight");
         match slot.outcome.take() {

@@ -9,6 +9,8 @@
 //! - [`mesh`]: the bounded cross-core mailboxes, the only shared state.
 //! - [`http`]: the sans-IO HTTP/1.1 codec and response encoder.
 //! - [`driver`]: io_uring probe and driver choice.
+//! - [`log`]: a shard's segment files, its I/O thread, recovery at start.
+//! - [`durable`]: a core's append buffer, group commit, durability waits.
 //! - [`metrics`]: per-shard counters and the Prometheus rendering.
 //! - [`config`]: the plain configuration the binary hands in.
 
@@ -17,7 +19,9 @@ pub mod config;
 pub mod conn;
 pub mod core;
 pub mod driver;
+pub mod durable;
 pub mod http;
+pub mod log;
 pub mod mesh;
 pub mod metrics;
 pub mod server;

@@ -20,6 +20,8 @@ use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 use shardgate_shards::kv::{Op, Outcome};
 
+use crate::http::response::Response;
+
 /// Requests queued for one shard from all others; beyond it, 503.
 pub const FORWARD_QUEUE_ENTRIES: usize = 1024;
 /// Forwarded requests one core may have in flight; also the reply queue size.
@@ -30,6 +32,8 @@ pub struct Forward {
     pub source: u32,
     pub token: u32,
     pub op: Op,
+    /// Reply only once the write's record is durable.
+    pub sync: bool,
 }
 
 /// The target shard's inbound queue is at [`FORWARD_QUEUE_ENTRIES`].
@@ -39,7 +43,9 @@ pub struct QueueFull;
 /// The owner's answer, addressed by the source core's token.
 pub struct Reply {
     pub token: u32,
-    pub outcome: Outcome,
+    /// The owner's outcome, or the response refusing the request (a full
+    /// log backlog, a failing disk).
+    pub outcome: Result<Outcome, Response>,
 }
 
 pub struct Mailbox {

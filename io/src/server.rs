@@ -17,13 +17,17 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use monoio::net::TcpListener;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use shardgate_shards::kv::KvShard;
 
 use crate::config::ServerConfig;
 use crate::conn;
 use crate::core::{unix_ms, ConnTrack, Core, Phase};
 use crate::driver::{uring_builder, Driver, RING_ENTRIES};
+use crate::durable::{self, CoreLog};
+use crate::log::{self, Flushed};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 
@@ -200,7 +204,16 @@ async fn core_main(
             return;
         }
     };
-    let core = Rc::new(Core::new(shard, config, mesh, metrics));
+    let (kv, log) = match recover(shard, &config) {
+        Ok(recovered) => recovered,
+        Err(source) => {
+            let _ = report.send(Err(StartError::Shard { shard, source }));
+            return;
+        }
+    };
+    let core = Rc::new(Core::new(shard, config, mesh, metrics, kv, log));
+    monoio::spawn(durable::flusher(Rc::clone(&core.log)));
+    monoio::spawn(durable::completions(Rc::clone(&core.log), Arc::clone(&core.mesh)));
     core.listener_fd.set(Some(listener_fd));
     monoio::spawn(mailbox_loop(Rc::clone(&core)));
     monoio::spawn(ticker_loop(Rc::clone(&core)));
@@ -209,6 +222,45 @@ async fn core_main(
     accept_loop(&core, &listener).await;
     drop(listener);
     drain(&core).await;
+}
+
+/// Rebuilds the shard from its segments and starts its log's I/O thread.
+fn recover(shard: u32, config: &ServerConfig) -> io::Result<(KvShard, CoreLog)> {
+    let log_config = &config.log;
+    let dir = log::shard_dir(&log_config.data_dir, shard);
+    let now_ms = unix_ms(SystemTime::now());
+    let mut kv = KvShard::new(config.cache_bytes / u64::from(config.shard_count));
+    let started = Instant::now();
+    let replayed = log::replay(&dir, now_ms, |record| {
+        kv.restore(
+            now_ms,
+            Bytes::copy_from_slice(record.key),
+            Bytes::copy_from_slice(record.value),
+            Bytes::copy_from_slice(record.content_type),
+            record.expires_at_ms,
+        )
+    })?;
+    eprintln!(
+        "level=info shard={shard} msg=\"recovered\" records={} keys={} truncated_bytes={} log_bytes={} millis={}",
+        replayed.records,
+        kv.keys(),
+        replayed.truncated_bytes,
+        replayed.end,
+        started.elapsed().as_millis()
+    );
+    let (jobs, job_queue) = mpsc::sync_channel(1);
+    let flushed = Arc::new(Flushed::default());
+    log::spawn_writer(shard, dir, replayed.end, log_config.segment_bytes, job_queue, Arc::clone(&flushed))?;
+    let core_log = CoreLog::new(
+        log_config.durability,
+        log_config.flush_interval,
+        log_config.backlog_bytes_max,
+        replayed.end,
+        replayed.sequence_max,
+        jobs,
+        flushed,
+    );
+    Ok((kv, core_log))
 }
 
 async fn accept_loop(core: &Rc<Core>, listener: &TcpListener) {
@@ -305,10 +357,13 @@ async fn drain(core: &Core) {
     while (!core.conns.borrow().is_empty() || core.in_flight() > 0) && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
+    durable::settle(&core.log).await;
     core.mesh.core_drained();
     while !core.mesh.all_drained() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Other cores' last forwards may have appended here meanwhile.
+    durable::settle(&core.log).await;
 }
 
 /// Yields once to the scheduler so other tasks run between mailbox batches.

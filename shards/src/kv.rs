@@ -103,9 +103,11 @@ pub enum Outcome {
         etag: Etag,
     },
     NotFound,
+    /// `expires_at_ms` is the absolute expiry set, for the log record.
     Stored {
         etag: Etag,
         created: bool,
+        expires_at_ms: Option<u64>,
     },
     Deleted,
     PreconditionFailed,
@@ -291,7 +293,7 @@ impl KvShard {
         let hasher = &self.hasher;
         self.partitions[partition_of(hash)].insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(&k[..]));
         self.keys += 1;
-        Outcome::Stored { etag, created }
+        Outcome::Stored { etag, created, expires_at_ms }
     }
 
     /// True when replacing `key`'s entry by one of `bytes_new` stays within budget.
@@ -321,6 +323,24 @@ impl KvShard {
         self.keys -= 1;
         self.books.forget(&key, &entry);
         Some(entry)
+    }
+
+    /// Puts a recovered value back without preconditions or the budget
+    /// check: it was accepted once, and losing it is not an option. A value
+    /// already expired at `now_ms` is skipped.
+    pub fn restore(&mut self, now_ms: u64, key: Bytes, value: Bytes, content_type: Bytes, expires_at_ms: Option<u64>) {
+        assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "recovered key length unchecked");
+        if expires_at_ms.is_some_and(|at| at <= now_ms) {
+            return;
+        }
+        self.remove(&key);
+        let etag = Etag::of(&content_type, &value);
+        let entry = Entry { value, content_type: interned(content_type), etag, expires_at_ms };
+        self.books.add(&key, &entry);
+        let hash = self.hash(&key);
+        let hasher = &self.hasher;
+        self.partitions[partition_of(hash)].insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(&k[..]));
+        self.keys += 1;
     }
 
     /// Drops up to `entries_max` entries whose expiry is at or before

@@ -13,7 +13,7 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The start-up lines printed before the address.
     pub shard_lines: Vec<String>,
-    _data_dir: tempfile::TempDir,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -24,10 +24,17 @@ impl Server {
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::start_in(data_dir.path(), args, env);
+        server._data_dir = Some(data_dir);
+        server
+    }
+
+    /// Starts on an existing data directory the caller keeps (for restarts).
+    pub fn start_in(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
         command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
+            .arg(data_dir)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -54,7 +61,7 @@ impl Server {
         std::thread::spawn(move || for _ in lines {});
         let stderr = child.stderr.take().expect("stderr");
         std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
-        Server { child, addr, shard_lines, _data_dir: data_dir }
+        Server { child, addr, shard_lines, _data_dir: None }
     }
 
     pub fn client(&self) -> Client {
@@ -72,6 +79,16 @@ impl Server {
         // SAFETY: signalling our own child process.
         let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
         assert_eq!(rc, 0);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
     }
 
     /// Waits for the process to exit, at most `limit`.

@@ -5,6 +5,7 @@ mod harness;
 
 mod bench;
 mod cli;
+mod durability;
 mod kv;
 mod limits;
 mod protocol;

@@ -6,7 +6,9 @@ use shardgate_shards::route::shard_for_key;
 use super::*;
 use crate::driver::Driver;
 use crate::http::codec::Limits;
+use crate::log::{Durability, LogConfig};
 use crate::mesh::FORWARD_QUEUE_ENTRIES;
+use std::time::Duration;
 
 fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
     let config = ServerConfig {
@@ -21,8 +23,19 @@ fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
         idle_timeout_s: 60,
         body_timeout_s: 60,
         backlog: 16,
+        log: LogConfig {
+            data_dir: std::path::PathBuf::from("/nonexistent"),
+            durability: Durability::Async,
+            flush_interval: Duration::from_millis(5),
+            segment_bytes: 1 << 20,
+            backlog_bytes_max: 1 << 20,
+        },
     };
-    Rc::new(Core::new(id, Arc::new(config), Arc::clone(mesh), Arc::new(Metrics::new(2))))
+    // A log nobody flushes: these tests only read.
+    let (jobs, _unserviced) = std::sync::mpsc::sync_channel(1);
+    let log = CoreLog::new(Durability::Async, Duration::from_millis(5), 1 << 20, 0, 0, jobs, Arc::default());
+    let shard = KvShard::new(1 << 20);
+    Rc::new(Core::new(id, Arc::new(config), Arc::clone(mesh), Arc::new(Metrics::new(2)), shard, log))
 }
 
 fn get(key: &str) -> Op {
@@ -40,10 +53,10 @@ fn a_full_inbound_queue_answers_503() {
     let key = key_of(1);
     let mut replies = Vec::new();
     for _ in 0..FORWARD_QUEUE_ENTRIES {
-        let reply = sender.forward(1, get(&key)).unwrap_or_else(|r| panic!("refused with {}", r.status));
+        let reply = sender.forward(1, get(&key), false).unwrap_or_else(|r| panic!("refused with {}", r.status));
         replies.push(reply);
     }
-    let refused = sender.forward(1, get(&key)).err().expect("queue full");
+    let refused = sender.forward(1, get(&key), false).err().expect("queue full");
     assert_eq!((refused.status, refused.retry_after_s), (503, Some(1)));
     assert_eq!(sender.metrics_all.shard(0).shed_count(), 1);
     assert_eq!(sender.in_flight(), FORWARD_QUEUE_ENTRIES, "the refused request holds no slot");
@@ -59,7 +72,7 @@ fn in_flight_forwards_are_bounded_and_answered() {
     // The owner drains its queue as it fills, but nobody collects replies:
     // the sender's in-flight bound is what stops it.
     loop {
-        match sender.forward(1, get(&key)) {
+        match sender.forward(1, get(&key), false) {
             Ok(reply) => replies.push(reply),
             Err(refused) => {
                 assert_eq!((refused.status, refused.retry_after_s), (503, Some(1)));
@@ -81,7 +94,7 @@ fn in_flight_forwards_are_bounded_and_answered() {
     let mut context = Context::from_waker(waker);
     for mut reply in replies {
         let outcome = Pin::new(&mut reply).poll(&mut context);
-        assert_eq!(outcome, Poll::Ready(Outcome::NotFound));
+        assert_eq!(outcome, Poll::Ready(Ok(Outcome::NotFound)));
     }
     assert_eq!(sender.in_flight(), 0);
 }

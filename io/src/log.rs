@@ -1,0 +1,223 @@
+//! The durable log of one shard: segment files, the I/O thread that writes
+//! them, and recovery at start.
+//!
+//! `DATA_DIR/shard-NNN/` holds segments named by the log offset of their
+//! first byte (`00000000000000000000.log`). The core appends encoded records
+//! to an in-memory buffer; a flush hands everything buffered to the shard's
+//! I/O thread, which writes it with one write and one fdatasync (group
+//! commit) and publishes the durable offset. File I/O never runs on the event
+//! loop: monoio's epoll driver would block the loop on it.
+//!
+//! Crash safety: a new segment is created under a temporary name, synced,
+//! renamed, and the directory synced, so a segment that exists is complete
+//! as a file. A torn tail inside the last segment is found by checksum at
+//! recovery and truncated.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use shardgate_shards::record::{self, Scan};
+
+/// How writes are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// At append to the in-memory buffer; on disk within the flush interval.
+    Async,
+    /// After the fdatasync that covers the record.
+    Sync,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub flush_interval: Duration,
+    /// A segment is closed and a new one begun past this size.
+    pub segment_bytes: u64,
+    /// Bytes appended but not yet durable; past it, writes get 503.
+    pub backlog_bytes_max: usize,
+}
+
+/// What the I/O thread publishes to its core.
+#[derive(Default)]
+pub struct Flushed {
+    /// Log offset up to which every byte is on disk.
+    pub durable_end: AtomicU64,
+    /// The last flush failed (e.g. ENOSPC); cleared by the next success.
+    pub failed: AtomicBool,
+    /// The core's log task, woken after every flush.
+    pub waker: AtomicWaker,
+}
+
+/// One flush: bytes that continue the log at `start`.
+pub struct FlushJob {
+    pub start: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The directory of shard `shard`.
+pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
+    data_dir.join(format!("shard-{shard:03}"))
+}
+
+fn segment_name(first_offset: u64) -> String {
+    format!("{first_offset:020}.log")
+}
+
+/// A shard's segments, oldest first, as (first offset, path).
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let offset = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".log"))
+            .filter(|stem| stem.len() == 20)
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if let Some(offset) = offset {
+            found.push((offset, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// What recovery found in one shard's directory.
+pub struct Replayed {
+    /// Every record of every segment, in log order, handed to the caller.
+    pub records: u64,
+    /// Bytes cut from a torn or corrupt tail.
+    pub truncated_bytes: u64,
+    /// The log offset where appends continue.
+    pub end: u64,
+    pub sequence_max: u64,
+}
+
+/// Reads a shard's segments, hands the live state to `restore`, truncates a
+/// torn tail of the last segment, and returns where the log continues.
+pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_>)) -> io::Result<Replayed> {
+    fs::create_dir_all(dir)?;
+    let found = segments(dir)?;
+    let contents: Vec<Vec<u8>> = found.iter().map(|(_, path)| fs::read(path)).collect::<io::Result<_>>()?;
+    let slices: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
+    let recovered = record::recover(&slices, now_ms);
+    let mut live: Vec<_> = recovered.live.values().collect();
+    live.sort_by_key(|located| (located.segment, located.offset));
+    for located in live {
+        restore(located.record);
+    }
+    let mut truncated_bytes = 0;
+    for (index, (scan, (_, path))) in recovered.scans.iter().zip(&found).enumerate() {
+        let Scan { valid_bytes, stop, .. } = *scan;
+        let length = contents[index].len();
+        if valid_bytes == length {
+            continue;
+        }
+        let last = index + 1 == found.len();
+        if !last {
+            // Records after a corrupt one in an older segment are lost; say so.
+            eprintln!(
+                "level=error msg=\"corrupt record inside an older segment\" path={} offset={valid_bytes} error=\"{}\"",
+                path.display(),
+                stop.map_or("none".to_string(), |e| e.to_string())
+            );
+        }
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(valid_bytes as u64)?;
+        file.sync_all()?;
+        truncated_bytes += (length - valid_bytes) as u64;
+    }
+    let end = found.last().map_or(0, |(first, _)| first + recovered.scans.last().map_or(0, |s| s.valid_bytes as u64));
+    let records = recovered.scans.iter().map(|s| s.records).sum();
+    Ok(Replayed { records, truncated_bytes, end, sequence_max: recovered.sequence_max })
+}
+
+/// The shard's I/O thread: appends each job to the active segment, rolls
+/// segments, fdatasyncs once per job, and publishes the durable offset.
+pub fn spawn_writer(
+    shard: u32,
+    dir: PathBuf,
+    end: u64,
+    segment_bytes: u64,
+    jobs: mpsc::Receiver<FlushJob>,
+    flushed: Arc<Flushed>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    flushed.durable_end.store(end, Ordering::Release);
+    let mut active = open_active(&dir, end)?;
+    std::thread::Builder::new().name(format!("shardgate-log-{shard}")).spawn(move || {
+        for job in jobs {
+            // A failed write (ENOSPC, EIO) is cut back and retried: the bytes
+            // were acknowledged (async) or are awaited (sync), so they are
+            // never dropped. Meanwhile `failed` tells the core to refuse new
+            // writes.
+            loop {
+                match write_job(&dir, &mut active, &job, segment_bytes) {
+                    Ok(()) => {
+                        flushed.failed.store(false, Ordering::Release);
+                        flushed.durable_end.store(job.start + job.bytes.len() as u64, Ordering::Release);
+                        flushed.waker.wake();
+                        break;
+                    }
+                    Err(error) => {
+                        if !flushed.failed.swap(true, Ordering::AcqRel) {
+                            eprintln!("level=error shard={shard} msg=\"log write failed; retrying\" error=\"{error}\"");
+                        }
+                        flushed.waker.wake();
+                        let _ = active.file.set_len(active.length);
+                        std::thread::sleep(RETRY_INTERVAL);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Pause between attempts at a failed write.
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The active segment: the last one, or a new first one.
+struct Active {
+    file: File,
+    first_offset: u64,
+    length: u64,
+}
+
+fn open_active(dir: &Path, end: u64) -> io::Result<Active> {
+    match segments(dir)?.last() {
+        Some((first, path)) => {
+            let file = OpenOptions::new().append(true).open(path)?;
+            Ok(Active { file, first_offset: *first, length: end - first })
+        }
+        None => create_segment(dir, end),
+    }
+}
+
+/// Creates an empty segment crash-safely: temporary name, sync, rename,
+/// sync the directory.
+fn create_segment(dir: &Path, first_offset: u64) -> io::Result<Active> {
+    let name = segment_name(first_offset);
+    let temporary = dir.join(format!("{name}.tmp"));
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&temporary)?;
+    file.sync_all()?;
+    fs::rename(&temporary, dir.join(&name))?;
+    File::open(dir)?.sync_all()?;
+    let file = OpenOptions::new().append(true).open(dir.join(&name))?;
+    Ok(Active { file, first_offset, length: 0 })
+}
+
+fn write_job(dir: &Path, active: &mut Active, job: &FlushJob, segment_bytes: u64) -> io::Result<()> {
+    assert_eq!(job.start, active.first_offset + active.length, "flush jobs are contiguous");
+    if active.length > 0 && active.length + job.bytes.len() as u64 > segment_bytes {
+        *active = create_segment(dir, job.start)?;
+    }
+    active.file.write_all(&job.bytes)?;
+    active.file.sync_data()?;
+    active.length += job.bytes.len() as u64;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The durable log: acknowledged writes survive kill -9 and restarts.
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::harness::{get, put, Client, Server};
+
+/// Writes unique keys from `clients` threads while another thread sends
+/// the server SIGKILL after `kill_after`; returns every write that was
+/// acknowledged before the kill, as (key, value).
+fn write_while_killed(server: &Server, round: u32, clients: u32, headers: &'static str) -> Vec<(String, String)> {
+    let kill_after = Duration::from_millis(200);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let (acknowledged, addr) = (Arc::clone(&acknowledged), server.addr);
+            std::thread::spawn(move || {
+                let mut connection = Client::connect(addr);
+                connection.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                for i in 0.. {
+                    let (key, value) = (format!("r{round}-c{client}-{i}"), format!("value {round}/{client}/{i}"));
+                    let request = format!(
+                        "PUT /v1/kv/{key} HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {}\r\n\r\n{value}",
+                        value.len()
+                    );
+                    if connection.stream.write_all(request.as_bytes()).is_err() {
+                        return;
+                    }
+                    // The kill ends the stream; a write without a response is not counted.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| connection.response())) {
+                        Ok(response) if response.status == 201 => acknowledged.lock().unwrap().push((key, value)),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let pid = server.pid() as i32;
+    std::thread::sleep(kill_after);
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    Arc::try_unwrap(acknowledged).unwrap().into_inner().unwrap()
+}
+
+fn assert_all_present(server: &Server, writes: &[(String, String)]) {
+    let mut client = server.client();
+    for (key, value) in writes {
+        let response = client.request(&get(&format!("/v1/kv/{key}")));
+        assert_eq!((response.status, response.text()), (200, value.clone()), "{key}");
+    }
+}
+
+#[test]
+fn sync_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--shards", "2", "--durability", "sync"];
+    let mut all = Vec::new();
+    for round in 0..3 {
+        let server = Server::start_in(dir.path(), &args, &[]);
+        assert_all_present(&server, &all);
+        let acknowledged = write_while_killed(&server, round, 8, "");
+        server.kill9();
+        assert!(acknowledged.len() > 50, "round {round}: only {} writes acknowledged", acknowledged.len());
+        all.extend(acknowledged);
+    }
+    let server = Server::start_in(dir.path(), &args, &[]);
+    assert_all_present(&server, &all);
+}
+
+#[test]
+fn per_request_sync_survives_kill_9_under_an_async_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &["--shards", "2", "--flush-interval", "60s"], &[]);
+    let acknowledged = write_while_killed(&server, 0, 4, "X-Durability: sync\r\n");
+    server.kill9();
+    assert!(!acknowledged.is_empty());
+    let server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
+    assert_all_present(&server, &acknowledged);
+}
+
+#[test]
+fn sigterm_keeps_every_async_write() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long flush interval: nothing reaches disk before the signal.
+    let mut server = Server::start_in(dir.path(), &["--shards", "2", "--flush-interval", "60s"], &[]);
+    let mut client = server.client();
+    let mut writes = Vec::new();
+    for i in 0..200 {
+        let (key, value) = (format!("async-{i}"), format!("v{i}"));
+        assert_eq!(client.request(&put(&format!("/v1/kv/{key}"), &value)).status, 201);
+        writes.push((key, value));
+    }
+    assert_eq!(client.request("DELETE /v1/kv/async-7 HTTP/1.1\r\nHost: t\r\n\r\n").status, 204);
+    writes.remove(7);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(5)).expect("exited").code(), Some(0));
+    let server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
+    assert_all_present(&server, &writes);
+    server.send(&get("/v1/kv/async-7")).assert_problem(404);
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_the_rest_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &["--shards", "1", "--durability", "sync"], &[]);
+    let mut client = server.client();
+    for i in 0..20 {
+        assert_eq!(client.request(&put(&format!("/v1/kv/t{i}"), &format!("v{i}"))).status, 201);
+    }
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(5)).expect("exited");
+    let segment = dir.path().join("shard-000").join("00000000000000000000.log");
+    let clean_length = std::fs::metadata(&segment).unwrap().len();
+    // A torn record: a plausible length prefix, then garbage.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&segment).unwrap();
+    file.write_all(&200u32.to_le_bytes()).unwrap();
+    file.write_all(&[0x5a; 77]).unwrap();
+    drop(file);
+    let server = Server::start_in(dir.path(), &["--shards", "1"], &[]);
+    for i in 0..20 {
+        assert_eq!(server.send(&get(&format!("/v1/kv/t{i}"))).text(), format!("v{i}"));
+    }
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), clean_length, "the torn tail was cut off");
+    // New writes continue after the truncation point and survive a kill.
+    let after = "PUT /v1/kv/after HTTP/1.1\r\nHost: t\r\nX-Durability: sync\r\nContent-Length: 1\r\n\r\nx";
+    assert_eq!(server.send(after).status, 201);
+    server.kill9();
+    let server = Server::start_in(dir.path(), &["--shards", "1"], &[]);
+    assert_eq!(server.send(&get("/v1/kv/after")).text(), "x");
+    assert_eq!(server.send(&get("/v1/kv/t19")).text(), "v19");
+}
+
+#[test]
+fn ttls_survive_restarts_and_bad_durability_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
+    assert_eq!(server.send(&put("/v1/kv/short?ttl=1", "s")).status, 201);
+    assert_eq!(server.send(&put("/v1/kv/long?ttl=3600", "l")).status, 201);
+    let bad = "PUT /v1/kv/x HTTP/1.1\r\nHost: t\r\nX-Durability: maybe\r\nContent-Length: 1\r\n\r\nx";
+    server.send(bad).assert_problem(400);
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(5)).expect("exited");
+    std::thread::sleep(Duration::from_millis(1100));
+    let server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
+    server.send(&get("/v1/kv/short")).assert_problem(404);
+    assert_eq!(server.send(&get("/v1/kv/long")).text(), "l");
+    server.send(&get("/v1/kv/x")).assert_problem(404);
+}
+
+#[test]
+fn a_changed_shard_count_is_refused_not_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
+    assert_eq!(server.send(&put("/v1/kv/kept", "yes")).status, 201);
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(5)).expect("exited");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "3", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("holds data for --shards 2"));
+    let server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
+    assert_eq!(server.send(&get("/v1/kv/kept")).text(), "yes");
+}
