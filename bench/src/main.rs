@@ -59,6 +59,9 @@ enum Command {
         /// Skip the scenarios' preload phase (data already there).
         #[arg(long)]
         no_preload: bool,
+        /// Overrides the scenarios' connection count.
+        #[arg(long)]
+        connections: Option<usize>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -122,6 +125,7 @@ fn main() -> Result<()> {
             core_hour_price,
             out_dir,
             no_preload,
+            connections,
             seed,
         } => {
             let api = match api {
@@ -133,7 +137,11 @@ fn main() -> Result<()> {
             let options = Options { threads, cpus, progress: true, seed };
             let mut rows = Vec::new();
             for path in &scenarios {
-                let scenario = Scenario::load_file(path).map_err(anyhow::Error::msg)?;
+                let mut scenario = Scenario::load_file(path).map_err(anyhow::Error::msg)?;
+                if let Some(connections) = connections {
+                    scenario.connections = connections;
+                    scenario.name = format!("{}-c{connections}", scenario.name);
+                }
                 eprintln!("{}: {}", scenario.name, scenario.description);
                 let run = run_scenario(&scenario, &target, &server_name, &options, core_hour_price, !no_preload)?;
                 if let Some(rate) = run.max_sustainable_rps {
