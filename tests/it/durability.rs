@@ -168,3 +168,85 @@ fn a_changed_shard_count_is_refused_not_hidden() {
     let server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
     assert_eq!(server.send(&get("/v1/kv/kept")).text(), "yes");
 }
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "2m"); `None` where mounting is not
+    /// allowed (not root, or no mount namespace rights).
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_turns_writes_into_507_and_loses_nothing() {
+    let Some(disk) = Tmpfs::mount("2m") else {
+        eprintln!("a_full_disk_turns_writes_into_507_and_loses_nothing: skipped, cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 768 * 1024]).unwrap();
+    let data = disk.path().join("data");
+    let value = "v".repeat(4096);
+    let mut server = Server::start_in(&data, &["--shards", "1"], &[]);
+    let mut client = server.client();
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for i in 0..2000 {
+        let response = client.request(&put(&format!("/v1/kv/k{i}"), &value));
+        match response.status {
+            201 => acknowledged.push(format!("k{i}")),
+            _ => {
+                refused = Some(response);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let refused = refused.expect("the disk filled up");
+    refused.assert_problem(507);
+    assert!(acknowledged.len() > 50, "{} writes fit", acknowledged.len());
+    // Reads keep working.
+    assert_eq!(client.request(&get("/v1/kv/k0")).text(), value);
+    // Space returns: writes work again once the pending flush succeeds.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = client.request(&put("/v1/kv/after", "ok"));
+        if response.status == 201 {
+            break;
+        }
+        assert_eq!(response.status, 507);
+        assert!(std::time::Instant::now() < deadline, "writes never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    acknowledged.push("after".to_string());
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(5)).expect("exited").code(), Some(0));
+    let server = Server::start_in(&data, &["--shards", "1"], &[]);
+    let mut client = server.client();
+    for key in &acknowledged {
+        assert_eq!(client.request(&get(&format!("/v1/kv/{key}"))).status, 200, "{key} lost");
+    }
+}
