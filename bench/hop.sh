@@ -13,9 +13,11 @@ ROUNDS=${ROUNDS:-5}
 SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-5}
 cargo build --release -q -p shardgate -p shardgate-bench
 out=$(mktemp)
-taskset -c "$SERVER_CPU" target/release/shardgate --listen 127.0.0.1:0 --shards 2 --rate-limit off >"$out" 2>/dev/null &
+data=$(mktemp -d)
+taskset -c "$SERVER_CPU" target/release/shardgate --listen 127.0.0.1:0 --shards 2 --rate-limit off \
+    --data-dir "$data" >"$out" 2>/dev/null &
 server=$!
-trap 'kill $server 2>/dev/null; rm -f "$out"' EXIT
+trap 'kill $server 2>/dev/null; rm -rf "$out" "$data"' EXIT
 for _ in $(seq 100); do grep -q '^listening on ' "$out" && break; sleep 0.05; done
 addr=$(sed -n 's/^listening on //p' "$out")
 taskset -c "$CLIENT_CPU" target/release/shardgate-bench hop --addr "$addr" --server-pid "$server" \

@@ -30,6 +30,7 @@ pub fn run(config: Config) -> Result<()> {
     // Rate limiting (issue 4) is not built yet: its flag is validated now
     // so deployments need not change later.
     eprintln!("level=info msg=\"rate limiting is not active yet\" rate_limit={:?}", config.rate_limit);
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     check_data_dir(&config.data_dir, shard_count)?;
     let server_config = ServerConfig {
         listen: config.listen,
@@ -69,6 +70,24 @@ pub fn run(config: Config) -> Result<()> {
     server.join();
     eprintln!("level=info msg=\"stopped\"");
     Ok(())
+}
+
+/// Takes an exclusive lock on `DATA_DIR/lock` for the life of the process:
+/// two servers appending to the same segments would corrupt them. The lock
+/// goes with the returned file (and with the process, even on kill -9).
+fn lock_data_dir(data_dir: &Path) -> Result<fs::File> {
+    fs::create_dir_all(data_dir).with_context(|| format!("creating --data-dir {}", data_dir.display()))?;
+    let path = data_dir.join("lock");
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!("--data-dir {} is in use by another shardgate process", data_dir.display());
+        }
+        return Err(error).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(file)
 }
 
 /// Creates the data directory and records the shard count it is laid out

@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -65,8 +66,9 @@ def start_nginx(cpu):
 
 
 def start_shardgate(cpu, driver, shards=1, extra=()):
+    data_dir = tempfile.mkdtemp(prefix="shardgate-compare-")
     proc = subprocess.Popen(["taskset", "-c", str(cpu), BIN, "--listen", "127.0.0.1:0", "--shards", str(shards),
-                             "--io-driver", driver, "--rate-limit", "off", *extra],
+                             "--io-driver", driver, "--rate-limit", "off", "--data-dir", data_dir, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if line.startswith("listening on "):

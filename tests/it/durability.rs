@@ -250,3 +250,16 @@ fn a_full_disk_turns_writes_into_507_and_loses_nothing() {
         assert_eq!(client.request(&get(&format!("/v1/kv/{key}"))).status, 200, "{key} lost");
     }
 }
+
+#[test]
+fn a_data_dir_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Server::start_in(dir.path(), &["--shards", "1"], &[]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("in use by another shardgate process"));
+}
