@@ -91,16 +91,16 @@ fn connections_past_the_limit_are_refused_with_503() {
     assert!(third.is_closed());
     drop(first);
     // Room again once a connection closed (the close is seen asynchronously).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let freed = (0..250).any(|_| {
         let mut again = Client::connect(server.addr);
         again.write(get("/healthz").as_bytes());
-        if again.response().status == 200 {
-            break;
+        let ok = again.response().status == 200;
+        if !ok {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(Instant::now() < deadline, "the closed connection's slot was never freed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        ok
+    });
+    assert!(freed, "the closed connection's slot was never freed");
     assert!(server.metric("shardgate_connections_refused_total", &[]) >= 1.0);
 }
 
