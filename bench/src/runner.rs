@@ -315,7 +315,7 @@ impl Recorder {
 
 fn run_thread(spec: ThreadSpec) -> Result<ThreadResult> {
     if let Some(cpu) = spec.cpu {
-        pin_to_cpu(cpu)?;
+        shardgate_io::server::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
     }
     let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
     runtime.block_on(thread_main(spec))
@@ -712,16 +712,4 @@ pub fn preload(target: &Target, workload: &Workload, connections: usize) -> Resu
             Ok(workload.preload)
         })
         .context("preloading keys")
-}
-
-fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

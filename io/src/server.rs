@@ -175,7 +175,8 @@ fn run_thread(shard: u32, cpu: usize, parts: CoreParts, listener: std::net::TcpL
     }
 }
 
-fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
