@@ -115,8 +115,8 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_
     let mut truncated_bytes = 0;
     for (index, (scan, (_, path))) in recovered.scans.iter().zip(&found).enumerate() {
         let Scan { valid_bytes, stop, .. } = *scan;
-        let length = contents[index].len();
-        if valid_bytes == length {
+        let discarded = scan.discarded_bytes(contents[index].len());
+        if discarded == 0 {
             continue;
         }
         let last = index + 1 == found.len();
@@ -131,7 +131,7 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_
         let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(valid_bytes as u64)?;
         file.sync_all()?;
-        truncated_bytes += (length - valid_bytes) as u64;
+        truncated_bytes += discarded as u64;
     }
     let end = found.last().map_or(0, |(first, _)| first + recovered.scans.last().map_or(0, |s| s.valid_bytes as u64));
     let records = recovered.scans.iter().map(|s| s.records).sum();

@@ -12,9 +12,6 @@
 //!
 //! The golden values in the tests pin both steps.
 
-/// Version of the routing scheme; bump only together with a migration.
-pub const ROUTE_VERSION: u32 = 1;
-
 /// Returns the stable 64-bit hash of a key.
 pub fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
