@@ -5,6 +5,7 @@
 //! value is checked here; a bad one ends the process with exit code 2 and
 //! one line naming the flag.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 use shardgate_io::driver::DriverChoice;
+use shardgate_shards::ratelimit::{Policy, WINDOW_MS_MAX};
 
 /// Flags as typed. Values stay strings so that flags, environment and file
 /// go through the same parsers and the same error messages.
@@ -42,9 +44,18 @@ pub struct Cli {
     /// Memory budget for stored values across all shards [default: 1GiB]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CACHE_BYTES")]
     cache_bytes: Option<String>,
-    /// Per-client limit N/DURATION or off [default: 1000/1s]
+    /// Per-client limit on all requests, N/DURATION or off [default: 1000/1s]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_RATE_LIMIT")]
     rate_limit: Option<String>,
+    /// Per-client limit on unsafe methods (PUT, DELETE…), N/DURATION or off [default: off]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_RATE_LIMIT_WRITES")]
+    rate_limit_writes: Option<String>,
+    /// Memory for rate-limit windows across all shards; idle clients are evicted first [default: 64MiB]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_RATE_LIMIT_STATE_BYTES")]
+    rate_limit_state_bytes: Option<String>,
+    /// Identify clients without X-API-Key by the last X-Forwarded-For hop (behind a balancer) [default: false]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
+    trust_forwarded_for: Option<String>,
     /// auto | uring | epoll [default: auto]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_IO_DRIVER")]
     io_driver: Option<String>,
@@ -87,7 +98,12 @@ struct File {
     segment_bytes: Option<toml::Value>,
     log_backlog_bytes: Option<toml::Value>,
     cache_bytes: Option<toml::Value>,
+    /// A limit string, or a table: `limit`, `writes`, `state_bytes` and a
+    /// `keys` table of API key → limit.
     rate_limit: Option<toml::Value>,
+    rate_limit_writes: Option<toml::Value>,
+    rate_limit_state_bytes: Option<toml::Value>,
+    trust_forwarded_for: Option<toml::Value>,
     io_driver: Option<toml::Value>,
     max_connections: Option<toml::Value>,
     max_body: Option<toml::Value>,
@@ -104,12 +120,6 @@ pub enum Durability {
     Sync,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RateLimit {
-    Off,
-    PerWindow { requests: u64, window: Duration },
-}
-
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -122,7 +132,13 @@ pub struct Config {
     pub segment_bytes: u64,
     pub log_backlog_bytes: u64,
     pub cache_bytes: u64,
-    pub rate_limit: RateLimit,
+    /// None: off.
+    pub rate_limit: Option<Policy>,
+    pub rate_limit_writes: Option<Policy>,
+    /// API key → its limit on all requests (None: unlimited).
+    pub rate_limit_keys: HashMap<Vec<u8>, Option<Policy>>,
+    pub rate_limit_state_bytes: u64,
+    pub trust_forwarded_for: bool,
     pub io_driver: DriverChoice,
     pub max_connections: usize,
     pub max_body: usize,
@@ -207,7 +223,52 @@ fn setting<T>(
     }
 }
 
-fn resolve(cli: Cli, file: File) -> Result<Config, String> {
+/// Splits a `[rate_limit]` table into the settings it holds.
+struct RateFile {
+    limit: Option<toml::Value>,
+    writes: Option<toml::Value>,
+    state_bytes: Option<toml::Value>,
+    keys: HashMap<Vec<u8>, Option<Policy>>,
+}
+
+fn rate_file(file: &mut File) -> Result<RateFile, String> {
+    let mut rate = RateFile {
+        limit: None,
+        writes: file.rate_limit_writes.take(),
+        state_bytes: file.rate_limit_state_bytes.take(),
+        keys: HashMap::new(),
+    };
+    let table = match file.rate_limit.take() {
+        Some(toml::Value::Table(table)) => table,
+        other => {
+            rate.limit = other;
+            return Ok(rate);
+        }
+    };
+    let bad = |why: String| format!("shardgate: invalid --config [rate_limit]: {why}");
+    for (name, value) in table {
+        match name.as_str() {
+            "limit" => rate.limit = Some(value),
+            "writes" => rate.writes = rate.writes.take().or(Some(value)),
+            "state_bytes" => rate.state_bytes = rate.state_bytes.take().or(Some(value)),
+            "keys" => {
+                let toml::Value::Table(keys) = value else {
+                    return Err(bad("keys must be a table of API key = \"N/DURATION\" or \"off\"".to_string()));
+                };
+                for (key, limit) in keys {
+                    let text = limit.as_str().ok_or_else(|| bad(format!("keys.{key} must be a string")))?;
+                    let policy = parse_rate_limit(text).map_err(|why| bad(format!("keys.{key} '{text}': {why}")))?;
+                    rate.keys.insert(key.into_bytes(), policy);
+                }
+            }
+            other => return Err(bad(format!("unknown key '{other}' (expected limit, writes, state_bytes, keys)"))),
+        }
+    }
+    Ok(rate)
+}
+
+fn resolve(cli: Cli, mut file: File) -> Result<Config, String> {
+    let rate = rate_file(&mut file)?;
     let max_header = setting("max-header", cli.max_header, file.max_header, 16 * 1024, |v| {
         parse_size(v).and_then(|n| within(n, 1024, 1 << 20)).map(|n| n as usize)
     })?;
@@ -248,12 +309,26 @@ fn resolve(cli: Cli, file: File) -> Result<Config, String> {
         cache_bytes: setting("cache-bytes", cli.cache_bytes, file.cache_bytes, 1 << 30, |v| {
             parse_size(v).and_then(|n| within(n, 64 * 1024, u64::MAX / 2))
         })?,
-        rate_limit: setting(
-            "rate-limit",
-            cli.rate_limit,
-            file.rate_limit,
-            RateLimit::PerWindow { requests: 1000, window: Duration::from_secs(1) },
-            parse_rate_limit,
+        rate_limit: setting("rate-limit", cli.rate_limit, rate.limit, Policy::new(1000, 1000), parse_rate_limit)?,
+        rate_limit_writes: setting("rate-limit-writes", cli.rate_limit_writes, rate.writes, None, parse_rate_limit)?,
+        rate_limit_keys: rate.keys,
+        rate_limit_state_bytes: setting(
+            "rate-limit-state-bytes",
+            cli.rate_limit_state_bytes,
+            rate.state_bytes,
+            64 << 20,
+            |v| parse_size(v).and_then(|n| within(n, 64 << 10, 1 << 40)),
+        )?,
+        trust_forwarded_for: setting(
+            "trust-forwarded-for",
+            cli.trust_forwarded_for,
+            file.trust_forwarded_for,
+            false,
+            |v| match v {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err("expected true or false".to_string()),
+            },
         )?,
         io_driver: setting("io-driver", cli.io_driver, file.io_driver, DriverChoice::Auto, |v| match v {
             "auto" => Ok(DriverChoice::Auto),
@@ -349,18 +424,20 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     }
 }
 
-fn parse_rate_limit(value: &str) -> Result<RateLimit, String> {
+/// Parses `N/DURATION` (`1000/1s`, `100/10s`, `5/1m`) or `off`.
+fn parse_rate_limit(value: &str) -> Result<Option<Policy>, String> {
     if value == "off" {
-        return Ok(RateLimit::Off);
+        return Ok(None);
     }
     let expected = || "expected N/DURATION such as 1000/1s, or off".to_string();
     let (requests, window) = value.split_once('/').ok_or_else(expected)?;
-    let requests = requests.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(expected)?;
+    let requests = requests.parse::<u32>().map_err(|_| expected())?;
     let window = parse_duration(window).map_err(|_| expected())?;
-    if window.is_zero() {
-        return Err(expected());
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    match Policy::new(requests, window_ms) {
+        Some(policy) => Ok(Some(policy)),
+        None => Err(format!("N must be 1 to {} and DURATION 1ms to {}m", u32::MAX, WINDOW_MS_MAX / 60_000)),
     }
-    Ok(RateLimit::PerWindow { requests, window })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::path::Path;
 use shardgate_io::config::ServerConfig;
 use shardgate_io::driver;
 use shardgate_io::http::codec::Limits;
+use shardgate_io::limit::RateLimits;
 use shardgate_io::log::{self, LogConfig};
 use shardgate_io::server;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -27,9 +28,6 @@ pub fn run(config: Config) -> Result<()> {
     if let Some(warning) = warning {
         eprintln!("level=warn msg=\"{warning}\"");
     }
-    // Rate limiting (issue 4) is not built yet: its flag is validated now
-    // so deployments need not change later.
-    eprintln!("level=info msg=\"rate limiting is not active yet\" rate_limit={:?}", config.rate_limit);
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     check_data_dir(&config.data_dir, shard_count)?;
     let server_config = ServerConfig {
@@ -53,6 +51,13 @@ pub fn run(config: Config) -> Result<()> {
             flush_interval: config.flush_interval,
             segment_bytes: config.segment_bytes,
             backlog_bytes_max: config.log_backlog_bytes as usize,
+        },
+        rate_limits: RateLimits {
+            all: config.rate_limit,
+            writes: config.rate_limit_writes,
+            keys: config.rate_limit_keys.clone(),
+            trust_forwarded_for: config.trust_forwarded_for,
+            state_bytes: config.rate_limit_state_bytes,
         },
     };
     let server = server::start(server_config)?;

@@ -1,6 +1,7 @@
 //! shardgate's load generator and benchmark harness.
 //!
 //! # Layout
+//! - [`accuracy`]: the rate limiter's error against an exact sliding log.
 //! - [`schedule`]: open-loop arrival profiles (steady, bursts) and due times.
 //! - [`workload`]: request generation (Zipf keys, value sizes, read/write mix,
 //!   API keys) for shardgate, webdis or a static server.
@@ -13,6 +14,7 @@
 //! - [`origin`]: a simulated origin server for gateway scenarios.
 //! - [`procfs`]: reading a process's CPU time and RSS.
 
+pub mod accuracy;
 pub mod conn;
 pub mod execute;
 pub mod hop;

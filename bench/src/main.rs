@@ -80,6 +80,19 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         body_bytes: usize,
     },
+    /// The rate limiter's error against an exact sliding log on a generated trace.
+    RatelimitAccuracy {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Window in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        window_ms: u64,
+        /// Trace length in windows.
+        #[arg(long, default_value_t = 200)]
+        windows: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Prints one Markdown table from the JSON files `run --out-dir` wrote, in the order given.
     Table {
         #[arg(required = true)]
@@ -163,6 +176,11 @@ fn main() -> Result<()> {
                 println!("listening on {addr}");
                 origin::serve(listener, config).await
             })?;
+        }
+        Command::RatelimitAccuracy { limit, window_ms, windows, seed } => {
+            let policy = shardgate_shards::ratelimit::Policy::new(limit, window_ms)
+                .context("--limit must be ≥ 1 and --window-ms from 1 to 86400000")?;
+            print!("{}", shardgate_bench::accuracy::report(policy, windows, seed));
         }
         Command::Table { files } => {
             let mut rows = Vec::new();

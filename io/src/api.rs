@@ -2,6 +2,7 @@
 //! key-value API of SPEC §2 and §3.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -12,7 +13,8 @@ use shardgate_shards::route::shard_for_key;
 use crate::core::{Core, ReplyFuture};
 use crate::durable::DurableFuture;
 use crate::http::codec::{Method, Request};
-use crate::http::response::Response;
+use crate::http::response::{RateHeaders, Response};
+use crate::limit::{self, LeaseWait, Verdict};
 use crate::log::Durability;
 use crate::metrics::Route;
 
@@ -35,26 +37,52 @@ pub enum Step {
         wait: DurableFuture,
         response: Response,
     },
+    /// The client's rate limit needs a lease from another shard first: the
+    /// request is left unconsumed and decided again once `LeaseWait` ends.
+    Wait(LeaseWait),
+}
+
+/// A dispatched request: its step, its route (for metrics) and the
+/// RateLimit fields its response carries.
+pub struct Dispatched {
+    pub step: Step,
+    pub route: Route,
+    pub rate: Option<RateHeaders>,
 }
 
 /// Routes one request. Local key-value ops run on this core's shard now.
-pub fn dispatch(core: &Rc<Core>, request: &Request<'_>, now_ms: u64) -> (Step, Route) {
+/// Everything but the service endpoints passes the client's rate limit first.
+pub fn dispatch(core: &Rc<Core>, request: &Request<'_>, peer: Option<IpAddr>, now_ms: u64) -> Dispatched {
     let method = request.method;
     let (path, query) = split_target(request.target);
-    if let Some(raw_key) = path.strip_prefix(KV_PREFIX) {
-        return (kv(core, request, raw_key, query, now_ms), Route::Kv);
-    }
     let route = match path {
         b"/healthz" => Route::Healthz,
         b"/readyz" => Route::Readyz,
         b"/metrics" => Route::Metrics,
-        _ => return (Step::Ready(Response::problem(404, "no such resource")), Route::Other),
+        _ if path.starts_with(KV_PREFIX) => Route::Kv,
+        _ => Route::Other,
     };
-    if !matches!(method, Method::Get | Method::Head) {
-        let response = Response { allow: Some(SERVICE_ALLOW), ..Response::problem(405, "use GET or HEAD") };
-        return (Step::Ready(response), route);
+    if matches!(route, Route::Kv | Route::Other) {
+        let rate = match limit::check(core, request, peer, now_ms) {
+            Verdict::Pass(rate) => rate,
+            Verdict::Refuse(response, rate) => return Dispatched { step: Step::Ready(response), route, rate },
+            Verdict::Wait(wait) => return Dispatched { step: Step::Wait(wait), route, rate: None },
+        };
+        let step = match path.strip_prefix(KV_PREFIX) {
+            Some(raw_key) => kv(core, request, raw_key, query, now_ms),
+            None => Step::Ready(Response::problem(404, "no such resource")),
+        };
+        return Dispatched { step, route, rate };
     }
-    let response = match route {
+    Dispatched { step: Step::Ready(service(core, method, route)), route, rate: None }
+}
+
+/// Answers a service endpoint (never rate limited).
+fn service(core: &Core, method: Method, route: Route) -> Response {
+    if !matches!(method, Method::Get | Method::Head) {
+        return Response { allow: Some(SERVICE_ALLOW), ..Response::problem(405, "use GET or HEAD") };
+    }
+    match route {
         Route::Healthz => Response::text(200, "ok\n"),
         Route::Readyz if core.mesh.is_ready() => Response::text(200, "ready\n"),
         Route::Readyz => Response { retry_after_s: Some(1), ..Response::problem(503, "shards are starting") },
@@ -64,8 +92,7 @@ pub fn dispatch(core: &Rc<Core>, request: &Request<'_>, now_ms: u64) -> (Step, R
             body: Bytes::from(core.metrics_all.render(&core.mesh)),
             ..Response::default()
         },
-    };
-    (Step::Ready(response), route)
+    }
 }
 
 /// Builds the shard op of a key-value request, copying out of the input only

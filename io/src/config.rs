@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use crate::driver::Driver;
 use crate::http::codec::Limits;
+use crate::limit::RateLimits;
 use crate::log::LogConfig;
 
 #[derive(Clone, Debug)]
@@ -27,4 +28,5 @@ pub struct ServerConfig {
     pub body_timeout_s: u64,
     pub backlog: i32,
     pub log: LogConfig,
+    pub rate_limits: RateLimits,
 }

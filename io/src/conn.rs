@@ -10,6 +10,7 @@
 //! of a connection whose deadline passed (`shutdown(SHUT_RD)`), which ends
 //! the pending read with end-of-file.
 
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,10 +19,12 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::api::{dispatch, kv_response, Step};
+use crate::api::{dispatch, kv_response, Dispatched, Step};
 use crate::core::{unix_ms, Core, Phase};
 use crate::http::codec::{Decoded, Decoder, Method, Request};
-use crate::http::response::{encode, Persistence, Response, CONTINUE};
+use crate::http::response::{encode, Framing, Persistence, RateHeaders, Response, CONTINUE};
+use crate::limit::LeaseWait;
+use crate::mesh::Answer;
 use crate::metrics::Route;
 
 /// Initial size of a connection's input and output buffers; they grow for a
@@ -44,6 +47,7 @@ struct Meta {
     route: Route,
     head_only: bool,
     persistence: Persistence,
+    rate: Option<RateHeaders>,
 }
 
 /// A dispatched request whose response is not yet encoded.
@@ -72,27 +76,30 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
     let mut input: Vec<u8> = Vec::with_capacity(BUFFER_BYTES);
     let mut output: Vec<u8> = Vec::with_capacity(BUFFER_BYTES);
     let mut batch: Vec<Pending> = Vec::with_capacity(PIPELINE_BATCH_MAX);
+    let peer = stream.peer_addr().ok().map(|address| address.ip());
     loop {
         let started = Instant::now();
         let now = SystemTime::now();
         core.date.borrow_mut().refresh(now);
         core.now_ms.set(unix_ms(now));
         set_phase(core, conn_key, Phase::Busy, 0);
-        let outcome = decode_batch(core, &mut decoder, &input, unix_ms(now), &mut batch, &mut output);
+        let mut outcome = decode_batch(core, &mut decoder, &input, peer, unix_ms(now), &mut batch, &mut output);
         let mut close = outcome.close || core.shutting_down.get();
         for pending in batch.drain(..) {
             let response = match pending.step {
                 Step::Ready(response) => response,
                 Step::Remote { reply, owner } => match reply.await {
-                    Ok(outcome) => kv_response(outcome, owner, core.shard_count()),
-                    Err(refusal) => Response { shard: Some((owner, core.shard_count())), ..refusal },
+                    Answer::Kv(Ok(outcome)) => kv_response(outcome, owner, core.shard_count()),
+                    Answer::Kv(Err(refusal)) => Response { shard: Some((owner, core.shard_count())), ..refusal },
+                    Answer::Lease(_) => unreachable!("a key-value op is answered with an outcome"),
                 },
                 Step::Durable { wait, response } => {
                     wait.await;
                     response
                 }
+                Step::Wait(_) => unreachable!("a request waiting for a lease is not in the batch"),
             };
-            close |= write_response(core, &mut output, &response, pending.meta);
+            close |= write_response(core, &mut output, response, pending.meta);
         }
         if outcome.requests > 0 {
             core.metrics().duration(started.elapsed().as_micros() as u64, outcome.requests as u64);
@@ -112,6 +119,10 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
         }
         if close {
             return error;
+        }
+        if let Some(wait) = outcome.lease_wait.take() {
+            wait.finish().await;
+            continue; // The unconsumed request is decided again, lease in hand.
         }
         if outcome.requests == PIPELINE_BATCH_MAX {
             continue; // More complete requests may be buffered: no read yet.
@@ -160,6 +171,8 @@ struct BatchOutcome {
     close: bool,
     /// A decode error ended the batch; its response is the batch's last.
     error: bool,
+    /// The batch stopped before a request that needs a rate-limit lease.
+    lease_wait: Option<LeaseWait>,
 }
 
 /// Decodes and dispatches every complete request in `input` (up to the batch
@@ -170,36 +183,41 @@ fn decode_batch(
     core: &Rc<Core>,
     decoder: &mut Decoder,
     input: &[u8],
+    peer: Option<IpAddr>,
     now_ms: u64,
     batch: &mut Vec<Pending>,
     output: &mut Vec<u8>,
 ) -> BatchOutcome {
-    let mut outcome = BatchOutcome { consumed: 0, requests: 0, close: false, error: false };
+    let mut outcome = BatchOutcome { consumed: 0, requests: 0, close: false, error: false, lease_wait: None };
     while outcome.requests < PIPELINE_BATCH_MAX && output.len() < OUTPUT_BATCH_BYTES_MAX {
         let pending = match decoder.decode(&input[outcome.consumed..]) {
             Ok(Decoded::Partial) => break,
             Ok(Decoded::Complete { request, consumed }) => {
-                outcome.consumed += consumed;
                 let head_only = request.method == Method::Head;
                 let persistence = persistence(&request, core.shutting_down.get());
-                let (step, route) = dispatch(core, &request, now_ms);
-                Pending { step, meta: Meta { route, head_only, persistence } }
+                let Dispatched { step, route, rate } = dispatch(core, &request, peer, now_ms);
+                if let Step::Wait(wait) = step {
+                    outcome.lease_wait = Some(wait);
+                    break;
+                }
+                outcome.consumed += consumed;
+                Pending { step, meta: Meta { route, head_only, persistence, rate } }
             }
             Err(error) => {
                 let response = Response { close: true, ..Response::problem(error.status(), &error.to_string()) };
                 outcome.consumed = input.len();
                 outcome.error = true;
-                let meta = Meta { route: Route::Other, head_only: false, persistence: Persistence::Close };
+                let meta = Meta { route: Route::Other, head_only: false, persistence: Persistence::Close, rate: None };
                 Pending { step: Step::Ready(response), meta }
             }
         };
         outcome.requests += 1;
         let closing = pending.meta.persistence == Persistence::Close;
-        match &pending.step {
+        match pending.step {
             Step::Ready(response) if batch.is_empty() => {
                 outcome.close |= write_response(core, output, response, pending.meta);
             }
-            _ => batch.push(pending),
+            step => batch.push(Pending { step, meta: pending.meta }),
         }
         if closing {
             outcome.close = true;
@@ -211,9 +229,10 @@ fn decode_batch(
 
 /// Encodes one response and counts it. Returns true when the connection
 /// must close after it.
-fn write_response(core: &Core, output: &mut Vec<u8>, response: &Response, meta: Meta) -> bool {
+fn write_response(core: &Core, output: &mut Vec<u8>, response: Response, meta: Meta) -> bool {
     let persistence = if response.close { Persistence::Close } else { meta.persistence };
-    encode(output, response, &core.date.borrow(), meta.head_only, persistence);
+    let framing = Framing { head_only: meta.head_only, persistence, rate: meta.rate.as_ref() };
+    encode(output, &response, &core.date.borrow(), framing);
     core.metrics().request(meta.route, response.status);
     persistence == Persistence::Close
 }
@@ -266,7 +285,12 @@ fn shrink(buffer: &mut Vec<u8>) {
 async fn respond_and_close(core: &Core, stream: &mut TcpStream, response: Response) {
     let mut output = Vec::with_capacity(256 + response.body.len());
     core.date.borrow_mut().refresh(SystemTime::now());
-    encode(&mut output, &response, &core.date.borrow(), false, Persistence::Close);
+    encode(
+        &mut output,
+        &response,
+        &core.date.borrow(),
+        Framing { head_only: false, persistence: Persistence::Close, rate: None },
+    );
     core.metrics().request(Route::Other, response.status);
     let _ = stream.write_all(output).await;
 }
@@ -297,7 +321,12 @@ async fn linger(stream: &mut TcpStream) {
 pub fn refuse(core: &Core, stream: &TcpStream) {
     let mut output = Vec::with_capacity(256);
     let response = Response::overloaded("this shard is at its connection limit");
-    encode(&mut output, &response, &core.date.borrow(), false, Persistence::Close);
+    encode(
+        &mut output,
+        &response,
+        &core.date.borrow(),
+        Framing { head_only: false, persistence: Persistence::Close, rate: None },
+    );
     // SAFETY: the fd is open for the duration of the call; the buffer is ours.
     unsafe {
         libc::send(stream.as_raw_fd(), output.as_ptr().cast(), output.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);

@@ -16,13 +16,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use shardgate_shards::conditions::Conditions;
 use shardgate_shards::kv::{KvShard, Op, Outcome};
+use shardgate_shards::ratelimit::{Class, Leases, Limiter, Policy, Unused};
 use shardgate_shards::record::{Record, RecordOp};
+use shardgate_shards::route::shard_for_hash;
 use slab::Slab;
 
 use crate::config::ServerConfig;
 use crate::durable::CoreLog;
 use crate::http::response::{DateCache, Response};
-use crate::mesh::{Forward, Mesh, REPLY_QUEUE_ENTRIES};
+use crate::mesh::{Answer, Forward, Mesh, Message, Reply, FORWARD_QUEUE_ENTRIES, REPLY_QUEUE_ENTRIES};
 use crate::metrics::{Metrics, ShardMetrics};
 
 /// Where a connection is in its request cycle; decides its deadline.
@@ -51,7 +53,9 @@ pub struct ConnTrack {
 
 /// A forwarded request awaiting its reply.
 struct PendingReply {
-    outcome: Option<Result<Outcome, Response>>,
+    answer: Option<Answer>,
+    /// For a lease request: whose lease, recorded by the core on arrival.
+    lease: Option<(u64, Class, Policy)>,
     waker: Option<Waker>,
     /// The waiting connection went away; drop the reply when it comes.
     abandoned: bool,
@@ -65,6 +69,12 @@ pub struct Core {
     pub mesh: Arc<Mesh>,
     pub metrics_all: Arc<Metrics>,
     pub shard: RefCell<KvShard>,
+    /// Rate-limit windows of the client identities this shard owns.
+    pub limiter: RefCell<Limiter>,
+    /// Permits leased from other shards for identities they own.
+    pub leases: RefCell<Leases>,
+    /// Connections waiting for a lease answer; woken when any arrives.
+    pub lease_waiters: RefCell<Vec<Waker>>,
     pending: RefCell<Slab<PendingReply>>,
     pub conns: RefCell<Slab<ConnTrack>>,
     pub date: RefCell<DateCache>,
@@ -95,6 +105,12 @@ impl Core {
             mesh,
             metrics_all,
             shard: RefCell::new(shard),
+            limiter: RefCell::new(Limiter::new(
+                config.rate_limits.slots_per_shard(config.shard_count),
+                config.rate_limits.window_ms_max(),
+            )),
+            leases: RefCell::new(Leases::new(config.rate_limits.leases_per_core(config.shard_count))),
+            lease_waiters: RefCell::new(Vec::new()),
             pending: RefCell::new(Slab::with_capacity(REPLY_QUEUE_ENTRIES)),
             conns: RefCell::new(Slab::with_capacity(1024.min(config.connections_max))),
             date: RefCell::new(DateCache::new(now)),
@@ -170,21 +186,68 @@ impl Core {
     /// to answer when this core has too many requests in flight or the
     /// owner's queue is full.
     pub fn forward(self: &Rc<Self>, owner: u32, op: Op, sync: bool) -> Result<ReplyFuture, Response> {
-        assert_ne!(owner, self.id, "local ops are applied, not forwarded");
+        self.send(owner, Message::Kv { op, sync })
+    }
+
+    /// Asks `owner` for up to `want` permits of `identity`'s window. The
+    /// answer is recorded in this core's leases when it arrives, whoever
+    /// still waits for it; waiters are woken through `lease_waiters`.
+    pub fn ask_lease(
+        &self,
+        owner: u32,
+        identity: u64,
+        class: Class,
+        policy: Policy,
+        want: u32,
+    ) -> Result<(), Response> {
+        let token = self.reserve(Some((identity, class, policy)))?;
+        let message = Message::Lease { identity, class, policy, want };
+        self.post(owner, token, message)
+    }
+
+    /// Returns unused leased permits to their owner. Best effort: when the
+    /// owner's queue is full they are dropped, which can only make the
+    /// limit stricter for a moment, never looser.
+    pub fn give_back(&self, unused: Unused) {
+        let owner = shard_for_hash(unused.identity, self.shard_count());
+        if owner == self.id {
+            self.limiter.borrow_mut().give_back(self.now_ms.get(), unused);
+            return;
+        }
+        // Give-backs never take the second half of an owner's queue: a burst
+        // of expiring leases must not shed requests.
+        if self.mesh.forward_depth(owner) < FORWARD_QUEUE_ENTRIES / 2 {
+            let message = Message::GiveBack(unused);
+            let _ = self.mesh.forward(owner, Forward { source: self.id, token: u32::MAX, message });
+        }
+    }
+
+    fn send(self: &Rc<Self>, owner: u32, message: Message) -> Result<ReplyFuture, Response> {
+        let token = self.reserve(None)?;
+        self.post(owner, token, message)?;
+        Ok(ReplyFuture { core: Rc::clone(self), token, done: false })
+    }
+
+    /// Takes a reply slot, or the 503 when this core has too many in flight.
+    fn reserve(&self, lease: Option<(u64, Class, Policy)>) -> Result<usize, Response> {
         let mut pending = self.pending.borrow_mut();
         if pending.len() >= REPLY_QUEUE_ENTRIES {
             self.metrics().shed();
             return Err(Response::overloaded("too many requests in flight to other shards"));
         }
-        let token = pending.insert(PendingReply { outcome: None, waker: None, abandoned: false });
-        let forward = Forward { source: self.id, token: token as u32, op, sync };
+        Ok(pending.insert(PendingReply { answer: None, lease, waker: None, abandoned: false }))
+    }
+
+    fn post(&self, owner: u32, token: usize, message: Message) -> Result<(), Response> {
+        assert_ne!(owner, self.id, "local work is done here, not forwarded");
+        let forward = Forward { source: self.id, token: token as u32, message };
         if self.mesh.forward(owner, forward).is_err() {
-            pending.remove(token);
+            self.pending.borrow_mut().remove(token);
             self.metrics().shed();
             return Err(Response::overloaded("the owner shard's inbound queue is full"));
         }
         self.metrics().hop_out();
-        Ok(ReplyFuture { core: Rc::clone(self), token, done: false })
+        Ok(())
     }
 
     /// Serves everything in this core's mailbox: forwarded requests are
@@ -198,35 +261,58 @@ impl Core {
                 break;
             };
             handled += 1;
-            let is_write = !matches!(forward.op, Op::Get { .. });
+            let (source, token) = (forward.source, forward.token);
+            let (op, sync) = match forward.message {
+                Message::Kv { op, sync } => (op, sync),
+                Message::Lease { identity, class, policy, want } => {
+                    let decision = self.limiter.borrow_mut().acquire(now_ms, identity, class, policy, want);
+                    self.metrics().lease(decision.granted > 0);
+                    self.mesh.reply(source, Reply { token, answer: Answer::Lease(decision) });
+                    continue;
+                }
+                Message::GiveBack(unused) => {
+                    self.limiter.borrow_mut().give_back(now_ms, unused);
+                    continue;
+                }
+            };
+            let is_write = !matches!(op, Op::Get { .. });
             if let Some(refusal) = self.write_refusal().filter(|_| is_write) {
-                self.mesh.reply(forward.source, crate::mesh::Reply { token: forward.token, outcome: Err(refusal) });
+                self.mesh.reply(source, Reply { token, answer: Answer::Kv(Err(refusal)) });
                 continue;
             }
-            let (outcome, logged_end) = self.apply(now_ms, forward.op);
-            match logged_end.filter(|_| forward.sync) {
-                Some(end) => self.log.borrow_mut().defer_reply(end, forward.source, forward.token, outcome),
+            let (outcome, logged_end) = self.apply(now_ms, op);
+            match logged_end.filter(|_| sync) {
+                Some(end) => self.log.borrow_mut().defer_reply(end, source, token, outcome),
                 // Waking per reply still costs one cross-thread wake per batch:
                 // after the first, the source's waker is taken until it re-polls.
-                None => {
-                    self.mesh.reply(forward.source, crate::mesh::Reply { token: forward.token, outcome: Ok(outcome) })
-                }
+                None => self.mesh.reply(source, Reply { token, answer: Answer::Kv(Ok(outcome)) }),
             }
         }
         self.metrics().hops_in(handled as u64);
         let mut pending = self.pending.borrow_mut();
+        let mut leases_answered = false;
         while let Some(reply) = self.mesh.pop_reply(self.id) {
             let token = reply.token as usize;
             let slot = pending.get_mut(token).expect("reply for a token in flight");
-            if slot.abandoned {
+            if let (Some((identity, class, policy)), Answer::Lease(decision)) = (slot.lease, &reply.answer) {
+                pending.remove(token);
+                crate::limit::record_grant(self, identity, class, policy, *decision, now_ms);
+                leases_answered = true;
+            } else if slot.abandoned {
                 pending.remove(token);
             } else {
-                slot.outcome = Some(reply.outcome);
+                slot.answer = Some(reply.answer);
                 if let Some(waker) = slot.waker.take() {
                     waker.wake();
                 }
             }
             handled += 1;
+        }
+        drop(pending);
+        if leases_answered {
+            for waker in self.lease_waiters.borrow_mut().drain(..) {
+                waker.wake();
+            }
         }
         handled
     }
@@ -236,7 +322,7 @@ impl Core {
     }
 }
 
-/// Resolves to the owner's outcome of a forwarded request.
+/// Resolves to the owner's answer to a forwarded request.
 pub struct ReplyFuture {
     core: Rc<Core>,
     token: usize,
@@ -244,17 +330,17 @@ pub struct ReplyFuture {
 }
 
 impl Future for ReplyFuture {
-    type Output = Result<Outcome, Response>;
+    type Output = Answer;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut pending = self.core.pending.borrow_mut();
         let slot = pending.get_mut(self.token).expect("token in flight");
-        match slot.outcome.take() {
-            Some(outcome) => {
+        match slot.answer.take() {
+            Some(answer) => {
                 pending.remove(self.token);
                 drop(pending);
                 self.done = true;
-                Poll::Ready(outcome)
+                Poll::Ready(answer)
             }
             None => {
                 slot.waker = Some(cx.waker().clone());
@@ -271,7 +357,7 @@ impl Drop for ReplyFuture {
         }
         let mut pending = self.core.pending.borrow_mut();
         let slot = pending.get_mut(self.token).expect("token in flight");
-        if slot.outcome.is_some() {
+        if slot.answer.is_some() {
             pending.remove(self.token);
         } else {
             slot.abandoned = true;

@@ -23,7 +23,7 @@ use shardgate_shards::record::Record;
 
 use crate::http::response::Response;
 use crate::log::{Durability, FlushJob, Flushed};
-use crate::mesh::{Mesh, Reply};
+use crate::mesh::{Answer, Mesh, Reply};
 
 /// A forwarded sync write's reply, held until its record is durable.
 struct Deferred {
@@ -234,7 +234,7 @@ pub async fn completions(log: Rc<RefCell<CoreLog>>, mesh: Arc<Mesh>) {
         }
         drop(state);
         for reply in ready {
-            mesh.reply(reply.source, Reply { token: reply.token, outcome: Ok(reply.outcome) });
+            mesh.reply(reply.source, Reply { token: reply.token, answer: Answer::Kv(Ok(reply.outcome)) });
         }
     }
 }

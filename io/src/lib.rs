@@ -6,6 +6,7 @@
 //! - [`conn`]: one task per connection (read, decode, dispatch, write).
 //! - [`api`]: routes a decoded request to a service endpoint or a shard op.
 //! - [`core`]: one core's state (`Core`) and forwarding to owner shards.
+//! - [`limit`]: per-client rate limiting: identities, leases, 429s.
 //! - [`mesh`]: the bounded cross-core mailboxes, the only shared state.
 //! - [`http`]: the sans-IO HTTP/1.1 codec and response encoder.
 //! - [`driver`]: io_uring probe and driver choice.
@@ -21,6 +22,7 @@ pub mod core;
 pub mod driver;
 pub mod durable;
 pub mod http;
+pub mod limit;
 pub mod log;
 pub mod mesh;
 pub mod metrics;

@@ -19,6 +19,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 use shardgate_shards::kv::{Op, Outcome};
+use shardgate_shards::ratelimit::{Class, Decision, Policy, Unused};
 
 use crate::http::response::Response;
 
@@ -30,10 +31,19 @@ pub const REPLY_QUEUE_ENTRIES: usize = 4096;
 /// A request for the owner shard.
 pub struct Forward {
     pub source: u32,
+    /// Names the reply; unused by messages that get none.
     pub token: u32,
-    pub op: Op,
-    /// Reply only once the write's record is durable.
-    pub sync: bool,
+    pub message: Message,
+}
+
+/// What one core asks of the shard that owns a key or a client identity.
+pub enum Message {
+    /// A key-value op. With `sync`, reply only once its record is durable.
+    Kv { op: Op, sync: bool },
+    /// Up to `want` rate-limit permits for `identity`, charged at once.
+    Lease { identity: u64, class: Class, policy: Policy, want: u32 },
+    /// Permits a lease did not use. No reply.
+    GiveBack(Unused),
 }
 
 /// The target shard's inbound queue is at [`FORWARD_QUEUE_ENTRIES`].
@@ -43,9 +53,16 @@ pub struct QueueFull;
 /// The owner's answer, addressed by the source core's token.
 pub struct Reply {
     pub token: u32,
+    pub answer: Answer,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Answer {
     /// The owner's outcome, or the response refusing the request (a full
     /// log backlog, a failing disk).
-    pub outcome: Result<Outcome, Response>,
+    Kv(Result<Outcome, Response>),
+    /// The permits granted (possibly none) and the window's state.
+    Lease(Decision),
 }
 
 pub struct Mailbox {

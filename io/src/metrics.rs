@@ -73,6 +73,13 @@ pub struct ShardMetrics {
     bytes_max: AtomicU64,
     keys: AtomicU64,
     expired_swept: AtomicU64,
+    rate_allowed: AtomicU64,
+    rate_limited: AtomicU64,
+    leases_granted: AtomicU64,
+    leases_refused: AtomicU64,
+    rate_identities: AtomicU64,
+    rate_evicted: AtomicU64,
+    leases_held: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -117,6 +124,25 @@ impl ShardMetrics {
         self.keys.store(keys as u64, Relaxed);
     }
 
+    pub fn rate_allowed(&self) {
+        bump(&self.rate_allowed, 1);
+    }
+
+    pub fn rate_limited(&self) {
+        bump(&self.rate_limited, 1);
+    }
+
+    /// The owner answered a lease request, granting permits or not.
+    pub fn lease(&self, granted: bool) {
+        bump(if granted { &self.leases_granted } else { &self.leases_refused }, 1);
+    }
+
+    pub fn rate_state(&self, identities: usize, evicted: u64, leases_held: usize) {
+        self.rate_identities.store(identities as u64, Relaxed);
+        self.rate_evicted.store(evicted, Relaxed);
+        self.leases_held.store(leases_held as u64, Relaxed);
+    }
+
     pub fn expired(&self, count: usize) {
         bump(&self.expired_swept, count as u64);
     }
@@ -141,7 +167,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_durations(&mut out);
-        let families: [(&str, &str, &str, Field); 9] = [
+        let families: [(&str, &str, &str, Field); 16] = [
             (
                 "shardgate_cross_core_hops_total",
                 "counter",
@@ -168,6 +194,36 @@ impl Metrics {
             ("shardgate_keys", "gauge", "Keys stored.", |m| &m.keys),
             ("shardgate_expired_keys_total", "counter", "Expired keys reclaimed by the background sweep.", |m| {
                 &m.expired_swept
+            }),
+            ("shardgate_ratelimit_allowed_total", "counter", "Requests within their client's rate limit.", |m| {
+                &m.rate_allowed
+            }),
+            ("shardgate_ratelimit_limited_total", "counter", "Requests answered 429 by the rate limiter.", |m| {
+                &m.rate_limited
+            }),
+            (
+                "shardgate_ratelimit_leases_granted_total",
+                "counter",
+                "Permit leases this owner shard granted to other cores.",
+                |m| &m.leases_granted,
+            ),
+            (
+                "shardgate_ratelimit_leases_refused_total",
+                "counter",
+                "Lease requests this owner shard refused (the client was at its limit).",
+                |m| &m.leases_refused,
+            ),
+            ("shardgate_ratelimit_identities", "gauge", "Client identity windows tracked by this owner shard.", |m| {
+                &m.rate_identities
+            }),
+            (
+                "shardgate_ratelimit_evicted_total",
+                "counter",
+                "Identity windows evicted to stay within --rate-limit-state-bytes.",
+                |m| &m.rate_evicted,
+            ),
+            ("shardgate_ratelimit_leases_held", "gauge", "Leases this core holds from other shards.", |m| {
+                &m.leases_held
             }),
         ];
         for (name, kind, help, field) in families {

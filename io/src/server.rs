@@ -344,11 +344,25 @@ async fn ticker_loop(core: Rc<Core>) {
                 unsafe { libc::shutdown(conn.fd, libc::SHUT_RD) };
             }
         }
+        expire_leases(&core, now_ms);
         let mut shard = core.shard.borrow_mut();
         let swept = shard.sweep_expired(now_ms, SWEEP_PER_TICK_MAX);
         core.metrics().expired(swept);
         core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
     }
+}
+
+/// Drops expired rate-limit leases, returning their unused permits, and
+/// updates the limiter's gauges.
+fn expire_leases(core: &Core, now_ms: u64) {
+    let mut unused = Vec::new();
+    core.leases.borrow_mut().expire(now_ms, &mut unused);
+    for permits in unused {
+        core.give_back(permits);
+    }
+    let limiter = core.limiter.borrow();
+    let evicted = limiter.stats.evicted_idle + limiter.stats.evicted_active;
+    core.metrics().rate_state(limiter.tracked(), evicted, core.leases.borrow().len());
 }
 
 /// Waits for this core's connections and forwards to finish, then for every

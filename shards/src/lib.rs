@@ -6,6 +6,8 @@
 //! - [`conditions`]: entity tags and `If-Match` / `If-None-Match` evaluation.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
+//! - [`ratelimit`]: sliding-window counters per client identity on its
+//!   owner shard, and the leases other cores spend locally.
 //! - [`record`]: the durable log's record format (`encode`/`decode`), the
 //!   segment scan and recovery of a shard's state from its segments.
 //!
@@ -15,5 +17,6 @@
 
 pub mod conditions;
 pub mod kv;
+pub mod ratelimit;
 pub mod record;
 pub mod route;

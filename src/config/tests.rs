@@ -19,7 +19,9 @@ fn defaults() {
     assert_eq!(config.flush_interval, Duration::from_millis(5));
     assert_eq!(config.durability, Durability::Async);
     assert_eq!(config.io_driver, DriverChoice::Auto);
-    assert_eq!(config.rate_limit, RateLimit::PerWindow { requests: 1000, window: Duration::from_secs(1) });
+    assert_eq!(config.rate_limit, Policy::new(1000, 1000));
+    assert_eq!(config.rate_limit_writes, None);
+    assert!(!config.trust_forwarded_for);
     assert_eq!(config.header_timeout, Duration::from_secs(10));
     assert_eq!(config.idle_timeout, Duration::from_secs(60));
 }
@@ -31,7 +33,7 @@ fn flags_beat_the_file() {
     assert_eq!(config.shards, Some(2));
     assert_eq!(config.cache_bytes, 2 << 30);
     assert_eq!(config.listen.port(), 9000);
-    assert_eq!(config.rate_limit, RateLimit::Off);
+    assert_eq!(config.rate_limit, None);
 }
 
 #[test]
@@ -43,6 +45,12 @@ fn bad_values_name_their_flag() {
         (vec!["--io-driver", "kqueue"], "invalid --io-driver 'kqueue'"),
         (vec!["--flush-interval", "5"], "invalid --flush-interval '5'"),
         (vec!["--rate-limit", "10/0s"], "invalid --rate-limit '10/0s'"),
+        (vec!["--rate-limit", "0/1s"], "invalid --rate-limit '0/1s'"),
+        (vec!["--rate-limit", "5000000000/1s"], "invalid --rate-limit '5000000000/1s'"),
+        (vec!["--rate-limit", "10/2000m"], "invalid --rate-limit '10/2000m'"),
+        (vec!["--rate-limit-writes", "ten"], "invalid --rate-limit-writes 'ten'"),
+        (vec!["--rate-limit-state-bytes", "1KiB"], "invalid --rate-limit-state-bytes '1KiB'"),
+        (vec!["--trust-forwarded-for", "maybe"], "invalid --trust-forwarded-for 'maybe'"),
         (vec!["--listen", "localhost"], "invalid --listen 'localhost'"),
         (vec!["--durability", "maybe"], "invalid --durability 'maybe'"),
     ];
@@ -73,4 +81,37 @@ fn sizes_and_durations() {
     assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
     assert!(parse_duration("1h").is_err());
     assert!(parse_duration("s").is_err());
+}
+
+#[test]
+fn rate_limit_policies_and_the_file_table() {
+    let config =
+        resolve_args(&["--rate-limit", "100/10s", "--rate-limit-writes", "5/1m", "--trust-forwarded-for"], "").unwrap();
+    assert_eq!(config.rate_limit, Policy::new(100, 10_000));
+    assert_eq!(config.rate_limit_writes, Policy::new(5, 60_000));
+    assert!(config.trust_forwarded_for);
+    assert_eq!(config.rate_limit_state_bytes, 64 << 20);
+
+    let file = "[rate_limit]\nlimit = \"50/1s\"\nwrites = \"off\"\nstate_bytes = \"1MiB\"\n\
+                [rate_limit.keys]\nvip = \"off\"\npartner = \"5000/1s\"\n";
+    let config = resolve_args(&[], file).unwrap();
+    assert_eq!(config.rate_limit, Policy::new(50, 1000));
+    assert_eq!(config.rate_limit_writes, None);
+    assert_eq!(config.rate_limit_state_bytes, 1 << 20);
+    assert_eq!(config.rate_limit_keys.get(&b"vip"[..]), Some(&None));
+    assert_eq!(config.rate_limit_keys.get(&b"partner"[..]), Some(&Policy::new(5000, 1000)));
+    // A flag still beats the table.
+    let config = resolve_args(&["--rate-limit", "off"], file).unwrap();
+    assert_eq!(config.rate_limit, None);
+
+    for (bad, expect) in [
+        ("[rate_limit]\nburst = 3", "unknown key 'burst'"),
+        ("[rate_limit.keys]\nk = 5", "keys.k must be a string"),
+        ("[rate_limit.keys]\nk = \"fast\"", "keys.k 'fast'"),
+        ("[rate_limit]\nkeys = 3", "keys must be a table"),
+    ] {
+        let error = resolve_args(&[], bad).unwrap_err();
+        assert!(error.contains(expect), "{bad}: {error}");
+        assert_eq!(error.lines().count(), 1, "{error}");
+    }
 }

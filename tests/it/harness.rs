@@ -30,8 +30,15 @@ impl Server {
     }
 
     /// Starts on an existing data directory the caller keeps (for restarts).
+    /// Rate limiting is off unless the test sets it: most tests send far
+    /// more than the default 1000/1s from one address.
     pub fn start_in(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
+        let limit_set = args.iter().any(|a| a.starts_with("--rate-limit") || a.starts_with("--config"))
+            || env.iter().any(|(name, _)| name.starts_with("SHARDGATE_RATE_LIMIT") || *name == "SHARDGATE_CONFIG");
+        if !limit_set {
+            command.args(["--rate-limit", "off"]);
+        }
         command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -250,4 +257,29 @@ pub fn put(path: &str, body: &str) -> String {
 
 pub fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
+
+/// Opens connections until one has landed on each core. The receiving core
+/// is read from /metrics: a connection's requests are counted by the core
+/// that accepted it.
+pub fn connection_per_core(server: &Server, shards: u32) -> Vec<Client> {
+    let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
+    for _ in 0..200 {
+        let before: Vec<f64> = (0..shards)
+            .map(|s| server.metric("shardgate_requests_total", &[("shard", &s.to_string()), ("route", "healthz")]))
+            .collect();
+        let mut client = server.client();
+        assert_eq!(client.request(&get("/healthz")).status, 200);
+        let core = (0..shards)
+            .find(|&s| {
+                server.metric("shardgate_requests_total", &[("shard", &s.to_string()), ("route", "healthz")])
+                    > before[s as usize]
+            })
+            .expect("some core counted the request");
+        found[core as usize].get_or_insert(client);
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("SO_REUSEPORT never spread 200 connections over {shards} cores");
 }

@@ -9,6 +9,7 @@ mod durability;
 mod kv;
 mod limits;
 mod protocol;
+mod ratelimit;
 mod routing;
 mod service;
 mod shutdown;

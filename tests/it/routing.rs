@@ -3,32 +3,7 @@
 
 use shardgate_shards::route::shard_for_key;
 
-use crate::harness::{get, put, Client, Server};
-
-/// Opens connections until one has landed on each core. The receiving core
-/// is read from /metrics: a connection's requests are counted by the core
-/// that accepted it.
-fn connection_per_core(server: &Server, shards: u32) -> Vec<Client> {
-    let mut found: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
-    for _ in 0..200 {
-        let before: Vec<f64> = (0..shards)
-            .map(|s| server.metric("shardgate_requests_total", &[("shard", &s.to_string()), ("route", "healthz")]))
-            .collect();
-        let mut client = server.client();
-        assert_eq!(client.request(&get("/healthz")).status, 200);
-        let core = (0..shards)
-            .find(|&s| {
-                server.metric("shardgate_requests_total", &[("shard", &s.to_string()), ("route", "healthz")])
-                    > before[s as usize]
-            })
-            .expect("some core counted the request");
-        found[core as usize].get_or_insert(client);
-        if found.iter().all(Option::is_some) {
-            return found.into_iter().map(Option::unwrap).collect();
-        }
-    }
-    panic!("SO_REUSEPORT never spread 200 connections over {shards} cores");
-}
+use crate::harness::{connection_per_core, get, put, Client, Server};
 
 fn key_owned_by(owner: u32, shards: u32) -> String {
     (0..).map(|i| format!("key-{i}")).find(|k| shard_for_key(k.as_bytes(), shards) == owner).unwrap()

@@ -6,8 +6,10 @@ use shardgate_shards::route::shard_for_key;
 use super::*;
 use crate::driver::Driver;
 use crate::http::codec::Limits;
+use crate::limit::RateLimits;
 use crate::log::{Durability, LogConfig};
-use crate::mesh::FORWARD_QUEUE_ENTRIES;
+use crate::mesh::{Answer, FORWARD_QUEUE_ENTRIES};
+use shardgate_shards::ratelimit::{Class, Decision, LeaseCheck, Policy, Unused};
 use std::time::Duration;
 
 fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
@@ -30,6 +32,7 @@ fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
             segment_bytes: 1 << 20,
             backlog_bytes_max: 1 << 20,
         },
+        rate_limits: RateLimits { state_bytes: 1 << 20, ..RateLimits::default() },
     };
     // A log nobody flushes: these tests only read.
     let (jobs, _unserviced) = std::sync::mpsc::sync_channel(1);
@@ -94,7 +97,45 @@ fn in_flight_forwards_are_bounded_and_answered() {
     let mut context = Context::from_waker(waker);
     for mut reply in replies {
         let outcome = Pin::new(&mut reply).poll(&mut context);
-        assert_eq!(outcome, Poll::Ready(Ok(Outcome::NotFound)));
+        assert_eq!(outcome, Poll::Ready(Answer::Kv(Ok(Outcome::NotFound))));
     }
     assert_eq!(sender.in_flight(), 0);
+}
+
+#[test]
+fn leases_are_charged_by_the_owner_and_given_back() {
+    let mesh = Arc::new(Mesh::new(2));
+    let (owner, asker) = (core(0, &mesh), core(1, &mesh));
+    // A day-long window: buckets of three hours, so the owner's clock and
+    // the test's stay in one bucket.
+    let policy = Policy::new(10, 86_400_000).expect("valid");
+    let identity = (0..).find(|&i| shardgate_shards::route::shard_for_hash(i, 2) == 0).expect("some hash");
+    let now_ms = asker.now_ms.get();
+    // Asks for `want` permits as limit::check does; returns how many the
+    // asking core can then spend, and what it says after.
+    let ask = |want| {
+        let mut unused = Vec::new();
+        asker.leases.borrow_mut().ask(now_ms, identity, Class::All, policy, 64, &mut unused);
+        asker.ask_lease(0, identity, Class::All, policy, want).expect("queued");
+        assert!(asker.leases.borrow_mut().is_asking(identity, Class::All));
+        owner.drain_mailbox(usize::MAX);
+        asker.drain_mailbox(usize::MAX);
+        let mut leases = asker.leases.borrow_mut();
+        assert!(!leases.is_asking(identity, Class::All), "the answer was recorded on arrival");
+        let mut spent = 0;
+        loop {
+            match leases.spend(now_ms, identity, Class::All) {
+                LeaseCheck::Allowed { .. } => spent += 1,
+                other => return (spent, other),
+            }
+        }
+    };
+    assert_eq!(ask(6), (6, LeaseCheck::Ask));
+    assert_eq!(ask(6), (4, LeaseCheck::Ask));
+    assert!(matches!(ask(1), (0, LeaseCheck::Refused { .. })));
+    // Unused permits come back through the mailbox and free the window.
+    asker.give_back(Unused { identity, class: Class::All, policy, permits: 3, charged_ms: owner.now_ms.get() });
+    owner.drain_mailbox(usize::MAX);
+    let after: Decision = owner.limiter.borrow_mut().acquire(now_ms, identity, Class::All, policy, 10);
+    assert_eq!(after.granted, 3);
 }

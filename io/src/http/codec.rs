@@ -96,6 +96,11 @@ pub struct Request<'a> {
     pub if_match: Option<&'a [u8]>,
     pub if_none_match: Option<&'a [u8]>,
     pub x_durability: Option<&'a [u8]>,
+    /// The client identity for rate limiting, when the client names one.
+    pub x_api_key: Option<&'a [u8]>,
+    /// The last hop of the last `X-Forwarded-For` line: the address the
+    /// nearest proxy saw (used only with `--trust-forwarded-for`).
+    pub forwarded_for: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
 
@@ -179,6 +184,8 @@ struct Head {
     if_match: ListField,
     if_none_match: ListField,
     x_durability: Option<Span>,
+    x_api_key: Option<Span>,
+    forwarded_for: Option<Span>,
     /// Offset of the first body byte.
     end: usize,
     framing: Option<Framing>,
@@ -321,6 +328,8 @@ impl Head {
             if_match: self.if_match.get(input),
             if_none_match: self.if_none_match.get(input),
             x_durability: self.x_durability.map(|s| s.get(input)),
+            x_api_key: self.x_api_key.map(|s| s.get(input)),
+            forwarded_for: self.forwarded_for.map(|s| s.get(input)),
             body,
         }
     }
@@ -400,6 +409,8 @@ fn parse_head(bytes: &[u8], limits: Limits) -> Result<Option<Head>, HttpError> {
         if_match: fields.if_match,
         if_none_match: fields.if_none_match,
         x_durability: fields.x_durability,
+        x_api_key: fields.x_api_key,
+        forwarded_for: fields.forwarded_for,
         end,
         expect_continue: expect_continue && framing.is_some(),
         framing,
@@ -420,6 +431,8 @@ struct Fields {
     if_match: ListField,
     if_none_match: ListField,
     x_durability: Option<Span>,
+    x_api_key: Option<Span>,
+    forwarded_for: Option<Span>,
 }
 
 impl Fields {
@@ -436,6 +449,12 @@ impl Fields {
                 self.expect = Some(Span::of(base, trim(value)));
             }
             8 if is("if-match") => self.if_match.add(base, value),
+            9 if is("x-api-key") => {
+                if self.x_api_key.is_some() {
+                    return Err(HttpError::BadRequest("more than one X-API-Key"));
+                }
+                self.x_api_key = Some(Span::of(base, trim(value)));
+            }
             10 if is("connection") => {
                 for option in value.split(|&b| b == b',').map(trim) {
                     self.close |= option.eq_ignore_ascii_case(b"close");
@@ -458,6 +477,10 @@ impl Fields {
                     }
                     self.content_length = Some(length);
                 }
+            }
+            15 if is("x-forwarded-for") => {
+                let last = value.rsplit(|&b| b == b',').next().map_or(value, trim);
+                self.forwarded_for = Some(Span::of(base, trim(last)));
             }
             17 if is("transfer-encoding") => {
                 // Only `chunked`, once, is accepted: any other coding, or

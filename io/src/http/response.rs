@@ -77,6 +77,57 @@ impl Response {
     }
 }
 
+/// The IETF RateLimit fields of one response (draft-ietf-httpapi-ratelimit-headers-09 syntax
+/// as SPEC §4 quotes it): one item per policy the request was subject to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub items: [Option<RateItem>; 2],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateItem {
+    pub name: &'static str,
+    /// `q`: the limit.
+    pub quota: u32,
+    /// `w`: the window in seconds.
+    pub window_s: u64,
+    /// `r`: requests left.
+    pub remaining: u32,
+    /// `t`: seconds until the count next drops.
+    pub reset_s: u64,
+}
+
+impl RateHeaders {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut numbers = itoa::Buffer::new();
+        let items = || self.items.iter().flatten();
+        out.extend_from_slice(b"\r\nRateLimit-Policy: ");
+        for (i, item) in items().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.push(b'"');
+            out.extend_from_slice(item.name.as_bytes());
+            out.extend_from_slice(b"\";q=");
+            out.extend_from_slice(numbers.format(item.quota).as_bytes());
+            out.extend_from_slice(b";w=");
+            out.extend_from_slice(numbers.format(item.window_s).as_bytes());
+        }
+        out.extend_from_slice(b"\r\nRateLimit: ");
+        for (i, item) in items().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.push(b'"');
+            out.extend_from_slice(item.name.as_bytes());
+            out.extend_from_slice(b"\";r=");
+            out.extend_from_slice(numbers.format(item.remaining).as_bytes());
+            out.extend_from_slice(b";t=");
+            out.extend_from_slice(numbers.format(item.reset_s).as_bytes());
+        }
+    }
+}
+
 /// What the `Connection` field must say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Persistence {
@@ -87,9 +138,20 @@ pub enum Persistence {
     Close,
 }
 
-/// Appends `response` to `out`. `head_only` omits the body of a HEAD
-/// response while keeping its `Content-Length`.
-pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, head_only: bool, persistence: Persistence) {
+/// How to frame one response on its connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Framing<'a> {
+    /// Omit the body of a HEAD response while keeping its `Content-Length`.
+    pub head_only: bool,
+    pub persistence: Persistence,
+    /// `RateLimit-Policy` and `RateLimit` fields (SPEC §4). Kept out of
+    /// [`Response`] so every response stays small to move.
+    pub rate: Option<&'a RateHeaders>,
+}
+
+/// Appends `response` to `out`.
+pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing: Framing<'_>) {
+    let Framing { head_only, persistence, rate } = framing;
     let status = response.status;
     let content_type = response.content_type.as_deref().unwrap_or_default();
     out.reserve(HEAD_FIXED_BYTES_MAX + content_type.len() + response.body.len());
@@ -118,6 +180,9 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, head_onl
     if let Some(allow) = response.allow {
         out.extend_from_slice(b"\r\nAllow: ");
         out.extend_from_slice(allow.as_bytes());
+    }
+    if let Some(rate) = rate.filter(|r| r.items.iter().any(Option::is_some)) {
+        rate.encode(out);
     }
     if let Some(seconds) = response.retry_after_s {
         out.extend_from_slice(b"\r\nRetry-After: ");

@@ -14,6 +14,8 @@ struct Seen {
     if_match: Option<Vec<u8>>,
     if_none_match: Option<Vec<u8>>,
     x_durability: Option<Vec<u8>>,
+    x_api_key: Option<Vec<u8>>,
+    forwarded_for: Option<Vec<u8>>,
     body: Vec<u8>,
 }
 
@@ -31,6 +33,8 @@ fn seen(decoded: Decoded<'_>) -> Option<(Seen, usize)> {
                 if_match: r.if_match.map(<[u8]>::to_vec),
                 if_none_match: r.if_none_match.map(<[u8]>::to_vec),
                 x_durability: r.x_durability.map(<[u8]>::to_vec),
+                x_api_key: r.x_api_key.map(<[u8]>::to_vec),
+                forwarded_for: r.forwarded_for.map(<[u8]>::to_vec),
                 body: r.body.to_vec(),
             },
             consumed,
@@ -301,6 +305,21 @@ fn conditional_fields_are_joined() {
     assert_eq!(r.if_none_match.as_deref(), Some(&b"\"a\", \"b\""[..]));
     assert_eq!(r.if_match.as_deref(), Some(&b"*"[..]));
     assert_eq!(r.x_durability.as_deref(), Some(&b"sync"[..]));
+}
+
+#[test]
+fn identity_fields() {
+    let r = check_ok(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-API-Key:  k-1 \r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nx-forwarded-for: 3.3.3.3 , 10.0.0.9 \r\n\r\n",
+        Method::Get,
+        "/",
+        "",
+    );
+    assert_eq!(r.x_api_key.as_deref(), Some(&b"k-1"[..]));
+    // The last hop of the last line: the address the nearest proxy saw.
+    assert_eq!(r.forwarded_for.as_deref(), Some(&b"10.0.0.9"[..]));
+    let doubled = decode_all_splits(b"GET / HTTP/1.1\r\nHost: x\r\nX-API-Key: a\r\nX-API-Key: b\r\n\r\n");
+    assert!(matches!(doubled, Err(HttpError::BadRequest(_))), "{doubled:?}");
 }
 
 #[test]

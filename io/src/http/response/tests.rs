@@ -8,7 +8,7 @@ fn date() -> DateCache {
 
 fn check(response: &Response, head_only: bool, persistence: Persistence, expect: &str) {
     let mut out = Vec::new();
-    encode(&mut out, response, &date(), head_only, persistence);
+    encode(&mut out, response, &date(), Framing { head_only, persistence, rate: None });
     assert_eq!(String::from_utf8(out).unwrap(), expect);
 }
 
@@ -70,4 +70,22 @@ fn date_cache_changes_each_second() {
     assert_eq!(cache.text(), &first[..]);
     cache.refresh(UNIX_EPOCH + Duration::from_secs(784_111_778));
     assert_eq!(cache.text(), b"Sun, 06 Nov 1994 08:49:38 GMT");
+}
+
+#[test]
+fn rate_limit_fields() {
+    let item = |name, quota, window_s, remaining, reset_s| RateItem { name, quota, window_s, remaining, reset_s };
+    let rate = RateHeaders { items: [Some(item("default", 100, 10, 50, 3)), Some(item("writes", 10, 1, 0, 1))] };
+    let mut out = Vec::new();
+    let framing = Framing { head_only: false, persistence: Persistence::KeepAlive11, rate: Some(&rate) };
+    encode(&mut out, &Response::new(204), &date(), framing);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\r\nRateLimit-Policy: \"default\";q=100;w=10, \"writes\";q=10;w=1\r\n"), "{text}");
+    assert!(text.contains("\r\nRateLimit: \"default\";r=50;t=3, \"writes\";r=0;t=1\r\n"), "{text}");
+    // No items, no fields.
+    let mut out = Vec::new();
+    let empty = RateHeaders::default();
+    let framing = Framing { head_only: false, persistence: Persistence::KeepAlive11, rate: Some(&empty) };
+    encode(&mut out, &Response::new(204), &date(), framing);
+    assert!(!String::from_utf8(out).unwrap().contains("RateLimit"));
 }
