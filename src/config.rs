@@ -18,7 +18,13 @@ use shardgate_shards::ratelimit::{Policy, WINDOW_MS_MAX};
 /// Flags as typed. Values stay strings so that flags, environment and file
 /// go through the same parsers and the same error messages.
 #[derive(Parser, Debug, Default)]
-#[command(name = "shardgate", version, about = "Thread-per-core, shared-nothing HTTP/1.1 key-value API server")]
+#[command(
+    name = "shardgate",
+    version,
+    about = "Thread-per-core, shared-nothing HTTP/1.1 key-value API server",
+    after_help = "Subcommand:\n  shardgate check [FLAGS]   inspect this host for the given flags (io_uring, memlock, nofile, \
+                  somaxconn, governor, THP, CPUs, fdatasync of --data-dir); prints PASS/WARN/FAIL lines, exits 1 on FAIL"
+)]
 pub struct Cli {
     /// Address every core listens on (SO_REUSEPORT) [default: 127.0.0.1:8080]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_LISTEN")]
@@ -80,6 +86,9 @@ pub struct Cli {
     /// Listen backlog of each core's socket [default: 4096]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_BACKLOG")]
     backlog: Option<String>,
+    /// Log lines as key=value text or JSON: text | json [default: text]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_LOG_FORMAT")]
+    log_format: Option<String>,
     /// TOML file with the same keys (snake_case)
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CONFIG")]
     config: Option<PathBuf>,
@@ -112,6 +121,7 @@ struct File {
     idle_timeout: Option<toml::Value>,
     body_timeout: Option<toml::Value>,
     backlog: Option<toml::Value>,
+    log_format: Option<toml::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +129,8 @@ pub enum Durability {
     Async,
     Sync,
 }
+
+pub use shardgate_io::logging::Format as LogFormat;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -147,6 +159,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
     pub backlog: i32,
+    pub log_format: LogFormat,
 }
 
 /// A message for the operator and the exit code to leave with.
@@ -158,9 +171,9 @@ pub struct Exit {
 
 const SHARDS_MAX: u32 = 1024;
 
-/// Parses the process arguments and environment into a [`Config`].
-pub fn load() -> Result<Config, Exit> {
-    let cli = match Cli::try_parse() {
+/// Parses `args` (the program name first) and the environment into a [`Config`].
+pub fn load(args: Vec<std::ffi::OsString>) -> Result<Config, Exit> {
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(error)
             if matches!(error.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) =>
@@ -365,6 +378,11 @@ fn resolve(cli: Cli, mut file: File) -> Result<Config, String> {
             parse_timeout,
         )?,
         backlog: setting("backlog", cli.backlog, file.backlog, 4096, |v| parse_count(v, 1, 1 << 20).map(|n| n as i32))?,
+        log_format: setting("log-format", cli.log_format, file.log_format, LogFormat::Text, |v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json".to_string()),
+        })?,
     })
 }
 

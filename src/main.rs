@@ -4,17 +4,24 @@
 //! - `config`: flags, `SHARDGATE_*` environment and `--config` file,
 //!   validated into one plain `Config`.
 //! - `wiring`: driver choice, CPU mapping, start-up lines, signals, drain.
+//! - `check`: `shardgate check`, the host inspection.
 //!
 //! The work itself lives in the `shardgate-io` (sockets, runtimes, HTTP) and
 //! `shardgate-shards` (pure state and rules) crates.
 
+mod check;
 mod config;
 mod wiring;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let config = match config::load() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let check = args.get(1).is_some_and(|arg| arg == "check");
+    if check {
+        args.remove(1);
+    }
+    let config = match config::load(args) {
         Ok(config) => config,
         Err(exit) => {
             if exit.code == 0 {
@@ -25,6 +32,17 @@ fn main() -> ExitCode {
             return ExitCode::from(exit.code);
         }
     };
+    if check {
+        let cpus = match wiring::allowed_cpus() {
+            Ok(cpus) => cpus,
+            Err(error) => {
+                eprintln!("shardgate: reading the CPU affinity mask: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shard_count = config.shards.unwrap_or(cpus.len() as u32);
+        return ExitCode::from(check::run(&config, shard_count, &cpus));
+    }
     match wiring::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

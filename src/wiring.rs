@@ -12,6 +12,7 @@ use shardgate_io::driver;
 use shardgate_io::http::codec::Limits;
 use shardgate_io::limit::RateLimits;
 use shardgate_io::log::{self, LogConfig};
+use shardgate_io::logging;
 use shardgate_io::server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -20,13 +21,14 @@ use crate::config::{Config, Durability};
 
 pub fn run(config: Config) -> Result<()> {
     // Register before any thread starts, so an early signal drains too.
+    logging::set_format(config.log_format);
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let cpus = allowed_cpus().context("reading the CPU affinity mask")?;
     let shard_count = config.shards.unwrap_or(cpus.len() as u32);
     let (driver, warning) =
         driver::resolve(config.io_driver).map_err(|reason| anyhow::anyhow!("--io-driver uring: {reason}"))?;
     if let Some(warning) = warning {
-        eprintln!("level=warn msg=\"{warning}\"");
+        logging::warn(&warning, &[]);
     }
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     check_data_dir(&config.data_dir, shard_count)?;
@@ -70,10 +72,10 @@ pub fn run(config: Config) -> Result<()> {
     drop(stdout);
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
-    eprintln!("level=info msg=\"draining\" signal={name}");
+    logging::info("draining", &[("signal", &name)]);
     server.shutdown();
     server.join();
-    eprintln!("level=info msg=\"stopped\"");
+    logging::info("stopped", &[]);
     Ok(())
 }
 
@@ -127,7 +129,7 @@ fn check_data_dir(data_dir: &Path, shard_count: u32) -> Result<()> {
 }
 
 /// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Result<Vec<usize>> {
+pub fn allowed_cpus() -> Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -145,8 +145,12 @@ impl Core {
             Op::Delete { key, .. } => Some((RecordOp::Delete, key.clone(), Bytes::new(), Bytes::new())),
             Op::Get { .. } => None,
         };
+        let is_read = matches!(op, Op::Get { .. });
         let mut shard = self.shard.borrow_mut();
         let outcome = shard.handle(now_ms, op);
+        if is_read {
+            self.metrics().lookup(!matches!(outcome, Outcome::NotFound));
+        }
         self.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
         drop(shard);
         let expires_at_ms = match (&outcome, &logged) {
@@ -179,7 +183,9 @@ impl Core {
 
     /// Reads a key from this core's own shard.
     pub fn read(&self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
-        self.shard.borrow_mut().get(now_ms, key, conditions)
+        let outcome = self.shard.borrow_mut().get(now_ms, key, conditions);
+        self.metrics().lookup(!matches!(outcome, Outcome::NotFound));
+        outcome
     }
 
     /// Sends `op` to its owner. Returns the future of its outcome, or the 503

@@ -11,6 +11,7 @@
 //! - [`http`]: the sans-IO HTTP/1.1 codec and response encoder.
 //! - [`driver`]: io_uring probe and driver choice.
 //! - [`log`]: a shard's segment files, its I/O thread, recovery at start.
+//! - [`logging`]: structured log lines (key=value text or JSON).
 //! - [`durable`]: a core's append buffer, group commit, durability waits.
 //! - [`metrics`]: per-shard counters and the Prometheus rendering.
 //! - [`config`]: the plain configuration the binary hands in.
@@ -24,6 +25,7 @@ pub mod durable;
 pub mod http;
 pub mod limit;
 pub mod log;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod server;

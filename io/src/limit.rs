@@ -2,9 +2,8 @@
 //!
 //! A request's identity is its `X-API-Key`, else the peer address (or,
 //! with `--trust-forwarded-for`, the last `X-Forwarded-For` hop). The
-//! identity is hashed with the routing hash (`key:`/`ip:` prefixed, so an
-//! API key never collides with an address) and its owner shard holds its
-//! windows (`shards::ratelimit`). The owner decides its own requests at
+//! identity is hashed with the routing hash (see `subject`) and its owner
+//! shard holds its windows (`shards::ratelimit`). The owner decides its own requests at
 //! once; other cores spend leased permits and ask the owner for more only
 //! when a lease runs out, so a client pays one cross-core round trip per
 //! lease, not per request.
@@ -16,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::task::Poll;
@@ -28,9 +26,9 @@ use crate::core::Core;
 use crate::http::codec::{Method, Request};
 use crate::http::response::{RateHeaders, RateItem, Response, PROBLEM_TYPE_QUOTA_EXCEEDED};
 
-/// Longest identity hashed: an API key longer than this is cut (the
-/// header-size limit bounds it anyway; this bounds the copy).
-const IDENTITY_BYTES_MAX: usize = 256;
+/// Namespaces of client identities ("key:" and "ip:" in ASCII).
+const IDENTITY_NAMESPACE_KEY: u64 = 0x6b65_793a;
+const IDENTITY_NAMESPACE_ADDRESS: u64 = 0x0069_703a;
 /// Leases a core holds at most, whatever the state budget.
 const LEASES_PER_CORE_MAX: usize = 65_536;
 const LEASES_PER_CORE_MIN: usize = 2 * crate::mesh::REPLY_QUEUE_ENTRIES;
@@ -202,33 +200,35 @@ fn ask_leases(core: &Rc<Core>, subject: &Subject, now_ms: u64) -> Option<Verdict
 }
 
 /// The identity and the policies of `request`, or None when no limit applies.
+///
+/// The identity is the routing hash (XXH3-64) of the API key, or of the
+/// address's octets (4 or 16), XORed with a namespace constant so that an
+/// API key can never name the same client as an address. Stable, like the
+/// key hash: a shared limiter in front of several nodes may rely on it.
 fn subject(limits: &RateLimits, request: &Request<'_>, peer: Option<IpAddr>, shard_count: u32) -> Option<Subject> {
-    let mut name = [0u8; IDENTITY_BYTES_MAX + 4];
-    let mut cursor = std::io::Cursor::new(&mut name[..]);
-    let mut all = limits.all;
-    match request.x_api_key {
-        Some(key) => {
-            if let Some(replacement) = limits.keys.get(key) {
-                all = *replacement;
-            }
-            let _ = cursor.write_all(b"key:");
-            let _ = cursor.write_all(&key[..key.len().min(IDENTITY_BYTES_MAX)]);
-        }
+    let all = match request.x_api_key {
+        Some(key) if !limits.keys.is_empty() => limits.keys.get(key).copied().unwrap_or(limits.all),
+        _ => limits.all,
+    };
+    let writes = limits.writes.filter(|_| !matches!(request.method, Method::Get | Method::Head));
+    if all.is_none() && writes.is_none() {
+        return None;
+    }
+    let identity = match request.x_api_key {
+        Some(key) => key_hash(key) ^ IDENTITY_NAMESPACE_KEY,
         None => {
             let forwarded = request
                 .forwarded_for
                 .filter(|_| limits.trust_forwarded_for)
                 .and_then(|hop| std::str::from_utf8(hop).ok())
                 .and_then(|hop| hop.parse::<IpAddr>().ok());
-            let _ = write!(cursor, "ip:{}", forwarded.or(peer)?);
+            let hash = match forwarded.or(peer)? {
+                IpAddr::V4(address) => key_hash(&address.octets()),
+                IpAddr::V6(address) => key_hash(&address.octets()),
+            };
+            hash ^ IDENTITY_NAMESPACE_ADDRESS
         }
-    }
-    let writes = limits.writes.filter(|_| !matches!(request.method, Method::Get | Method::Head));
-    if all.is_none() && writes.is_none() {
-        return None;
-    }
-    let length = cursor.position() as usize;
-    let identity = key_hash(&name[..length]);
+    };
     Some(Subject {
         identity,
         owner: shard_for_hash(identity, shard_count),

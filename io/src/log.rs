@@ -18,10 +18,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 use shardgate_shards::record::{self, Scan};
+
+use crate::logging;
+use crate::metrics::Metrics;
 
 /// How writes are acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,10 +125,10 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_
         let last = index + 1 == found.len();
         if !last {
             // Records after a corrupt one in an older segment are lost; say so.
-            eprintln!(
-                "level=error msg=\"corrupt record inside an older segment\" path={} offset={valid_bytes} error=\"{}\"",
-                path.display(),
-                stop.map_or("none".to_string(), |e| e.to_string())
+            let error = stop.map_or("none".to_string(), |e| e.to_string());
+            logging::error(
+                "corrupt record inside an older segment",
+                &[("path", &path.display()), ("offset", &valid_bytes), ("error", &error)],
             );
         }
         let file = OpenOptions::new().write(true).open(path)?;
@@ -147,6 +150,7 @@ pub fn spawn_writer(
     segment_bytes: u64,
     jobs: mpsc::Receiver<FlushJob>,
     flushed: Arc<Flushed>,
+    metrics: Arc<Metrics>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     flushed.durable_end.store(end, Ordering::Release);
     let mut active = open_active(&dir, end)?;
@@ -157,8 +161,11 @@ pub fn spawn_writer(
             // never dropped. Meanwhile `failed` tells the core to refuse new
             // writes.
             loop {
+                let started = Instant::now();
                 match write_job(&dir, &mut active, &job, segment_bytes) {
                     Ok(()) => {
+                        let micros = started.elapsed().as_micros() as u64;
+                        metrics.shard(shard).flushed(job.bytes.len() as u64, micros);
                         flushed.failed.store(false, Ordering::Release);
                         flushed.durable_end.store(job.start + job.bytes.len() as u64, Ordering::Release);
                         flushed.waker.wake();
@@ -166,7 +173,7 @@ pub fn spawn_writer(
                     }
                     Err(error) => {
                         if !flushed.failed.swap(true, Ordering::AcqRel) {
-                            eprintln!("level=error shard={shard} msg=\"log write failed; retrying\" error=\"{error}\"");
+                            logging::error("log write failed; retrying", &[("shard", &shard), ("error", &error)]);
                         }
                         flushed.waker.wake();
                         let _ = active.file.set_len(active.length);

@@ -3,7 +3,9 @@
 //! Each core writes only its own [`ShardMetrics`] (cache-line aligned, so
 //! cores never share a written line); any core reads all of them to answer
 //! `/metrics`. Single-writer counters are bumped with a relaxed load and
-//! store, which needs no locked instruction.
+//! store, which needs no locked instruction. The one exception to "its own
+//! core writes it": the log fields (`log_bytes_written`, `flushes`) are
+//! written only by the shard's I/O thread, still a single writer.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,9 +34,40 @@ const ROUTES: [(Route, &str); 5] = [
 const STATUSES: [u16; 23] =
     [200, 201, 204, 304, 400, 404, 405, 408, 412, 413, 414, 417, 429, 431, 500, 502, 503, 504, 507, 202, 401, 403, 0];
 
-/// Upper bounds of the request-duration histogram, in microseconds.
+/// Upper bounds of every duration histogram, in microseconds.
 const DURATION_BOUNDS_US: [u64; 14] =
     [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
+
+/// A single-writer latency histogram with `DURATION_BOUNDS_US` buckets.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; DURATION_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records `count` observations of `micros` each.
+    pub fn record(&self, micros: u64, count: u64) {
+        let slot = DURATION_BOUNDS_US.iter().position(|&b| micros <= b).unwrap_or(DURATION_BOUNDS_US.len());
+        bump(&self.buckets[slot], count);
+        bump(&self.sum_us, micros * count);
+    }
+
+    fn render(&self, out: &mut String, name: &str, shard: usize) {
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            let le = match DURATION_BOUNDS_US.get(i) {
+                Some(&bound) => format!("{}", bound as f64 / 1e6),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {cumulative}");
+    }
+}
 
 /// Selects one per-shard counter or gauge.
 type Field = fn(&ShardMetrics) -> &AtomicU64;
@@ -62,8 +95,16 @@ fn bump(counter: &AtomicU64, by: u64) {
 #[derive(Default)]
 pub struct ShardMetrics {
     requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
-    duration_buckets: [AtomicU64; DURATION_BOUNDS_US.len() + 1],
-    duration_sum_us: AtomicU64,
+    durations: Histogram,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    cache_evictions: AtomicU64,
+    stalls: AtomicU64,
+    stall_durations: Histogram,
+    /// Written by the shard's I/O thread.
+    log_bytes_written: AtomicU64,
+    /// Written by the shard's I/O thread: write + fdatasync per flush.
+    flushes: Histogram,
     hops_out: AtomicU64,
     hops_in: AtomicU64,
     shed: AtomicU64,
@@ -89,9 +130,29 @@ impl ShardMetrics {
 
     /// Records `count` requests that each took `micros`.
     pub fn duration(&self, micros: u64, count: u64) {
-        let slot = DURATION_BOUNDS_US.iter().position(|&b| micros <= b).unwrap_or(DURATION_BOUNDS_US.len());
-        bump(&self.duration_buckets[slot], count);
-        bump(&self.duration_sum_us, micros * count);
+        self.durations.record(micros, count);
+    }
+
+    /// A read found its key (`hit`) or not.
+    pub fn lookup(&self, hit: bool) {
+        bump(if hit { &self.cache_hits } else { &self.cache_misses }, 1);
+    }
+
+    /// The event loop could not run for `micros` (a stall).
+    pub fn stall(&self, micros: u64) {
+        bump(&self.stalls, 1);
+        self.stall_durations.record(micros, 1);
+    }
+
+    pub fn stall_count(&self) -> u64 {
+        self.stalls.load(Relaxed)
+    }
+
+    /// One flush of the log: `bytes` written and fdatasynced in `micros`.
+    /// Called by the shard's I/O thread only.
+    pub fn flushed(&self, bytes: u64, micros: u64) {
+        bump(&self.log_bytes_written, bytes);
+        self.flushes.record(micros, 1);
     }
 
     pub fn hop_out(&self) {
@@ -167,7 +228,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_durations(&mut out);
-        let families: [(&str, &str, &str, Field); 16] = [
+        let families: [(&str, &str, &str, Field); 21] = [
             (
                 "shardgate_cross_core_hops_total",
                 "counter",
@@ -192,6 +253,28 @@ impl Metrics {
             }),
             ("shardgate_cache_budget_bytes", "gauge", "Each shard's share of --cache-bytes.", |m| &m.bytes_max),
             ("shardgate_keys", "gauge", "Keys stored.", |m| &m.keys),
+            ("shardgate_cache_hits_total", "counter", "Reads that found their key, by owner shard.", |m| &m.cache_hits),
+            ("shardgate_cache_misses_total", "counter", "Reads of a missing or expired key, by owner shard.", |m| {
+                &m.cache_misses
+            }),
+            (
+                "shardgate_cache_evictions_total",
+                "counter",
+                "Values evicted from memory to make room (none yet: a write past the budget gets 507).",
+                |m| &m.cache_evictions,
+            ),
+            (
+                "shardgate_log_bytes_written_total",
+                "counter",
+                "Log bytes written and fdatasynced to the shard's segments.",
+                |m| &m.log_bytes_written,
+            ),
+            (
+                "shardgate_event_loop_stalls_total",
+                "counter",
+                "Times the shard's event loop could not run for over 10 ms.",
+                |m| &m.stalls,
+            ),
             ("shardgate_expired_keys_total", "counter", "Expired keys reclaimed by the background sweep.", |m| {
                 &m.expired_swept
             }),
@@ -265,21 +348,25 @@ impl Metrics {
     }
 
     fn render_durations(&self, out: &mut String) {
-        let name = "shardgate_request_duration_seconds";
-        header(out, name, "histogram", "Time from reading a request to encoding its response.");
-        for (shard, metrics) in self.shards.iter().enumerate() {
-            let mut cumulative = 0;
-            for (i, bucket) in metrics.duration_buckets.iter().enumerate() {
-                cumulative += bucket.load(Relaxed);
-                let le = match DURATION_BOUNDS_US.get(i) {
-                    Some(&bound) => format!("{}", bound as f64 / 1e6),
-                    None => "+Inf".to_string(),
-                };
-                let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}");
+        type Select = fn(&ShardMetrics) -> &Histogram;
+        let histograms: [(&str, &str, Select); 3] = [
+            ("shardgate_request_duration_seconds", "Time from reading a request to encoding its response.", |m| {
+                &m.durations
+            }),
+            ("shardgate_log_flush_duration_seconds", "One group commit: write and fdatasync of the log buffer.", |m| {
+                &m.flushes
+            }),
+            (
+                "shardgate_event_loop_stall_seconds",
+                "How long the event loop could not run, for stalls over 10 ms.",
+                |m| &m.stall_durations,
+            ),
+        ];
+        for (name, help, select) in histograms {
+            header(out, name, "histogram", help);
+            for (shard, metrics) in self.shards.iter().enumerate() {
+                select(metrics).render(out, name, shard);
             }
-            let sum = metrics.duration_sum_us.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {cumulative}");
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Start-up and the per-core tasks: one pinned thread per shard, each with
 //! its own monoio runtime, its own `SO_REUSEPORT` listener and its own shard.
 //!
-//! Per core, four kinds of task share one `Rc<Core>`: the acceptor, one task
+//! Per core, five kinds of task share one `Rc<Core>`: the acceptor, one task
 //! per connection, the mailbox task (serves other cores' requests and
-//! delivers their replies) and the ticker (deadlines, expiry sweep, gauges).
+//! delivers their replies), the ticker (deadlines, expiry sweep, leases,
+//! gauges) and the stall detector.
 
 use std::future::Future;
 use std::io;
@@ -28,6 +29,7 @@ use crate::core::{unix_ms, ConnTrack, Core, Phase};
 use crate::driver::{uring_builder, Driver, RING_ENTRIES};
 use crate::durable::{self, CoreLog};
 use crate::log::{self, Flushed};
+use crate::logging;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 
@@ -205,7 +207,7 @@ async fn core_main(
             return;
         }
     };
-    let (kv, log) = match recover(shard, &config) {
+    let (kv, log) = match recover(shard, &config, &metrics) {
         Ok(recovered) => recovered,
         Err(source) => {
             let _ = report.send(Err(StartError::Shard { shard, source }));
@@ -218,6 +220,7 @@ async fn core_main(
     core.listener_fd.set(Some(listener_fd));
     monoio::spawn(mailbox_loop(Rc::clone(&core)));
     monoio::spawn(ticker_loop(Rc::clone(&core)));
+    monoio::spawn(stall_watch(Rc::clone(&core)));
     let _ = report.send(Ok(ShardInfo { shard, cpu, driver }));
     drop(report);
     accept_loop(&core, &listener).await;
@@ -226,7 +229,7 @@ async fn core_main(
 }
 
 /// Rebuilds the shard from its segments and starts its log's I/O thread.
-fn recover(shard: u32, config: &ServerConfig) -> io::Result<(KvShard, CoreLog)> {
+fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Result<(KvShard, CoreLog)> {
     let log_config = &config.log;
     let dir = log::shard_dir(&log_config.data_dir, shard);
     let now_ms = unix_ms(SystemTime::now());
@@ -241,17 +244,28 @@ fn recover(shard: u32, config: &ServerConfig) -> io::Result<(KvShard, CoreLog)> 
             record.expires_at_ms,
         )
     })?;
-    eprintln!(
-        "level=info shard={shard} msg=\"recovered\" records={} keys={} truncated_bytes={} log_bytes={} millis={}",
-        replayed.records,
-        kv.keys(),
-        replayed.truncated_bytes,
-        replayed.end,
-        started.elapsed().as_millis()
+    logging::info(
+        "recovered",
+        &[
+            ("shard", &shard),
+            ("records", &replayed.records),
+            ("keys", &kv.keys()),
+            ("truncated_bytes", &replayed.truncated_bytes),
+            ("log_bytes", &replayed.end),
+            ("millis", &started.elapsed().as_millis()),
+        ],
     );
     let (jobs, job_queue) = mpsc::sync_channel(1);
     let flushed = Arc::new(Flushed::default());
-    log::spawn_writer(shard, dir, replayed.end, log_config.segment_bytes, job_queue, Arc::clone(&flushed))?;
+    log::spawn_writer(
+        shard,
+        dir,
+        replayed.end,
+        log_config.segment_bytes,
+        job_queue,
+        Arc::clone(&flushed),
+        Arc::clone(metrics),
+    )?;
     let core_log = CoreLog::new(
         log_config.durability,
         log_config.flush_interval,
@@ -274,7 +288,7 @@ async fn accept_loop(core: &Rc<Core>, listener: &TcpListener) {
             Ok((stream, _peer)) => stream,
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning on accept.
-                eprintln!("level=warn shard={} msg=\"accept failed\" error=\"{error}\"", core.id);
+                logging::warn("accept failed", &[("shard", &core.id), ("error", &error)]);
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -349,6 +363,39 @@ async fn ticker_loop(core: Rc<Core>) {
         let swept = shard.sweep_expired(now_ms, SWEEP_PER_TICK_MAX);
         core.metrics().expired(swept);
         core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+    }
+}
+
+/// How often the stall detector's probe wakes. A stall shows as the probe
+/// waking late, so every block longer than threshold + probe is seen.
+const STALL_PROBE: Duration = Duration::from_millis(2);
+/// Lateness counted as a stall (Seastar's reactor stall detector reports
+/// tasks that hold the loop past a threshold in the same spirit).
+const STALL_THRESHOLD: Duration = Duration::from_millis(10);
+/// At most one warning line per shard per interval; the counter counts all.
+const STALL_WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Detects the event loop being blocked: a probe sleeps `STALL_PROBE` and
+/// measures how late it woke. Nothing in a healthy loop runs long enough to
+/// delay it past `STALL_THRESHOLD`.
+async fn stall_watch(core: Rc<Core>) {
+    let mut warned_at: Option<Instant> = None;
+    loop {
+        let due = Instant::now() + STALL_PROBE;
+        monoio::time::sleep(STALL_PROBE).await;
+        let late = Instant::now().saturating_duration_since(due);
+        if late <= STALL_THRESHOLD {
+            continue;
+        }
+        let metrics = core.metrics();
+        metrics.stall(late.as_micros() as u64);
+        if warned_at.is_none_or(|at| at.elapsed() >= STALL_WARN_INTERVAL) {
+            warned_at = Some(Instant::now());
+            logging::warn(
+                "event loop stall",
+                &[("shard", &core.id), ("blocked_ms", &late.as_millis()), ("stalls_total", &metrics.stall_count())],
+            );
+        }
     }
 }
 

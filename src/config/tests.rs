@@ -115,3 +115,32 @@ fn rate_limit_policies_and_the_file_table() {
         assert_eq!(error.lines().count(), 1, "{error}");
     }
 }
+
+const DEPLOYED: &str = include_str!("../../deploy/shardgate.toml");
+
+#[test]
+fn the_deploy_file_holds_the_defaults() {
+    let deployed = resolve_args(&[], DEPLOYED).unwrap();
+    let defaults = resolve_args(&[], "").unwrap();
+    assert_eq!(deployed.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(deployed.data_dir, PathBuf::from("/var/lib/shardgate"));
+    let normalized = Config { listen: defaults.listen, data_dir: defaults.data_dir.clone(), ..deployed };
+    assert_eq!(format!("{normalized:?}"), format!("{defaults:?}"));
+}
+
+#[test]
+fn the_deploy_file_names_every_flag() {
+    use clap::CommandFactory;
+    for argument in Cli::command().get_arguments() {
+        let key = argument.get_id().as_str();
+        let key = match key {
+            "config" => continue,
+            "rate_limit" => "limit",
+            "rate_limit_writes" => "writes",
+            "rate_limit_state_bytes" => "state_bytes",
+            key => key,
+        };
+        let present = DEPLOYED.contains(&format!("\n{key} =")) || DEPLOYED.contains(&format!("\n# {key} ="));
+        assert!(present, "deploy/shardgate.toml lacks {key}");
+    }
+}

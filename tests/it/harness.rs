@@ -13,6 +13,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The start-up lines printed before the address.
     pub shard_lines: Vec<String>,
+    /// Every line the server wrote to stderr so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
@@ -67,8 +69,14 @@ impl Server {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
-        Server { child, addr, shard_lines, _data_dir: None }
+        let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&stderr_lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Server { child, addr, shard_lines, stderr: stderr_lines, _data_dir: None }
     }
 
     pub fn client(&self) -> Client {
@@ -108,6 +116,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         None
+    }
+
+    /// Stderr lines so far that contain `needle`.
+    pub fn stderr_lines_with(&self, needle: &str) -> Vec<String> {
+        self.stderr.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 
     /// The value of a metric sample, e.g. `shardgate_keys{shard="0"}`.

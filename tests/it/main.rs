@@ -8,6 +8,7 @@ mod cli;
 mod durability;
 mod kv;
 mod limits;
+mod operations;
 mod protocol;
 mod ratelimit;
 mod routing;

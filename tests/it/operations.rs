@@ -1,0 +1,152 @@
+//! Operations (issue 7): every documented metric family, `shardgate
+//! check`, structured logs, the event-loop stall detector.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{get, put, Server};
+
+/// The families README.md's Metrics table documents.
+fn documented_families() -> BTreeSet<String> {
+    let readme = include_str!("../../README.md");
+    let table = &readme[readme.find("## Metrics").expect("a Metrics section")..];
+    let table = &table[..table[3..].find("\n## ").map_or(table.len(), |end| end + 3)];
+    table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `shardgate_"))
+        .map(|rest| format!("shardgate_{}", rest.split(['`', '{']).next().unwrap()))
+        .collect()
+}
+
+fn scrape(server: &Server) -> prometheus_parse::Scrape {
+    let body = server.send(&get("/metrics")).text();
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("valid exposition format")
+}
+
+fn sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn every_documented_family_is_exposed_with_sane_values() {
+    let server = Server::start(&["--shards", "2", "--rate-limit", "1000/1s", "--rate-limit-writes", "30/10s"]);
+    let mut client = server.client();
+    let keyed = |request: String| request.replace("Host: t\r\n", "Host: t\r\nX-API-Key: ops\r\n");
+    for i in 0..20 {
+        assert!(matches!(client.request(&keyed(put(&format!("/v1/kv/m{i}"), "value"))).status, 200 | 201));
+        assert_eq!(client.request(&keyed(get(&format!("/v1/kv/m{i}")))).status, 200);
+        assert_eq!(client.request(&keyed(get(&format!("/v1/kv/absent{i}")))).status, 404);
+    }
+    for _ in 0..20 {
+        client.request(&keyed(put("/v1/kv/m0", "again")));
+    }
+    // Log flushes happen within --flush-interval; wait for them to be counted.
+    let mut metrics = scrape(&server);
+    for _ in 0..100 {
+        if sum(&metrics, "shardgate_log_flush_duration_seconds") > 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = scrape(&server);
+    }
+    let exposed: BTreeSet<String> = metrics.docs.keys().cloned().collect();
+    let documented = documented_families();
+    assert!(documented.len() >= 25, "{documented:?}");
+    let missing: Vec<_> = documented.difference(&exposed).collect();
+    let undocumented: Vec<_> = exposed.difference(&documented).collect();
+    assert!(missing.is_empty() && undocumented.is_empty(), "missing {missing:?}, undocumented {undocumented:?}");
+
+    // Prometheus naming: counters end in _total, histograms in _seconds.
+    let body = server.send(&get("/metrics")).text();
+    for line in body.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').unwrap();
+        match kind {
+            "counter" => assert!(name.ends_with("_total"), "{name}"),
+            "histogram" => assert!(name.ends_with("_seconds"), "{name}"),
+            "gauge" => assert!(!name.ends_with("_total"), "{name}"),
+            other => panic!("{name}: unexpected type {other}"),
+        }
+    }
+
+    assert_eq!(sum(&metrics, "shardgate_cache_hits_total"), 20.0);
+    assert_eq!(sum(&metrics, "shardgate_cache_misses_total"), 20.0);
+    assert_eq!(sum(&metrics, "shardgate_cache_evictions_total"), 0.0);
+    assert_eq!(sum(&metrics, "shardgate_keys"), 20.0);
+    assert!(sum(&metrics, "shardgate_log_bytes_written_total") > 20.0 * 48.0, "every put wrote a record");
+    assert!(sum(&metrics, "shardgate_log_flush_duration_seconds") >= 1.0);
+    assert_eq!(sum(&metrics, "shardgate_ratelimit_limited_total"), 10.0, "40 writes against 30/10s");
+    assert_eq!(sum(&metrics, "shardgate_ratelimit_allowed_total"), 70.0);
+    assert!(sum(&metrics, "shardgate_request_duration_seconds") >= 80.0);
+    // Histograms render before counters: a stall between the two reads can
+    // only make the counter larger.
+    assert!(sum(&metrics, "shardgate_event_loop_stalls_total") >= sum(&metrics, "shardgate_event_loop_stall_seconds"));
+    assert_eq!(sum(&metrics, "shardgate_ready"), 1.0);
+}
+
+#[test]
+fn check_prints_a_line_per_check() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["check", "--max-connections", "100", "--data-dir"])
+        .arg(data_dir.path())
+        .output()
+        .expect("run shardgate check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let names = ["kernel", "io_uring", "memlock", "nofile", "somaxconn", "governor", "thp", "cpus", "fdatasync"];
+    for name in names {
+        let line =
+            lines.iter().find(|l| l.split_whitespace().nth(1) == Some(name)).unwrap_or_else(|| panic!("{stdout}"));
+        assert!(["PASS ", "WARN ", "FAIL "].iter().any(|s| line.starts_with(s)), "{line}");
+        if !line.starts_with("PASS") {
+            assert!(line.contains("; fix: "), "a problem names its fix: {line}");
+        }
+    }
+    let fdatasync = lines.iter().find(|l| l.contains(" fdatasync ")).unwrap();
+    assert!(fdatasync.contains("median") && fdatasync.contains("p99"), "{fdatasync}");
+    let failed = lines.iter().any(|l| l.starts_with("FAIL"));
+    assert_eq!(output.status.code(), Some(i32::from(failed)), "{stdout}");
+    assert!(stdout.contains(&format!("{} checks:", names.len())), "{stdout}");
+    // The scratch file is gone.
+    assert_eq!(std::fs::read_dir(data_dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn json_logs_and_the_stall_detector() {
+    let server = Server::start(&["--shards", "2", "--log-format", "json"]);
+    // Freeze the whole process for 200 ms: every loop's probe wakes late.
+    server.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGCONT);
+    let mut stalls = 0.0;
+    for _ in 0..100 {
+        stalls = server.metric("shardgate_event_loop_stalls_total", &[]);
+        if stalls >= 2.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(stalls >= 2.0, "both shards saw the stall: {stalls}");
+    let warnings = server.stderr_lines_with("event loop stall");
+    assert!(!warnings.is_empty());
+    for line in server.stderr.lock().unwrap().iter() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        for field in ["ts", "level", "msg"] {
+            assert!(value[field].is_string(), "{line}");
+        }
+    }
+    let warning: serde_json::Value = serde_json::from_str(&warnings[0]).unwrap();
+    assert_eq!(warning["level"], "warn");
+    let blocked: u64 = warning["blocked_ms"].as_str().unwrap().parse().unwrap();
+    assert!(blocked >= 10, "{warning}");
+}
