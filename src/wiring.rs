@@ -53,6 +53,7 @@ pub fn run(config: Config) -> Result<()> {
             flush_interval: config.flush_interval,
             segment_bytes: config.segment_bytes,
             backlog_bytes_max: config.log_backlog_bytes as usize,
+            recovery_delay: recovery_delay_for_tests(),
         },
         rate_limits: RateLimits {
             all: config.rate_limit,
@@ -77,6 +78,13 @@ pub fn run(config: Config) -> Result<()> {
     server.join();
     logging::info("stopped", &[]);
     Ok(())
+}
+
+/// `SHARDGATE_TEST_RECOVERY_DELAY_MS`: a test hook that makes recovery
+/// wait, so black-box tests can watch /readyz answer 503 (SPEC §3).
+fn recovery_delay_for_tests() -> std::time::Duration {
+    let millis = std::env::var("SHARDGATE_TEST_RECOVERY_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    std::time::Duration::from_millis(millis)
 }
 
 /// Takes an exclusive lock on `DATA_DIR/lock` for the life of the process:

@@ -63,6 +63,10 @@ pub fn dispatch(core: &Rc<Core>, request: &Request<'_>, peer: Option<IpAddr>, no
         _ => Route::Other,
     };
     if matches!(route, Route::Kv | Route::Other) {
+        if !core.mesh.is_ready() {
+            let response = Response::overloaded("the shards are recovering their logs; retry shortly");
+            return Dispatched { step: Step::Ready(response), route, rate: None };
+        }
         let rate = match limit::check(core, request, peer, now_ms) {
             Verdict::Pass(rate) => rate,
             Verdict::Refuse(response, rate) => return Dispatched { step: Step::Ready(response), route, rate },
@@ -85,7 +89,7 @@ fn service(core: &Core, method: Method, route: Route) -> Response {
     match route {
         Route::Healthz => Response::text(200, "ok\n"),
         Route::Readyz if core.mesh.is_ready() => Response::text(200, "ready\n"),
-        Route::Readyz => Response { retry_after_s: Some(1), ..Response::problem(503, "shards are starting") },
+        Route::Readyz => Response::overloaded("the shards are recovering their logs"),
         _ => Response {
             status: 200,
             content_type: Some(Bytes::from_static(b"text/plain; version=0.0.4; charset=utf-8")),

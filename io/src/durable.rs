@@ -54,6 +54,13 @@ pub struct CoreLog {
 }
 
 impl CoreLog {
+    /// A log that takes no writes: the placeholder a core holds while its
+    /// shard recovers (writes are refused until every shard is ready).
+    pub fn unused() -> CoreLog {
+        let (jobs, _nobody) = mpsc::sync_channel(1);
+        CoreLog::new(Durability::Async, Duration::from_millis(5), 0, 0, 0, jobs, Arc::default())
+    }
+
     pub fn new(
         durability: Durability,
         flush_interval: Duration,

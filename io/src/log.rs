@@ -44,6 +44,9 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Bytes appended but not yet durable; past it, writes get 503.
     pub backlog_bytes_max: usize,
+    /// Test hook: recovery waits this long first, so a test can see the
+    /// server while it recovers. Zero in production.
+    pub recovery_delay: Duration,
 }
 
 /// What the I/O thread publishes to its core.

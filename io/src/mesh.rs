@@ -78,6 +78,8 @@ pub struct Mesh {
     /// Cores still draining connections during shutdown.
     draining: AtomicUsize,
     ready: AtomicBool,
+    /// Shards whose recovery finished.
+    recovered: AtomicUsize,
 }
 
 impl Mesh {
@@ -96,6 +98,7 @@ impl Mesh {
             shutdown: AtomicBool::new(false),
             draining: AtomicUsize::new(shard_count as usize),
             ready: AtomicBool::new(false),
+            recovered: AtomicUsize::new(0),
         }
     }
 
@@ -168,8 +171,13 @@ impl Mesh {
         self.draining.load(Ordering::Acquire) == 0
     }
 
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+    /// Called once by each core when its shard has recovered; the last one
+    /// makes the process ready.
+    pub fn shard_recovered(&self) {
+        let recovered = self.recovered.fetch_add(1, Ordering::AcqRel) + 1;
+        if recovered == self.mailboxes.len() {
+            self.ready.store(true, Ordering::Release);
+        }
     }
 
     pub fn is_ready(&self) -> bool {

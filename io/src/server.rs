@@ -123,7 +123,6 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         return Err(failure.unwrap_or(StartError::Shard { shard: 0, source }));
     }
     shards.sort_by_key(|info| info.shard);
-    mesh.set_ready();
     Ok(Server { local_addr: address, shards, mesh, threads })
 }
 
@@ -207,20 +206,16 @@ async fn core_main(
             return;
         }
     };
-    let (kv, log) = match recover(shard, &config, &metrics) {
-        Ok(recovered) => recovered,
-        Err(source) => {
-            let _ = report.send(Err(StartError::Shard { shard, source }));
-            return;
-        }
-    };
-    let core = Rc::new(Core::new(shard, config, mesh, metrics, kv, log));
-    monoio::spawn(durable::flusher(Rc::clone(&core.log)));
-    monoio::spawn(durable::completions(Rc::clone(&core.log), Arc::clone(&core.mesh)));
+    // The core serves at once: /healthz, and 503 everywhere else until every
+    // shard has recovered (SPEC §3). Until then it holds an empty shard and a
+    // log that is never written (dispatch refuses writes before `ready`).
+    let budget = config.cache_bytes / u64::from(config.shard_count);
+    let core = Rc::new(Core::new(shard, config, mesh, metrics, KvShard::new(budget), CoreLog::unused()));
     core.listener_fd.set(Some(listener_fd));
     monoio::spawn(mailbox_loop(Rc::clone(&core)));
     monoio::spawn(ticker_loop(Rc::clone(&core)));
     monoio::spawn(stall_watch(Rc::clone(&core)));
+    monoio::spawn(recover_in_background(Rc::clone(&core), cpu));
     let _ = report.send(Ok(ShardInfo { shard, cpu, driver }));
     drop(report);
     accept_loop(&core, &listener).await;
@@ -228,9 +223,50 @@ async fn core_main(
     drain(&core).await;
 }
 
+/// How often a core checks whether its recovery thread is done.
+const RECOVERY_POLL: Duration = Duration::from_millis(5);
+
+/// Replays the shard's segments on a thread pinned to the core's CPU (so the
+/// shard's memory is first touched on the core's NUMA node) while the event
+/// loop keeps answering /healthz and /readyz; then installs the recovered
+/// shard and log and reports the shard ready. A shard that cannot recover
+/// ends the process: serving without its data would lose writes.
+async fn recover_in_background(core: Rc<Core>, cpu: usize) {
+    let (done, outcome) = mpsc::sync_channel(1);
+    let (shard, config, metrics) = (core.id, Arc::clone(&core.config), Arc::clone(&core.metrics_all));
+    let spawned = std::thread::Builder::new().name(format!("shardgate-recover-{shard}")).spawn(move || {
+        let _ = pin_to_cpu(cpu);
+        let _ = done.send(recover(shard, &config, &metrics));
+    });
+    let recovered = match spawned {
+        Err(error) => Err(error),
+        Ok(_) => loop {
+            match outcome.try_recv() {
+                Ok(result) => break result,
+                Err(mpsc::TryRecvError::Empty) => monoio::time::sleep(RECOVERY_POLL).await,
+                Err(mpsc::TryRecvError::Disconnected) => break Err(io::Error::other("the recovery thread panicked")),
+            }
+        },
+    };
+    let (kv, log) = match recovered {
+        Ok(recovered) => recovered,
+        Err(error) => {
+            logging::error("recovery failed; exiting", &[("shard", &shard), ("error", &error)]);
+            std::process::exit(1);
+        }
+    };
+    core.metrics().store(kv.bytes_held(), kv.bytes_max(), kv.keys());
+    *core.shard.borrow_mut() = kv;
+    *core.log.borrow_mut() = log;
+    monoio::spawn(durable::flusher(Rc::clone(&core.log)));
+    monoio::spawn(durable::completions(Rc::clone(&core.log), Arc::clone(&core.mesh)));
+    core.mesh.shard_recovered();
+}
+
 /// Rebuilds the shard from its segments and starts its log's I/O thread.
 fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Result<(KvShard, CoreLog)> {
     let log_config = &config.log;
+    std::thread::sleep(log_config.recovery_delay);
     let dir = log::shard_dir(&log_config.data_dir, shard);
     let now_ms = unix_ms(SystemTime::now());
     let mut kv = KvShard::new(config.cache_bytes / u64::from(config.shard_count));

@@ -31,10 +31,29 @@ impl Server {
         server
     }
 
-    /// Starts on an existing data directory the caller keeps (for restarts).
+    /// Starts on an existing data directory the caller keeps (for restarts),
+    /// and waits until /readyz says every shard has recovered.
+    pub fn start_in(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn_in(data_dir, args, env);
+        server.wait_ready();
+        server
+    }
+
+    /// Polls /readyz until 200 (bounded by attempts, not the clock).
+    pub fn wait_ready(&self) {
+        for _ in 0..3000 {
+            if self.send("GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").status == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("shardgate never became ready");
+    }
+
+    /// Starts and returns as soon as it listens, before recovery ends.
     /// Rate limiting is off unless the test sets it: most tests send far
     /// more than the default 1000/1s from one address.
-    pub fn start_in(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub fn spawn_in(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
         let limit_set = args.iter().any(|a| a.starts_with("--rate-limit") || a.starts_with("--config"))
             || env.iter().any(|(name, _)| name.starts_with("SHARDGATE_RATE_LIMIT") || *name == "SHARDGATE_CONFIG");

@@ -31,6 +31,7 @@ fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
             flush_interval: Duration::from_millis(5),
             segment_bytes: 1 << 20,
             backlog_bytes_max: 1 << 20,
+            recovery_delay: Duration::ZERO,
         },
         rate_limits: RateLimits { state_bytes: 1 << 20, ..RateLimits::default() },
     };
