@@ -13,6 +13,7 @@ use shardgate_io::http::codec::Limits;
 use shardgate_io::limit::RateLimits;
 use shardgate_io::log::{self, LogConfig};
 use shardgate_io::logging;
+use shardgate_io::rehome;
 use shardgate_io::server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -31,7 +32,7 @@ pub fn run(config: Config) -> Result<()> {
         logging::warn(&warning, &[]);
     }
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
-    check_data_dir(&config.data_dir, shard_count)?;
+    check_data_dir(&config.data_dir, shard_count, config.segment_bytes)?;
     let server_config = ServerConfig {
         listen: config.listen,
         shard_count,
@@ -106,33 +107,37 @@ fn lock_data_dir(data_dir: &Path) -> Result<fs::File> {
 }
 
 /// Creates the data directory and records the shard count it is laid out
-/// for. A directory written with another `--shards` is refused: its keys
-/// live under their old owners, and moving them (re-homing) is not built
-/// yet; starting anyway would hide them.
-fn check_data_dir(data_dir: &Path, shard_count: u32) -> Result<()> {
+/// for. A directory written with another `--shards` is re-homed first:
+/// every key moves to its owner under the new count (`rehome`), and an
+/// interrupted re-homing is completed before anything else.
+fn check_data_dir(data_dir: &Path, shard_count: u32, segment_bytes: u64) -> Result<()> {
     fs::create_dir_all(data_dir).with_context(|| format!("creating --data-dir {}", data_dir.display()))?;
-    let marker = data_dir.join("shards");
-    match fs::read_to_string(&marker) {
-        Ok(text) => {
-            let recorded: u32 = text.trim().parse().with_context(|| format!("reading {}", marker.display()))?;
-            if recorded != shard_count {
-                bail!(
-                    "--data-dir {} holds data for --shards {recorded}; start with --shards {recorded} \
-                     (re-homing keys to a new shard count is not supported yet)",
-                    data_dir.display()
-                );
-            }
+    if rehome::finish(data_dir).context("completing an interrupted re-homing")? {
+        logging::info("completed an interrupted re-homing", &[("data_dir", &data_dir.display())]);
+    }
+    match log::shards_file_read(data_dir).with_context(|| format!("reading {}/shards", data_dir.display()))? {
+        Some(recorded) if recorded == shard_count => Ok(()),
+        Some(recorded) => {
+            logging::info("re-homing keys to a new shard count", &[("from", &recorded), ("to", &shard_count)]);
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let rehomed =
+                rehome::rehome(data_dir, recorded, shard_count, segment_bytes, now_ms).with_context(|| {
+                    format!("re-homing --data-dir {} from {recorded} to {shard_count} shards", data_dir.display())
+                })?;
+            logging::info(
+                "re-homed",
+                &[
+                    ("from", &recorded),
+                    ("to", &shard_count),
+                    ("keys", &rehomed.keys),
+                    ("bytes", &rehomed.bytes),
+                    ("millis", &rehomed.millis),
+                ],
+            );
             Ok(())
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let temporary = data_dir.join("shards.tmp");
-            fs::write(&temporary, format!("{shard_count}\n"))?;
-            fs::File::open(&temporary)?.sync_all()?;
-            fs::rename(&temporary, &marker)?;
-            fs::File::open(data_dir)?.sync_all()?;
-            Ok(())
-        }
-        Err(error) => Err(error).with_context(|| format!("reading {}", marker.display())),
+        None => log::shards_file_write(data_dir, shard_count).context("recording the shard count"),
     }
 }
 

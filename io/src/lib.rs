@@ -12,6 +12,7 @@
 //! - [`driver`]: io_uring probe and driver choice.
 //! - [`log`]: a shard's segment files, its I/O thread, recovery at start.
 //! - [`logging`]: structured log lines (key=value text or JSON).
+//! - [`rehome`]: moving every key to its owner under a new `--shards`.
 //! - [`durable`]: a core's append buffer, group commit, durability waits.
 //! - [`metrics`]: per-shard counters and the Prometheus rendering.
 //! - [`config`]: the plain configuration the binary hands in.
@@ -28,4 +29,5 @@ pub mod log;
 pub mod logging;
 pub mod mesh;
 pub mod metrics;
+pub mod rehome;
 pub mod server;

@@ -71,14 +71,53 @@ pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
     data_dir.join(format!("shard-{shard:03}"))
 }
 
-fn segment_name(first_offset: u64) -> String {
+pub(crate) fn segment_name(first_offset: u64) -> String {
     format!("{first_offset:020}.log")
 }
 
-/// A shard's segments, oldest first, as (first offset, path).
-fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+/// The file in the data directory that records the shard count its
+/// `shard-NNN` directories were written for.
+const SHARDS_FILE: &str = "shards";
+
+/// The shard count `dir` was written for, if it says.
+pub fn shards_file_read(dir: &Path) -> io::Result<Option<u32>> {
+    match fs::read_to_string(dir.join(SHARDS_FILE)) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{SHARDS_FILE} holds {text:?}"))),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Records the shard count of `dir`, crash-safely (write, fsync, rename,
+/// fsync the directory).
+pub fn shards_file_write(dir: &Path, count: u32) -> io::Result<()> {
+    let temporary = dir.join(format!("{SHARDS_FILE}.tmp"));
+    let mut file = File::create(&temporary)?;
+    file.write_all(format!("{count}\n").as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&temporary, dir.join(SHARDS_FILE))?;
+    sync_dir(dir)
+}
+
+/// Makes a directory's entries (creations, renames, deletions) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A shard's segments, oldest first, as (first offset, path). A missing
+/// directory has none.
+pub(crate) fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
         let path = entry?.path();
         let offset = path
             .file_name()

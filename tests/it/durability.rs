@@ -151,22 +151,44 @@ fn ttls_survive_restarts_and_bad_durability_headers_are_refused() {
     server.send(&get("/v1/kv/x")).assert_problem(404);
 }
 
+/// Every key is held by exactly one shard: the shards together hold the
+/// acknowledged keys plus at most the writes in flight at each kill (made
+/// durable, never acknowledged: 8 clients per round). A copy left on an old
+/// owner would count every key twice.
+fn assert_keys_once(server: &Server, acknowledged: usize, rounds: usize) {
+    let keys = server.metric("shardgate_keys", &[]) as usize;
+    assert!((acknowledged..=acknowledged + 8 * rounds).contains(&keys), "{keys} keys for {acknowledged} acknowledged");
+}
+
 #[test]
-fn a_changed_shard_count_is_refused_not_hidden() {
+fn a_changed_shard_count_rehomes_every_key_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
-    assert_eq!(server.send(&put("/v1/kv/kept", "yes")).status, 201);
-    server.signal(libc::SIGTERM);
-    server.wait_exit(Duration::from_secs(5)).expect("exited");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "3", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("holds data for --shards 2"));
-    let server = Server::start_in(dir.path(), &["--shards", "2"], &[]);
-    assert_eq!(server.send(&get("/v1/kv/kept")).text(), "yes");
+    let mut all = Vec::new();
+    // Each round writes under one shard count and is killed mid-write; the
+    // next starts with another count and must serve every acknowledged
+    // write of every round, each key from its new owner only.
+    for (round, shards) in [2u32, 3, 1, 2].into_iter().enumerate() {
+        let args = ["--shards", &shards.to_string(), "--durability", "sync"].map(str::to_string);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start_in(dir.path(), &args, &[]);
+        assert_all_present(&server, &all);
+        assert_keys_once(&server, all.len(), round);
+        if round > 0 {
+            assert_eq!(server.stderr_lines_with("msg=re-homed").len(), 1, "{:?}", server.stderr.lock().unwrap());
+        }
+        let acknowledged = write_while_killed(&server, round as u32, 8, "");
+        server.kill9();
+        assert!(acknowledged.len() > 50, "round {round}: only {} writes acknowledged", acknowledged.len());
+        all.extend(acknowledged);
+    }
+    let server = Server::start_in(dir.path(), &["--shards", "3"], &[]);
+    assert_all_present(&server, &all);
+    assert_keys_once(&server, all.len(), 4);
+    let entries: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut entries = entries;
+    entries.sort();
+    assert_eq!(entries, ["lock", "shard-000", "shard-001", "shard-002", "shards"], "no scratch left behind");
 }
 
 /// A small tmpfs, unmounted on drop.
