@@ -14,10 +14,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use shardgate_shards::compaction::Location;
 use shardgate_shards::conditions::Conditions;
 use shardgate_shards::kv::{KvShard, Op, Outcome};
 use shardgate_shards::ratelimit::{Class, Leases, Limiter, Policy, Unused};
-use shardgate_shards::record::{Record, RecordOp};
+use shardgate_shards::record::{self, Record, RecordOp};
 use shardgate_shards::route::shard_for_hash;
 use slab::Slab;
 
@@ -75,6 +76,8 @@ pub struct Core {
     pub leases: RefCell<Leases>,
     /// Connections waiting for a lease answer; woken when any arrives.
     pub lease_waiters: RefCell<Vec<Waker>>,
+    /// Reused buffer for dead record locations.
+    dead_scratch: RefCell<Vec<Location>>,
     pending: RefCell<Slab<PendingReply>>,
     pub conns: RefCell<Slab<ConnTrack>>,
     pub date: RefCell<DateCache>,
@@ -111,6 +114,7 @@ impl Core {
             )),
             leases: RefCell::new(Leases::new(config.rate_limits.leases_per_core(config.shard_count))),
             lease_waiters: RefCell::new(Vec::new()),
+            dead_scratch: RefCell::new(Vec::new()),
             pending: RefCell::new(Slab::with_capacity(REPLY_QUEUE_ENTRIES)),
             conns: RefCell::new(Slab::with_capacity(1024.min(config.connections_max))),
             date: RefCell::new(DateCache::new(now)),
@@ -145,9 +149,17 @@ impl Core {
             Op::Delete { key, .. } => Some((RecordOp::Delete, key.clone(), Bytes::new(), Bytes::new())),
             Op::Get { .. } => None,
         };
-        let is_read = matches!(op, Op::Get { .. });
+        // Where the write's record will sit, if the write happens.
+        let location = match &logged {
+            Some((_, key, value, content_type)) => Location {
+                offset: self.log.borrow().next_offset(),
+                bytes: (record::HEADER_BYTES + key.len() + value.len() + content_type.len()) as u32,
+            },
+            None => Location::NONE,
+        };
+        let is_read = logged.is_none();
         let mut shard = self.shard.borrow_mut();
-        let outcome = shard.handle(now_ms, op);
+        let outcome = shard.handle_at(now_ms, op, location);
         if is_read {
             self.metrics().lookup(!matches!(outcome, Outcome::NotFound));
         }
@@ -156,7 +168,10 @@ impl Core {
         let expires_at_ms = match (&outcome, &logged) {
             (Outcome::Stored { expires_at_ms, .. }, Some((RecordOp::Put, ..))) => *expires_at_ms,
             (Outcome::Deleted, Some((RecordOp::Delete, ..))) => None,
-            _ => return (outcome, None),
+            _ => {
+                self.settle_dead();
+                return (outcome, None);
+            }
         };
         let (op, key, value, content_type) = logged.expect("a logged outcome comes from a write");
         let record = Record {
@@ -168,8 +183,25 @@ impl Core {
             content_type: &content_type,
             value: &value,
         };
-        let end = self.log.borrow_mut().append(record, Instant::now());
-        (outcome, Some(end))
+        let mut log = self.log.borrow_mut();
+        let appended = log.append(record, op == RecordOp::Put, Instant::now());
+        assert_eq!(appended, location, "the record sits where the shard was told");
+        drop(log);
+        self.settle_dead();
+        (outcome, Some(location.end()))
+    }
+
+    /// Tells the log's segment book about records the shard stopped needing.
+    pub fn settle_dead(&self) {
+        let mut dead = self.dead_scratch.borrow_mut();
+        self.shard.borrow_mut().drain_dead(&mut dead);
+        if dead.is_empty() {
+            return;
+        }
+        let mut log = self.log.borrow_mut();
+        for location in dead.drain(..) {
+            log.book.dead(location);
+        }
     }
 
     /// The response refusing a write now (full log backlog, failing disk).
@@ -185,6 +217,9 @@ impl Core {
     pub fn read(&self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
         let outcome = self.shard.borrow_mut().get(now_ms, key, conditions);
         self.metrics().lookup(!matches!(outcome, Outcome::NotFound));
+        if matches!(outcome, Outcome::NotFound) {
+            self.settle_dead(); // The key may have just expired.
+        }
         outcome
     }
 

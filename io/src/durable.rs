@@ -8,6 +8,11 @@
 //! `--flush-interval` old. The completion task wakes the writers whose
 //! records are now durable and sends deferred replies of forwarded sync
 //! writes.
+//!
+//! Segment rolls are decided at append time by the [`SegmentBook`] (so each
+//! record's segment is known at once, for compaction); a job never spans a
+//! roll: it ends at the next roll, and the job after it starts the new
+//! segment.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -18,6 +23,9 @@ use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
+use shardgate_shards::compaction::{Location, SegmentBook};
 use shardgate_shards::kv::Outcome;
 use shardgate_shards::record::Record;
 
@@ -51,6 +59,10 @@ pub struct CoreLog {
     waiters: Vec<(u64, Waker)>,
     deferred: Vec<Deferred>,
     flusher: Option<Waker>,
+    /// Which bytes of which segment are still needed.
+    pub book: SegmentBook,
+    /// Offsets where appended, not yet flushed records start a new segment.
+    rolls: VecDeque<u64>,
 }
 
 impl CoreLog {
@@ -58,19 +70,23 @@ impl CoreLog {
     /// shard recovers (writes are refused until every shard is ready).
     pub fn unused() -> CoreLog {
         let (jobs, _nobody) = mpsc::sync_channel(1);
-        CoreLog::new(Durability::Async, Duration::from_millis(5), 0, 0, 0, jobs, Arc::default())
+        let book = SegmentBook::new(1 << 20, 0);
+        CoreLog::new(Durability::Async, Duration::from_millis(5), 0, book, 0, jobs, Arc::default())
     }
 
     pub fn new(
         durability: Durability,
         flush_interval: Duration,
         backlog_bytes_max: usize,
-        end: u64,
+        book: SegmentBook,
         sequence_max: u64,
         jobs: mpsc::SyncSender<FlushJob>,
         flushed: Arc<Flushed>,
     ) -> CoreLog {
+        let end = book.end();
         CoreLog {
+            book,
+            rolls: VecDeque::new(),
             durability,
             flush_interval,
             backlog_bytes_max,
@@ -109,17 +125,27 @@ impl CoreLog {
         self.pending_start + self.pending.len() as u64
     }
 
-    /// Appends a record (its `sequence` is assigned here) and returns the log
-    /// offset just past it.
-    pub fn append(&mut self, mut record: Record<'_>, now: Instant) -> u64 {
+    /// Offset of the next record appended.
+    pub fn next_offset(&self) -> u64 {
+        self.appended_end()
+    }
+
+    /// Appends a record (its `sequence` is assigned here) and returns where
+    /// it sits. `live`: the record is needed (a put) rather than a tombstone.
+    pub fn append(&mut self, mut record: Record<'_>, live: bool, now: Instant) -> Location {
         self.sequence += 1;
         record.sequence = self.sequence;
+        let (location, rolled) = self.book.append(record.encoded_bytes() as u32, live);
+        assert_eq!(location.offset, self.appended_end(), "the book and the buffer agree");
+        if rolled {
+            self.rolls.push_back(location.offset);
+        }
         record.encode(&mut self.pending);
         self.first_pending_at.get_or_insert(now);
         if let Some(waker) = self.flusher.take() {
             waker.wake();
         }
-        self.appended_end()
+        location
     }
 
     /// Holds a forwarded sync write's reply until `end` is durable.
@@ -193,13 +219,26 @@ pub async fn flusher(log: Rc<RefCell<CoreLog>>) {
             _ = wait_for_sync => {},
         }
         let mut state = log.borrow_mut();
-        let bytes = std::mem::take(&mut state.pending);
         let start = state.pending_start;
+        let new_segment = state.rolls.front() == Some(&start);
+        if new_segment {
+            state.rolls.pop_front();
+        }
+        // A job ends where the next segment begins.
+        let bytes = match state.rolls.front() {
+            Some(&roll) => {
+                let rest = state.pending.split_off((roll - start) as usize);
+                std::mem::replace(&mut state.pending, rest)
+            }
+            None => std::mem::take(&mut state.pending),
+        };
         state.pending_start += bytes.len() as u64;
         state.in_flight_end = Some(state.pending_start);
-        state.first_pending_at = None;
-        state.sync_wanted = false;
-        let sent = state.jobs.try_send(FlushJob { start, bytes });
+        if state.pending.is_empty() {
+            state.first_pending_at = None;
+            state.sync_wanted = false;
+        }
+        let sent = state.jobs.try_send(FlushJob { start, bytes, new_segment });
         assert!(sent.is_ok(), "one flush job at a time");
     }
 }

@@ -13,11 +13,13 @@
 //! - [`log`]: a shard's segment files, its I/O thread, recovery at start.
 //! - [`logging`]: structured log lines (key=value text or JSON).
 //! - [`rehome`]: moving every key to its owner under a new `--shards`.
+//! - [`compact`]: background compaction of a shard's log segments.
 //! - [`durable`]: a core's append buffer, group commit, durability waits.
 //! - [`metrics`]: per-shard counters and the Prometheus rendering.
 //! - [`config`]: the plain configuration the binary hands in.
 
 pub mod api;
+pub mod compact;
 pub mod config;
 pub mod conn;
 pub mod core;

@@ -21,6 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
+use shardgate_shards::compaction::Location;
 use shardgate_shards::record::{self, Scan};
 
 use crate::logging;
@@ -64,6 +65,8 @@ pub struct Flushed {
 pub struct FlushJob {
     pub start: u64,
     pub bytes: Vec<u8>,
+    /// The bytes begin a new segment named by `start`.
+    pub new_segment: bool,
 }
 
 /// The directory of shard `shard`.
@@ -142,11 +145,13 @@ pub struct Replayed {
     /// The log offset where appends continue.
     pub end: u64,
     pub sequence_max: u64,
+    /// Each segment's first offset and valid bytes, oldest first.
+    pub segments: Vec<(u64, u64)>,
 }
 
 /// Reads a shard's segments, hands the live state to `restore`, truncates a
 /// torn tail of the last segment, and returns where the log continues.
-pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_>)) -> io::Result<Replayed> {
+pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_>, Location)) -> io::Result<Replayed> {
     fs::create_dir_all(dir)?;
     let found = segments(dir)?;
     let contents: Vec<Vec<u8>> = found.iter().map(|(_, path)| fs::read(path)).collect::<io::Result<_>>()?;
@@ -155,7 +160,8 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_
     let mut live: Vec<_> = recovered.live.values().collect();
     live.sort_by_key(|located| (located.segment, located.offset));
     for located in live {
-        restore(located.record);
+        let offset = found[located.segment].0 + located.offset as u64;
+        restore(located.record, Location { offset, bytes: located.record.encoded_bytes() as u32 });
     }
     let mut truncated_bytes = 0;
     for (index, (scan, (_, path))) in recovered.scans.iter().zip(&found).enumerate() {
@@ -180,7 +186,9 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_
     }
     let end = found.last().map_or(0, |(first, _)| first + recovered.scans.last().map_or(0, |s| s.valid_bytes as u64));
     let records = recovered.scans.iter().map(|s| s.records).sum();
-    Ok(Replayed { records, truncated_bytes, end, sequence_max: recovered.sequence_max })
+    let segments =
+        found.iter().zip(&recovered.scans).map(|((first, _), scan)| (*first, scan.valid_bytes as u64)).collect();
+    Ok(Replayed { records, truncated_bytes, end, sequence_max: recovered.sequence_max, segments })
 }
 
 /// The shard's I/O thread: appends each job to the active segment, rolls
@@ -189,7 +197,6 @@ pub fn spawn_writer(
     shard: u32,
     dir: PathBuf,
     end: u64,
-    segment_bytes: u64,
     jobs: mpsc::Receiver<FlushJob>,
     flushed: Arc<Flushed>,
     metrics: Arc<Metrics>,
@@ -204,7 +211,7 @@ pub fn spawn_writer(
             // writes.
             loop {
                 let started = Instant::now();
-                match write_job(&dir, &mut active, &job, segment_bytes) {
+                match write_job(&dir, &mut active, &job) {
                     Ok(()) => {
                         let micros = started.elapsed().as_micros() as u64;
                         metrics.shard(shard).flushed(job.bytes.len() as u64, micros);
@@ -260,9 +267,9 @@ fn create_segment(dir: &Path, first_offset: u64) -> io::Result<Active> {
     Ok(Active { file, first_offset, length: 0 })
 }
 
-fn write_job(dir: &Path, active: &mut Active, job: &FlushJob, segment_bytes: u64) -> io::Result<()> {
+fn write_job(dir: &Path, active: &mut Active, job: &FlushJob) -> io::Result<()> {
     assert_eq!(job.start, active.first_offset + active.length, "flush jobs are contiguous");
-    if active.length > 0 && active.length + job.bytes.len() as u64 > segment_bytes {
+    if job.new_segment {
         *active = create_segment(dir, job.start)?;
     }
     active.file.write_all(&job.bytes)?;

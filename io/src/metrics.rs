@@ -105,6 +105,11 @@ pub struct ShardMetrics {
     log_bytes_written: AtomicU64,
     /// Written by the shard's I/O thread: write + fdatasync per flush.
     flushes: Histogram,
+    log_disk_bytes: AtomicU64,
+    log_live_bytes: AtomicU64,
+    compactions: AtomicU64,
+    compaction_reclaimed: AtomicU64,
+    compaction_steps: Histogram,
     hops_out: AtomicU64,
     hops_in: AtomicU64,
     shed: AtomicU64,
@@ -146,6 +151,22 @@ impl ShardMetrics {
 
     pub fn stall_count(&self) -> u64 {
         self.stalls.load(Relaxed)
+    }
+
+    /// A compaction step ran for `micros` on the event loop.
+    pub fn compaction_step(&self, micros: u64) {
+        self.compaction_steps.record(micros, 1);
+    }
+
+    /// A segment of `bytes` was compacted away.
+    pub fn compacted(&self, bytes: u64) {
+        bump(&self.compactions, 1);
+        bump(&self.compaction_reclaimed, bytes);
+    }
+
+    pub fn log_bytes(&self, disk: u64, live: u64) {
+        self.log_disk_bytes.store(disk, Relaxed);
+        self.log_live_bytes.store(live, Relaxed);
     }
 
     /// One flush of the log: `bytes` written and fdatasynced in `micros`.
@@ -228,7 +249,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_durations(&mut out);
-        let families: [(&str, &str, &str, Field); 21] = [
+        let families: [(&str, &str, &str, Field); 25] = [
             (
                 "shardgate_cross_core_hops_total",
                 "counter",
@@ -268,6 +289,17 @@ impl Metrics {
                 "counter",
                 "Log bytes written and fdatasynced to the shard's segments.",
                 |m| &m.log_bytes_written,
+            ),
+            ("shardgate_log_disk_bytes", "gauge", "Bytes in the shard's log segments.", |m| &m.log_disk_bytes),
+            ("shardgate_log_live_bytes", "gauge", "Bytes of log records still needed (current values).", |m| {
+                &m.log_live_bytes
+            }),
+            ("shardgate_compactions_total", "counter", "Segments compacted away.", |m| &m.compactions),
+            (
+                "shardgate_compaction_reclaimed_bytes_total",
+                "counter",
+                "Segment bytes deleted by compaction (their live records were copied first).",
+                |m| &m.compaction_reclaimed,
             ),
             (
                 "shardgate_event_loop_stalls_total",
@@ -349,13 +381,18 @@ impl Metrics {
 
     fn render_durations(&self, out: &mut String) {
         type Select = fn(&ShardMetrics) -> &Histogram;
-        let histograms: [(&str, &str, Select); 3] = [
+        let histograms: [(&str, &str, Select); 4] = [
             ("shardgate_request_duration_seconds", "Time from reading a request to encoding its response.", |m| {
                 &m.durations
             }),
             ("shardgate_log_flush_duration_seconds", "One group commit: write and fdatasync of the log buffer.", |m| {
                 &m.flushes
             }),
+            (
+                "shardgate_compaction_step_seconds",
+                "One step of compaction work on the event loop (bounded to yield to requests).",
+                |m| &m.compaction_steps,
+            ),
             (
                 "shardgate_event_loop_stall_seconds",
                 "How long the event loop could not run, for stalls over 10 ms.",

@@ -21,8 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use monoio::net::TcpListener;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use shardgate_shards::compaction::SegmentBook;
 use shardgate_shards::kv::KvShard;
 
+use crate::compact;
 use crate::config::ServerConfig;
 use crate::conn;
 use crate::core::{unix_ms, ConnTrack, Core, Phase};
@@ -260,6 +262,7 @@ async fn recover_in_background(core: Rc<Core>, cpu: usize) {
     *core.log.borrow_mut() = log;
     monoio::spawn(durable::flusher(Rc::clone(&core.log)));
     monoio::spawn(durable::completions(Rc::clone(&core.log), Arc::clone(&core.mesh)));
+    monoio::spawn(compact::compactor(Rc::clone(&core)));
     core.mesh.shard_recovered();
 }
 
@@ -271,15 +274,22 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
     let now_ms = unix_ms(SystemTime::now());
     let mut kv = KvShard::new(config.cache_bytes / u64::from(config.shard_count));
     let started = Instant::now();
-    let replayed = log::replay(&dir, now_ms, |record| {
+    let mut live = Vec::new();
+    let replayed = log::replay(&dir, now_ms, |record, location| {
         kv.restore(
             now_ms,
             Bytes::copy_from_slice(record.key),
             Bytes::copy_from_slice(record.value),
             Bytes::copy_from_slice(record.content_type),
             record.expires_at_ms,
-        )
+            location,
+        );
+        live.push(location);
     })?;
+    let mut book = SegmentBook::recovered(log_config.segment_bytes, &replayed.segments);
+    for location in live {
+        book.restore_live(location);
+    }
     logging::info(
         "recovered",
         &[
@@ -293,20 +303,12 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
     );
     let (jobs, job_queue) = mpsc::sync_channel(1);
     let flushed = Arc::new(Flushed::default());
-    log::spawn_writer(
-        shard,
-        dir,
-        replayed.end,
-        log_config.segment_bytes,
-        job_queue,
-        Arc::clone(&flushed),
-        Arc::clone(metrics),
-    )?;
+    log::spawn_writer(shard, dir, replayed.end, job_queue, Arc::clone(&flushed), Arc::clone(metrics))?;
     let core_log = CoreLog::new(
         log_config.durability,
         log_config.flush_interval,
         log_config.backlog_bytes_max,
-        replayed.end,
+        book,
         replayed.sequence_max,
         jobs,
         flushed,
@@ -399,6 +401,10 @@ async fn ticker_loop(core: Rc<Core>) {
         let swept = shard.sweep_expired(now_ms, SWEEP_PER_TICK_MAX);
         core.metrics().expired(swept);
         core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+        drop(shard);
+        core.settle_dead();
+        let log = core.log.borrow();
+        core.metrics().log_bytes(log.book.disk_bytes(), log.book.live_bytes());
     }
 }
 

@@ -18,6 +18,7 @@ use std::hash::BuildHasher;
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
 
+use crate::compaction::Location;
 use crate::conditions::{Conditions, Etag, Verdict};
 
 /// Longest key in bytes, after percent-decoding (SPEC §2).
@@ -25,7 +26,7 @@ pub const KEY_BYTES_MAX: usize = 1024;
 
 /// Fixed per-entry charge covering the map slot (key and entry handles, tag,
 /// expiry), the three heap allocations' headers and the expiry index node.
-/// Measured layout: 32 (key `Bytes`) + 80 (`Entry`) + 1 control byte, plus
+/// Measured layout: 32 (key `Bytes`) + 96 (`Entry`) + 1 control byte, plus
 /// about 16 bytes of allocator header per allocation, rounded up.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 192;
 
@@ -124,12 +125,23 @@ struct Entry {
     content_type: Bytes,
     etag: Etag,
     expires_at_ms: Option<u64>,
+    /// The log record holding this value ([`Location::NONE`]: not logged).
+    location: Location,
 }
 
 impl Entry {
     fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
     }
+}
+
+/// A value about to be stored, with where its record goes.
+struct Stored {
+    key: Bytes,
+    value: Bytes,
+    content_type: Bytes,
+    expires_at_ms: Option<u64>,
+    location: Location,
 }
 
 fn entry_bytes(key: &[u8], value: &[u8], content_type: &[u8]) -> u64 {
@@ -152,6 +164,9 @@ pub struct KvShard {
     keys: usize,
     books: Books,
     bytes_max: u64,
+    /// Locations of records that stopped being needed (their entry was
+    /// replaced, deleted or expired), for the log's segment book.
+    dead: Vec<Location>,
 }
 
 fn partition_of(hash: u64) -> usize {
@@ -195,6 +210,7 @@ impl KvShard {
             keys: 0,
             books: Books { bytes_held: 0, expiry: BTreeSet::new() },
             bytes_max,
+            dead: Vec::new(),
         }
     }
 
@@ -217,12 +233,18 @@ impl KvShard {
 
     /// Applies one operation at time `now_ms` and returns its outcome.
     pub fn handle(&mut self, now_ms: u64, op: Op) -> Outcome {
+        self.handle_at(now_ms, op, Location::NONE)
+    }
+
+    /// As [`KvShard::handle`], for a write whose log record, if it is
+    /// written, will sit at `location`.
+    pub fn handle_at(&mut self, now_ms: u64, op: Op, location: Location) -> Outcome {
         assert!(!op.key().is_empty() && op.key().len() <= KEY_BYTES_MAX, "key length unchecked");
         let outcome = match op {
             Op::Get { key, conditions } => self.get(now_ms, &key, &conditions),
             Op::Put { key, value, content_type, ttl_ms, conditions } => {
                 let expires_at_ms = ttl_ms.map(|ttl| now_ms.saturating_add(ttl));
-                self.put(now_ms, key, value, content_type, expires_at_ms, &conditions)
+                self.put(now_ms, Stored { key, value, content_type, expires_at_ms, location }, &conditions)
             }
             Op::Delete { key, conditions } => self.delete(now_ms, &key, &conditions),
         };
@@ -241,6 +263,9 @@ impl KvShard {
                 let ((key, entry), _) = occupied.remove();
                 self.keys -= 1;
                 self.books.forget(&key, &entry);
+                if !entry.location.is_none() {
+                    self.dead.push(entry.location);
+                }
                 None
             }
             Ok(occupied) => Some(&occupied.into_mut().1),
@@ -264,15 +289,8 @@ impl KvShard {
         }
     }
 
-    fn put(
-        &mut self,
-        now_ms: u64,
-        key: Bytes,
-        value: Bytes,
-        content_type: Bytes,
-        expires_at_ms: Option<u64>,
-        conditions: &Conditions,
-    ) -> Outcome {
+    fn put(&mut self, now_ms: u64, stored: Stored, conditions: &Conditions) -> Outcome {
+        let Stored { key, value, content_type, expires_at_ms, location } = stored;
         let current = self.live(now_ms, &key).map(|e| e.etag);
         if conditions.evaluate(current, false) != Verdict::Proceed {
             return Outcome::PreconditionFailed;
@@ -287,7 +305,7 @@ impl KvShard {
         let created = self.remove(&key).is_none();
         let etag = Etag::of(&content_type, &value);
         let content_type = interned(content_type);
-        let entry = Entry { value, content_type, etag, expires_at_ms };
+        let entry = Entry { value, content_type, etag, expires_at_ms, location };
         self.books.add(&key, &entry);
         let hash = self.hash(&key);
         let hasher = &self.hasher;
@@ -322,25 +340,61 @@ impl KvShard {
         let ((key, entry), _) = occupied.remove();
         self.keys -= 1;
         self.books.forget(&key, &entry);
+        if !entry.location.is_none() {
+            self.dead.push(entry.location);
+        }
         Some(entry)
     }
 
     /// Puts a recovered value back without preconditions or the budget
     /// check: it was accepted once, and losing it is not an option. A value
     /// already expired at `now_ms` is skipped.
-    pub fn restore(&mut self, now_ms: u64, key: Bytes, value: Bytes, content_type: Bytes, expires_at_ms: Option<u64>) {
+    pub fn restore(
+        &mut self,
+        now_ms: u64,
+        key: Bytes,
+        value: Bytes,
+        content_type: Bytes,
+        expires_at_ms: Option<u64>,
+        location: Location,
+    ) {
         assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "recovered key length unchecked");
         if expires_at_ms.is_some_and(|at| at <= now_ms) {
             return;
         }
         self.remove(&key);
         let etag = Etag::of(&content_type, &value);
-        let entry = Entry { value, content_type: interned(content_type), etag, expires_at_ms };
+        let entry = Entry { value, content_type: interned(content_type), etag, expires_at_ms, location };
         self.books.add(&key, &entry);
         let hash = self.hash(&key);
         let hasher = &self.hasher;
         self.partitions[partition_of(hash)].insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(&k[..]));
         self.keys += 1;
+    }
+
+    /// Moves the locations of records that stopped being needed into `into`.
+    pub fn drain_dead(&mut self, into: &mut Vec<Location>) {
+        into.append(&mut self.dead);
+    }
+
+    /// Where the live value of `key` is logged, if it is live at `now_ms`.
+    pub fn live_location(&mut self, now_ms: u64, key: &[u8]) -> Option<Location> {
+        self.live(now_ms, key).map(|entry| entry.location)
+    }
+
+    /// Points `key`'s entry at a copy of its record, if it still is the
+    /// record at `from` (compaction copies a record, then moves the entry).
+    /// Returns whether it moved.
+    pub fn relocate(&mut self, key: &[u8], from: Location, to: Location) -> bool {
+        let hash = self.hash(key);
+        let found = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| &k[..] == key);
+        match found {
+            Some((_, entry)) if entry.location == from => {
+                entry.location = to;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Drops up to `entries_max` entries whose expiry is at or before

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`route`]: the key hash and the owner-shard function. Stable across
 //!   versions: the durable log and future multi-node routing depend on it.
+//! - [`compaction`]: per-segment live and dead bytes, record locations,
+//!   and which segment to compact next.
 //! - [`conditions`]: entity tags and `If-Match` / `If-None-Match` evaluation.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
@@ -15,6 +17,7 @@
 //! never reads the clock. Time comes in as an argument (`now_ms`), results go
 //! out as values.
 
+pub mod compaction;
 pub mod conditions;
 pub mod kv;
 pub mod ratelimit;
