@@ -55,6 +55,7 @@ pub fn run(config: Config) -> Result<()> {
             segment_bytes: config.segment_bytes,
             backlog_bytes_max: config.log_backlog_bytes as usize,
             recovery_delay: recovery_delay_for_tests(),
+            full_disk_switch: std::env::var_os("SHARDGATE_TEST_FULL_DISK_FILE").map(std::path::PathBuf::from),
         },
         rate_limits: RateLimits {
             all: config.rate_limit,
@@ -81,6 +82,10 @@ pub fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// Test hooks, read from the environment only here: `SHARDGATE_TEST_FULL_DISK_FILE`
+/// names a file whose existence makes log writes fail with ENOSPC (the
+/// storage fault seam, `log::FullWhile`).
+///
 /// `SHARDGATE_TEST_RECOVERY_DELAY_MS`: a test hook that makes recovery
 /// wait, so black-box tests can watch /readyz answer 503 (SPEC §3).
 fn recovery_delay_for_tests() -> std::time::Duration {

@@ -230,7 +230,12 @@ pub async fn flusher(log: Rc<RefCell<CoreLog>>) {
                 let rest = state.pending.split_off((roll - start) as usize);
                 std::mem::replace(&mut state.pending, rest)
             }
-            None => std::mem::take(&mut state.pending),
+            // Keep the buffer's size for the next group: growing it again
+            // from empty would copy megabytes per doubling on the loop.
+            None => {
+                let capacity = state.pending.capacity();
+                std::mem::replace(&mut state.pending, Vec::with_capacity(capacity))
+            }
         };
         state.pending_start += bytes.len() as u64;
         state.in_flight_end = Some(state.pending_start);

@@ -48,6 +48,57 @@ pub struct LogConfig {
     /// Test hook: recovery waits this long first, so a test can see the
     /// server while it recovers. Zero in production.
     pub recovery_delay: Duration,
+    /// Test hook: while this file exists, log writes fail with ENOSPC
+    /// ([`FullWhile`]). None in production.
+    pub full_disk_switch: Option<PathBuf>,
+}
+
+/// The file operations of a shard's I/O thread: the seam where tests
+/// inject storage faults (a full disk) without filling a real one.
+pub trait Storage: Send {
+    fn write_all(&self, file: &mut File, bytes: &[u8]) -> io::Result<()>;
+    fn sync_data(&self, file: &File) -> io::Result<()>;
+}
+
+/// The real disk.
+pub struct Disk;
+
+impl Storage for Disk {
+    fn write_all(&self, file: &mut File, bytes: &[u8]) -> io::Result<()> {
+        file.write_all(bytes)
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+}
+
+/// A disk that is full while `switch` exists: a write then stores half its
+/// bytes and fails with ENOSPC, as a real full disk does mid-write.
+pub struct FullWhile {
+    pub switch: PathBuf,
+}
+
+impl Storage for FullWhile {
+    fn write_all(&self, file: &mut File, bytes: &[u8]) -> io::Result<()> {
+        if self.switch.exists() {
+            file.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        file.write_all(bytes)
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+}
+
+/// The storage a log config asks for.
+pub fn storage_for(config: &LogConfig) -> Box<dyn Storage> {
+    match &config.full_disk_switch {
+        Some(switch) => Box::new(FullWhile { switch: switch.clone() }),
+        None => Box::new(Disk),
+    }
 }
 
 /// What the I/O thread publishes to its core.
@@ -200,6 +251,7 @@ pub fn spawn_writer(
     jobs: mpsc::Receiver<FlushJob>,
     flushed: Arc<Flushed>,
     metrics: Arc<Metrics>,
+    storage: Box<dyn Storage>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     flushed.durable_end.store(end, Ordering::Release);
     let mut active = open_active(&dir, end)?;
@@ -211,7 +263,7 @@ pub fn spawn_writer(
             // writes.
             loop {
                 let started = Instant::now();
-                match write_job(&dir, &mut active, &job) {
+                match write_job(&dir, &mut active, &job, storage.as_ref()) {
                     Ok(()) => {
                         let micros = started.elapsed().as_micros() as u64;
                         metrics.shard(shard).flushed(job.bytes.len() as u64, micros);
@@ -267,13 +319,16 @@ fn create_segment(dir: &Path, first_offset: u64) -> io::Result<Active> {
     Ok(Active { file, first_offset, length: 0 })
 }
 
-fn write_job(dir: &Path, active: &mut Active, job: &FlushJob) -> io::Result<()> {
+fn write_job(dir: &Path, active: &mut Active, job: &FlushJob, storage: &dyn Storage) -> io::Result<()> {
     assert_eq!(job.start, active.first_offset + active.length, "flush jobs are contiguous");
     if job.new_segment {
         *active = create_segment(dir, job.start)?;
     }
-    active.file.write_all(&job.bytes)?;
-    active.file.sync_data()?;
+    storage.write_all(&mut active.file, &job.bytes)?;
+    storage.sync_data(&active.file)?;
     active.length += job.bytes.len() as u64;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

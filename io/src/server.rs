@@ -303,7 +303,8 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
     );
     let (jobs, job_queue) = mpsc::sync_channel(1);
     let flushed = Arc::new(Flushed::default());
-    log::spawn_writer(shard, dir, replayed.end, job_queue, Arc::clone(&flushed), Arc::clone(metrics))?;
+    let storage = log::storage_for(log_config);
+    log::spawn_writer(shard, dir, replayed.end, job_queue, Arc::clone(&flushed), Arc::clone(metrics), storage)?;
     let core_log = CoreLog::new(
         log_config.durability,
         log_config.flush_interval,

@@ -465,3 +465,52 @@ fn check_rounds(server: &Server, last: &std::collections::HashMap<String, u32>) 
         assert!(found == *round || found == round + 8, "{key}: acknowledged {round}, found {found}");
     }
 }
+
+#[test]
+fn a_full_disk_through_the_fault_seam_gives_507_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = dir.path().join("disk-is-full");
+    let switch_env = switch.to_str().unwrap().to_string();
+    let data = dir.path().join("data");
+    let env = [("SHARDGATE_TEST_FULL_DISK_FILE", switch_env.as_str())];
+    let mut server = Server::start_in(&data, &["--shards", "1"], &env);
+    assert_eq!(server.send(&put("/v1/kv/before", "1")).status, 201);
+    std::fs::write(&switch, b"").unwrap();
+    // Acknowledged at append (async): kept in memory and retried, not lost.
+    assert_eq!(server.send(&put("/v1/kv/during", "2")).status, 201);
+    let mut refused = None;
+    for i in 0..500 {
+        let response = server.send(&put(&format!("/v1/kv/refused{i}"), "3"));
+        if response.status == 507 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status, 201);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused = refused.expect("writes turn into 507 once the disk refuses them");
+    refused.assert_problem(507);
+    let sync = "PUT /v1/kv/sync HTTP/1.1\r\nHost: t\r\nX-Durability: sync\r\nContent-Length: 1\r\n\r\n4";
+    assert_eq!(server.send(sync).status, 507);
+    // Reads keep working.
+    assert_eq!(server.send(&get("/v1/kv/before")).text(), "1");
+    assert_eq!(server.send(&get("/v1/kv/during")).text(), "2");
+    // Space returns: writes work again.
+    std::fs::remove_file(&switch).unwrap();
+    let mut recovered = false;
+    for _ in 0..500 {
+        if server.send(&put("/v1/kv/after", "5")).status == 201 {
+            recovered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(recovered, "writes resume when space returns");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let server = Server::start_in(&data, &["--shards", "1"], &[]);
+    for (key, value) in [("before", "1"), ("during", "2"), ("after", "5")] {
+        assert_eq!(server.send(&get(&format!("/v1/kv/{key}"))).text(), value, "{key}");
+    }
+    assert_eq!(server.send(&get("/v1/kv/sync")).status, 404, "a refused write is not stored");
+}

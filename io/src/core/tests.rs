@@ -32,6 +32,7 @@ fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
             segment_bytes: 1 << 20,
             backlog_bytes_max: 1 << 20,
             recovery_delay: Duration::ZERO,
+            full_disk_switch: None,
         },
         rate_limits: RateLimits { state_bytes: 1 << 20, ..RateLimits::default() },
     };
