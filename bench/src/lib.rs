@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`accuracy`]: the rate limiter's error against an exact sliding log.
+//! - [`eviction`]: hit ratio of S3-FIFO against LRU and CLOCK.
 //! - [`schedule`]: open-loop arrival profiles (steady, bursts) and due times.
 //! - [`workload`]: request generation (Zipf keys, value sizes, read/write mix,
 //!   API keys) for shardgate, webdis or a static server.
@@ -16,6 +17,7 @@
 
 pub mod accuracy;
 pub mod conn;
+pub mod eviction;
 pub mod execute;
 pub mod hop;
 pub mod origin;

@@ -93,6 +93,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Hit ratio of the value cache's S3-FIFO against LRU and CLOCK on Zipf 0.99 traces.
+    Eviction {
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 2_000_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Prints one Markdown table from the JSON files `run --out-dir` wrote, in the order given.
     Table {
         #[arg(required = true)]
@@ -181,6 +190,9 @@ fn main() -> Result<()> {
             let policy = shardgate_shards::ratelimit::Policy::new(limit, window_ms)
                 .context("--limit must be ≥ 1 and --window-ms from 1 to 86400000")?;
             print!("{}", shardgate_bench::accuracy::report(policy, windows, seed));
+        }
+        Command::Eviction { keys, requests, seed } => {
+            print!("{}", shardgate_bench::eviction::report(keys, requests, seed));
         }
         Command::Table { files } => {
             let mut rows = Vec::new();

@@ -2,7 +2,9 @@
 //! key-value API of SPEC §2 and §3.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use crate::http::response::{RateHeaders, Response};
 use crate::limit::{self, LeaseWait, Verdict};
 use crate::log::Durability;
 use crate::metrics::Route;
+use crate::reader::read_cold;
 
 const KV_PREFIX: &[u8] = b"/v1/kv/";
 const KV_ALLOW: &str = "GET, HEAD, PUT, DELETE";
@@ -36,6 +39,11 @@ pub enum Step {
     Durable {
         wait: DurableFuture,
         response: Response,
+    },
+    /// The value was evicted: read from its segment on this core.
+    Disk {
+        read: Pin<Box<dyn Future<Output = Result<Outcome, Response>>>>,
+        owner: u32,
     },
     /// The client's rate limit needs a lease from another shard first: the
     /// request is left unconsumed and decided again once `LeaseWait` ends.
@@ -115,7 +123,14 @@ fn kv(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[u8], now_
     let local = owner == core.id;
     let op = match request.method {
         Method::Get | Method::Head if local => {
-            return Step::Ready(kv_response(core.read(now_ms, &key, &conditions), owner, shard_count));
+            return match core.read(now_ms, &key, &conditions) {
+                Outcome::Cold { location, content_type, etag } => {
+                    let key = Bytes::copy_from_slice(&key);
+                    let read = Box::pin(read_cold(Rc::clone(core), key, location, content_type, etag));
+                    Step::Disk { read, owner }
+                }
+                outcome => Step::Ready(kv_response(outcome, owner, shard_count)),
+            };
         }
         Method::Get | Method::Head => Op::Get { key: Bytes::copy_from_slice(&key), conditions },
         Method::Delete => Op::Delete { key: Bytes::copy_from_slice(&key), conditions },
@@ -195,12 +210,8 @@ pub fn kv_response(outcome: Outcome, owner: u32, shard_count: u32) -> Response {
         Outcome::PreconditionFailed => {
             Response::problem(412, "a precondition (If-Match / If-None-Match) does not hold")
         }
-        Outcome::InsufficientStorage { entry_bytes, budget_bytes } => Response::problem(
-            507,
-            &format!(
-                "the owner shard's memory budget ({budget_bytes} bytes) cannot take this entry ({entry_bytes} bytes)"
-            ),
-        ),
+        // A cold read is resolved by reading the segment before this point.
+        Outcome::Cold { .. } => Response::problem(500, "a value was not read back from disk"),
     };
     with_shard(response, owner, shard_count)
 }

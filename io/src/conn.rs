@@ -97,6 +97,10 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
                     wait.await;
                     response
                 }
+                Step::Disk { read, owner } => match read.await {
+                    Ok(outcome) => kv_response(outcome, owner, core.shard_count()),
+                    Err(refusal) => Response { shard: Some((owner, core.shard_count())), ..refusal },
+                },
                 Step::Wait(_) => unreachable!("a request waiting for a lease is not in the batch"),
             };
             close |= write_response(core, &mut output, response, pending.meta);

@@ -27,6 +27,7 @@ use crate::durable::CoreLog;
 use crate::http::response::{DateCache, Response};
 use crate::mesh::{Answer, Forward, Mesh, Message, Reply, FORWARD_QUEUE_ENTRIES, REPLY_QUEUE_ENTRIES};
 use crate::metrics::{Metrics, ShardMetrics};
+use crate::reader::{read_cold, Reader};
 
 /// Where a connection is in its request cycle; decides its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub struct Core {
     pub mesh: Arc<Mesh>,
     pub metrics_all: Arc<Metrics>,
     pub shard: RefCell<KvShard>,
+    /// Reads evicted values back from this shard's segments.
+    pub reader: Reader,
     /// Rate-limit windows of the client identities this shard owns.
     pub limiter: RefCell<Limiter>,
     /// Permits leased from other shards for identities they own.
@@ -100,6 +103,7 @@ impl Core {
         metrics_all: Arc<Metrics>,
         shard: KvShard,
         log: CoreLog,
+        reader: Reader,
     ) -> Core {
         let now = SystemTime::now();
         let core = Core {
@@ -108,6 +112,7 @@ impl Core {
             mesh,
             metrics_all,
             shard: RefCell::new(shard),
+            reader,
             limiter: RefCell::new(Limiter::new(
                 config.rate_limits.slots_per_shard(config.shard_count),
                 config.rate_limits.window_ms_max(),
@@ -125,7 +130,7 @@ impl Core {
         };
         {
             let shard = core.shard.borrow();
-            core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+            core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys(), shard.evictions());
         }
         core
     }
@@ -158,12 +163,14 @@ impl Core {
             None => Location::NONE,
         };
         let is_read = logged.is_none();
+        let durable_end = self.log.borrow().durable_end();
         let mut shard = self.shard.borrow_mut();
+        shard.set_durable_end(durable_end);
         let outcome = shard.handle_at(now_ms, op, location);
         if is_read {
             self.metrics().lookup(!matches!(outcome, Outcome::NotFound));
         }
-        self.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+        self.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys(), shard.evictions());
         drop(shard);
         let expires_at_ms = match (&outcome, &logged) {
             (Outcome::Stored { expires_at_ms, .. }, Some((RecordOp::Put, ..))) => *expires_at_ms,
@@ -294,7 +301,7 @@ impl Core {
     /// Serves everything in this core's mailbox: forwarded requests are
     /// applied and answered, replies are handed to their connections.
     /// Returns how many messages were handled.
-    pub fn drain_mailbox(&self, batch_max: usize) -> usize {
+    pub fn drain_mailbox(self: &Rc<Self>, batch_max: usize) -> usize {
         let now_ms = unix_ms(SystemTime::now());
         let mut handled = 0;
         while handled < batch_max {
@@ -321,7 +328,17 @@ impl Core {
                 self.mesh.reply(source, Reply { token, answer: Answer::Kv(Err(refusal)) });
                 continue;
             }
+            let key = op.key().clone();
             let (outcome, logged_end) = self.apply(now_ms, op);
+            if let Outcome::Cold { location, content_type, etag } = outcome {
+                // Read from disk on this core, then answer.
+                let core = Rc::clone(self);
+                monoio::spawn(async move {
+                    let answer = read_cold(Rc::clone(&core), key, location, content_type, etag).await;
+                    core.mesh.reply(source, Reply { token, answer: Answer::Kv(answer) });
+                });
+                continue;
+            }
             match logged_end.filter(|_| sync) {
                 Some(end) => self.log.borrow_mut().defer_reply(end, source, token, outcome),
                 // Waking per reply still costs one cross-thread wake per batch:

@@ -12,6 +12,7 @@
 //! - [`driver`]: io_uring probe and driver choice.
 //! - [`log`]: a shard's segment files, its I/O thread, recovery at start.
 //! - [`logging`]: structured log lines (key=value text or JSON).
+//! - [`reader`]: reading evicted values back from segments, off the loop.
 //! - [`rehome`]: moving every key to its owner under a new `--shards`.
 //! - [`compact`]: background compaction of a shard's log segments.
 //! - [`durable`]: a core's append buffer, group commit, durability waits.
@@ -31,5 +32,6 @@ pub mod log;
 pub mod logging;
 pub mod mesh;
 pub mod metrics;
+pub mod reader;
 pub mod rehome;
 pub mod server;

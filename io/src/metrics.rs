@@ -99,6 +99,7 @@ pub struct ShardMetrics {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     cache_evictions: AtomicU64,
+    disk_reads: AtomicU64,
     stalls: AtomicU64,
     stall_durations: Histogram,
     /// Written by the shard's I/O thread.
@@ -136,6 +137,11 @@ impl ShardMetrics {
     /// Records `count` requests that each took `micros`.
     pub fn duration(&self, micros: u64, count: u64) {
         self.durations.record(micros, count);
+    }
+
+    /// An evicted value was read back from its segment.
+    pub fn disk_read(&self) {
+        bump(&self.disk_reads, 1);
     }
 
     /// A read found its key (`hit`) or not.
@@ -200,7 +206,8 @@ impl ShardMetrics {
         bump(&self.connections_refused, 1);
     }
 
-    pub fn store(&self, bytes_held: u64, bytes_max: u64, keys: usize) {
+    pub fn store(&self, bytes_held: u64, bytes_max: u64, keys: usize, evictions: u64) {
+        self.cache_evictions.store(evictions, Relaxed);
         self.bytes_held.store(bytes_held, Relaxed);
         self.bytes_max.store(bytes_max, Relaxed);
         self.keys.store(keys as u64, Relaxed);
@@ -249,7 +256,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_durations(&mut out);
-        let families: [(&str, &str, &str, Field); 25] = [
+        let families: [(&str, &str, &str, Field); 26] = [
             (
                 "shardgate_cross_core_hops_total",
                 "counter",
@@ -281,9 +288,12 @@ impl Metrics {
             (
                 "shardgate_cache_evictions_total",
                 "counter",
-                "Values evicted from memory to make room (none yet: a write past the budget gets 507).",
+                "Values evicted from memory to stay within --cache-bytes (their keys and records stay).",
                 |m| &m.cache_evictions,
             ),
+            ("shardgate_cache_disk_reads_total", "counter", "Evicted values read back from their log segment.", |m| {
+                &m.disk_reads
+            }),
             (
                 "shardgate_log_bytes_written_total",
                 "counter",

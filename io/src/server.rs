@@ -34,6 +34,7 @@ use crate::log::{self, Flushed};
 use crate::logging;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
+use crate::reader::Reader;
 
 /// Messages the mailbox task handles before yielding to other tasks.
 const MAILBOX_BATCH_MAX: usize = 256;
@@ -212,7 +213,14 @@ async fn core_main(
     // shard has recovered (SPEC §3). Until then it holds an empty shard and a
     // log that is never written (dispatch refuses writes before `ready`).
     let budget = config.cache_bytes / u64::from(config.shard_count);
-    let core = Rc::new(Core::new(shard, config, mesh, metrics, KvShard::new(budget), CoreLog::unused()));
+    let reader = match Reader::spawn(shard) {
+        Ok(reader) => reader,
+        Err(source) => {
+            let _ = report.send(Err(StartError::Shard { shard, source }));
+            return;
+        }
+    };
+    let core = Rc::new(Core::new(shard, config, mesh, metrics, KvShard::new(budget), CoreLog::unused(), reader));
     core.listener_fd.set(Some(listener_fd));
     monoio::spawn(mailbox_loop(Rc::clone(&core)));
     monoio::spawn(ticker_loop(Rc::clone(&core)));
@@ -257,7 +265,7 @@ async fn recover_in_background(core: Rc<Core>, cpu: usize) {
             std::process::exit(1);
         }
     };
-    core.metrics().store(kv.bytes_held(), kv.bytes_max(), kv.keys());
+    core.metrics().store(kv.bytes_held(), kv.bytes_max(), kv.keys(), kv.evictions());
     *core.shard.borrow_mut() = kv;
     *core.log.borrow_mut() = log;
     monoio::spawn(durable::flusher(Rc::clone(&core.log)));
@@ -401,7 +409,7 @@ async fn ticker_loop(core: Rc<Core>) {
         let mut shard = core.shard.borrow_mut();
         let swept = shard.sweep_expired(now_ms, SWEEP_PER_TICK_MAX);
         core.metrics().expired(swept);
-        core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys());
+        core.metrics().store(shard.bytes_held(), shard.bytes_max(), shard.keys(), shard.evictions());
         drop(shard);
         core.settle_dead();
         let log = core.log.borrow();

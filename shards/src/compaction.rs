@@ -150,6 +150,12 @@ impl SegmentBook {
         best.map(|(_, first)| first)
     }
 
+    /// The first offset of the segment holding `offset`, if any does.
+    pub fn segment_of(&self, offset: u64) -> Option<u64> {
+        let (&first, stats) = self.segments.range(..=offset).next_back()?;
+        (offset < first + stats.bytes).then_some(first)
+    }
+
     /// Whether `first` is the oldest segment (its tombstones shadow nothing).
     pub fn is_oldest(&self, first: u64) -> bool {
         self.segments.first_key_value().is_some_and(|(&oldest, _)| oldest == first)

@@ -5,10 +5,15 @@
 //! wall-clock time in milliseconds since the Unix epoch, which keeps expiry
 //! deterministic under test.
 //!
-//! Memory: every entry is charged `key + value + content type +`
-//! [`ENTRY_OVERHEAD_BYTES`] against the shard's budget. Until the durable log
-//! exists a value lives nowhere else, so a write that would pass the budget is
-//! refused ([`Outcome::InsufficientStorage`]) rather than evicting data.
+//! The shard is a keydir (Bitcask's name): every live key has an entry with
+//! its record's [`Location`] in the log, its entity tag, content type and
+//! expiry. Values are cached within the shard's share of `--cache-bytes`
+//! and evicted by [`S3Fifo`]; an entry whose value was evicted answers a
+//! read with [`Outcome::Cold`], and the caller reads the value back from
+//! its segment and hands it in with [`KvShard::fill`]. A value is only
+//! evicted once its record is durable (the caller says how far that is),
+//! so every evicted value can be read back. Keys and their entries always
+//! stay in memory (about [`ENTRY_OVERHEAD_BYTES`] plus the key each).
 
 use std::collections::BTreeSet;
 
@@ -20,19 +25,17 @@ use hashbrown::HashTable;
 
 use crate::compaction::Location;
 use crate::conditions::{Conditions, Etag, Verdict};
+use crate::evict::S3Fifo;
 
 /// Longest key in bytes, after percent-decoding (SPEC §2).
 pub const KEY_BYTES_MAX: usize = 1024;
 
-/// Fixed per-entry charge covering the map slot (key and entry handles, tag,
-/// expiry), the three heap allocations' headers and the expiry index node.
-/// Measured layout: 32 (key `Bytes`) + 96 (`Entry`) + 1 control byte, plus
-/// about 16 bytes of allocator header per allocation, rounded up.
-pub const ENTRY_OVERHEAD_BYTES: u64 = 192;
-
-/// How many expired entries a write under memory pressure may reclaim before
-/// giving up, bounding the work one request can trigger.
-pub const SWEEP_ON_PRESSURE_ENTRIES_MAX: usize = 256;
+/// Memory of one keydir entry besides its key: the map slot (key and entry
+/// handles, tag, expiry, location), allocator headers, the expiry index
+/// node and the eviction queue's slot. Measured layout: 32 (key `Bytes`) +
+/// 96 (`Entry`) + 1 control byte + S3-FIFO's index and queue slot (~80),
+/// rounded up. Reported, not budgeted: `--cache-bytes` bounds values.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 256;
 
 /// The content type stored when a PUT names none.
 pub const CONTENT_TYPE_DEFAULT: &[u8] = b"application/octet-stream";
@@ -112,16 +115,19 @@ pub enum Outcome {
     },
     Deleted,
     PreconditionFailed,
-    /// The write would take the shard past its memory budget.
-    InsufficientStorage {
-        entry_bytes: u64,
-        budget_bytes: u64,
+    /// The value was evicted from memory: read it from `location` in the
+    /// log, then [`KvShard::fill`] it back. The rest is known.
+    Cold {
+        location: Location,
+        content_type: Bytes,
+        etag: Etag,
     },
 }
 
 #[derive(Clone, Debug)]
 struct Entry {
-    value: Bytes,
+    /// None: evicted; the record at `location` holds it.
+    value: Option<Bytes>,
     content_type: Bytes,
     etag: Etag,
     expires_at_ms: Option<u64>,
@@ -144,62 +150,67 @@ struct Stored {
     location: Location,
 }
 
-fn entry_bytes(key: &[u8], value: &[u8], content_type: &[u8]) -> u64 {
-    (key.len() + value.len() + content_type.len()) as u64 + ENTRY_OVERHEAD_BYTES
-}
-
 /// Partitions of a shard's table. hashbrown grows a table by rehashing all
 /// of it at once, which stalled the event loop for 100-250 ms at a million
 /// keys (measured: `shardgate_request_duration_seconds` during a preload).
 /// With 64 partitions one growth rehashes a 64th of the keys.
 const PARTITIONS: usize = 64;
 
-/// One shard's keys, values and expiry index.
+type Table = HashTable<(Bytes, Entry)>;
+
+/// One shard's keydir, cached values and expiry index.
 pub struct KvShard {
     /// Entries, spread over partitions by bits 40..46 of the key's hash:
     /// hashbrown takes bucket indexes from the low bits and its tag from the
     /// top seven, so the partition must come from neither.
-    partitions: Box<[HashTable<(Bytes, Entry)>]>,
+    partitions: Box<[Table]>,
     hasher: DefaultHashBuilder,
-    keys: usize,
     books: Books,
     bytes_max: u64,
+    /// Log offset up to which records are durable: values of records
+    /// below it may be evicted.
+    durable_end: u64,
+    evictions: u64,
+    evicted: Vec<Bytes>,
+}
+
+/// What the shard keeps about its entries besides the map; a separate struct
+/// so it can be updated while an entry of the map is borrowed.
+struct Books {
+    keys: usize,
+    /// Entries with a TTL, ordered by absolute expiry: lets expired entries be
+    /// reclaimed oldest-first without scanning the map.
+    expiry: BTreeSet<(u64, Bytes)>,
+    /// Which values stay in memory, within `bytes_max`.
+    cache: S3Fifo<Bytes>,
     /// Locations of records that stopped being needed (their entry was
     /// replaced, deleted or expired), for the log's segment book.
     dead: Vec<Location>,
+}
+
+impl Books {
+    /// Releases what a removed entry held: its cached value, its expiry
+    /// index slot, and its record (now dead in the log).
+    fn forget(&mut self, key: &Bytes, entry: &Entry) {
+        self.keys -= 1;
+        self.cache.remove(&key[..]);
+        if let Some(at) = entry.expires_at_ms {
+            let removed = self.expiry.remove(&(at, key.clone()));
+            assert!(removed, "expiry index out of step with the map");
+        }
+        if !entry.location.is_none() {
+            self.dead.push(entry.location);
+        }
+    }
 }
 
 fn partition_of(hash: u64) -> usize {
     (hash >> 40) as usize & (PARTITIONS - 1)
 }
 
-/// What the shard keeps about its entries besides the map; a separate struct
-/// so it can be updated while an entry of the map is borrowed.
-struct Books {
-    bytes_held: u64,
-    /// Entries with a TTL, ordered by absolute expiry: lets expired entries be
-    /// reclaimed oldest-first without scanning the map.
-    expiry: BTreeSet<(u64, Bytes)>,
-}
-
-impl Books {
-    fn add(&mut self, key: &Bytes, entry: &Entry) {
-        self.bytes_held += entry_bytes(key, &entry.value, &entry.content_type);
-        if let Some(at) = entry.expires_at_ms {
-            self.expiry.insert((at, key.clone()));
-        }
-    }
-
-    /// Releases the budget and the expiry index slot of a removed entry.
-    fn forget(&mut self, key: &Bytes, entry: &Entry) {
-        let bytes = entry_bytes(key, &entry.value, &entry.content_type);
-        assert!(self.bytes_held >= bytes);
-        self.bytes_held -= bytes;
-        if let Some(at) = entry.expires_at_ms {
-            let removed = self.expiry.remove(&(at, key.clone()));
-            assert!(removed, "expiry index out of step with the map");
-        }
-    }
+fn find<'a>(partitions: &'a [Table], hasher: &DefaultHashBuilder, key: &[u8]) -> Option<&'a Entry> {
+    let hash = hasher.hash_one(key);
+    partitions[partition_of(hash)].find(hash, |(k, _)| &k[..] == key).map(|(_, e)| e)
 }
 
 impl KvShard {
@@ -207,16 +218,17 @@ impl KvShard {
         KvShard {
             partitions: (0..PARTITIONS).map(|_| HashTable::new()).collect(),
             hasher: DefaultHashBuilder::default(),
-            keys: 0,
-            books: Books { bytes_held: 0, expiry: BTreeSet::new() },
+            books: Books { keys: 0, expiry: BTreeSet::new(), cache: S3Fifo::new(bytes_max), dead: Vec::new() },
             bytes_max,
-            dead: Vec::new(),
+            durable_end: 0,
+            evictions: 0,
+            evicted: Vec::new(),
         }
     }
 
-    /// Bytes charged against the budget by the entries held now.
+    /// Bytes of values held in memory.
     pub fn bytes_held(&self) -> u64 {
-        self.books.bytes_held
+        self.books.cache.bytes()
     }
 
     pub fn bytes_max(&self) -> u64 {
@@ -224,7 +236,18 @@ impl KvShard {
     }
 
     pub fn keys(&self) -> usize {
-        self.keys
+        self.books.keys
+    }
+
+    /// Values evicted from memory so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Values whose records end at or before `end` are on disk and may be
+    /// evicted.
+    pub fn set_durable_end(&mut self, end: u64) {
+        self.durable_end = self.durable_end.max(end);
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -240,32 +263,26 @@ impl KvShard {
     /// written, will sit at `location`.
     pub fn handle_at(&mut self, now_ms: u64, op: Op, location: Location) -> Outcome {
         assert!(!op.key().is_empty() && op.key().len() <= KEY_BYTES_MAX, "key length unchecked");
-        let outcome = match op {
+        match op {
             Op::Get { key, conditions } => self.get(now_ms, &key, &conditions),
             Op::Put { key, value, content_type, ttl_ms, conditions } => {
                 let expires_at_ms = ttl_ms.map(|ttl| now_ms.saturating_add(ttl));
                 self.put(now_ms, Stored { key, value, content_type, expires_at_ms, location }, &conditions)
             }
             Op::Delete { key, conditions } => self.delete(now_ms, &key, &conditions),
-        };
-        assert!(self.books.bytes_held <= self.bytes_max || self.keys == 0 || self.bytes_max == 0);
-        outcome
+        }
     }
 
     /// Returns the live entry of `key`, dropping it if it has expired; one
     /// hash probe either way.
     fn live(&mut self, now_ms: u64, key: &[u8]) -> Option<&Entry> {
         let hash = self.hash(key);
-        let table = &mut self.partitions[partition_of(hash)];
-        match table.find_entry(hash, |(k, _)| &k[..] == key) {
+        let KvShard { partitions, books, .. } = self;
+        match partitions[partition_of(hash)].find_entry(hash, |(k, _)| &k[..] == key) {
             Err(_) => None,
             Ok(occupied) if occupied.get().1.is_expired(now_ms) => {
                 let ((key, entry), _) = occupied.remove();
-                self.keys -= 1;
-                self.books.forget(&key, &entry);
-                if !entry.location.is_none() {
-                    self.dead.push(entry.location);
-                }
+                books.forget(&key, &entry);
                 None
             }
             Ok(occupied) => Some(&occupied.into_mut().1),
@@ -276,17 +293,24 @@ impl KvShard {
     /// key, so a read on the owner core allocates nothing.
     pub fn get(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
         assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "key length unchecked");
-        let entry = self.live(now_ms, key);
-        match conditions.evaluate(entry.map(|e| e.etag), true) {
+        let entry = self.live(now_ms, key).cloned();
+        let outcome = match conditions.evaluate(entry.as_ref().map(|e| e.etag), true) {
             Verdict::Failed => Outcome::PreconditionFailed,
             Verdict::NotModified => Outcome::NotModified { etag: entry.expect("matched").etag },
             Verdict::Proceed => match entry {
-                Some(e) => {
-                    Outcome::Value { value: e.value.clone(), content_type: e.content_type.clone(), etag: e.etag }
+                Some(Entry { value: Some(value), content_type, etag, .. }) => {
+                    Outcome::Value { value, content_type, etag }
+                }
+                Some(Entry { value: None, content_type, etag, location, .. }) => {
+                    Outcome::Cold { location, content_type, etag }
                 }
                 None => Outcome::NotFound,
             },
+        };
+        if matches!(outcome, Outcome::Value { .. }) {
+            self.books.cache.touch(key);
         }
+        outcome
     }
 
     fn put(&mut self, now_ms: u64, stored: Stored, conditions: &Conditions) -> Outcome {
@@ -295,31 +319,40 @@ impl KvShard {
         if conditions.evaluate(current, false) != Verdict::Proceed {
             return Outcome::PreconditionFailed;
         }
-        let bytes_new = entry_bytes(&key, &value, &content_type);
-        if !self.fits(&key, bytes_new) {
-            self.sweep_expired(now_ms, SWEEP_ON_PRESSURE_ENTRIES_MAX);
-            if !self.fits(&key, bytes_new) {
-                return Outcome::InsufficientStorage { entry_bytes: bytes_new, budget_bytes: self.bytes_max };
-            }
-        }
         let created = self.remove(&key).is_none();
         let etag = Etag::of(&content_type, &value);
         let content_type = interned(content_type);
-        let entry = Entry { value, content_type, etag, expires_at_ms, location };
-        self.books.add(&key, &entry);
-        let hash = self.hash(&key);
-        let hasher = &self.hasher;
-        self.partitions[partition_of(hash)].insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(&k[..]));
-        self.keys += 1;
+        let bytes = value.len() as u64;
+        let entry = Entry { value: Some(value), content_type, etag, expires_at_ms, location };
+        self.insert(key.clone(), entry);
+        self.admit(key, bytes);
         Outcome::Stored { etag, created, expires_at_ms }
     }
 
-    /// True when replacing `key`'s entry by one of `bytes_new` stays within budget.
-    fn fits(&self, key: &[u8], bytes_new: u64) -> bool {
-        let hash = self.hash(key);
-        let found = self.partitions[partition_of(hash)].find(hash, |(k, _)| &k[..] == key);
-        let bytes_old = found.map_or(0, |(k, e)| entry_bytes(k, &e.value, &e.content_type));
-        self.books.bytes_held - bytes_old + bytes_new <= self.bytes_max
+    fn insert(&mut self, key: Bytes, entry: Entry) {
+        if let Some(at) = entry.expires_at_ms {
+            self.books.expiry.insert((at, key.clone()));
+        }
+        let hash = self.hash(&key);
+        let hasher = &self.hasher;
+        self.partitions[partition_of(hash)].insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(&k[..]));
+        self.books.keys += 1;
+    }
+
+    /// Caches a value just stored or read back, evicting others to make room.
+    fn admit(&mut self, key: Bytes, bytes: u64) {
+        let KvShard { partitions, hasher, books, evicted, durable_end, .. } = self;
+        let durable_end = *durable_end;
+        books.cache.insert(key, bytes, evicted, |k| {
+            find(partitions, hasher, k).is_some_and(|e| !e.location.is_none() && e.location.end() <= durable_end)
+        });
+        for key in std::mem::take(&mut self.evicted) {
+            let hash = self.hash(&key);
+            if let Some((_, entry)) = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| *k == key) {
+                entry.value = None;
+                self.evictions += 1;
+            }
+        }
     }
 
     fn delete(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
@@ -338,17 +371,13 @@ impl KvShard {
         let hash = self.hash(key);
         let occupied = self.partitions[partition_of(hash)].find_entry(hash, |(k, _)| &k[..] == key).ok()?;
         let ((key, entry), _) = occupied.remove();
-        self.keys -= 1;
         self.books.forget(&key, &entry);
-        if !entry.location.is_none() {
-            self.dead.push(entry.location);
-        }
         Some(entry)
     }
 
-    /// Puts a recovered value back without preconditions or the budget
-    /// check: it was accepted once, and losing it is not an option. A value
-    /// already expired at `now_ms` is skipped.
+    /// Puts a recovered value back without preconditions: it was accepted
+    /// once. A value already expired at `now_ms` is skipped. Recovered
+    /// records are durable, so the cache may evict them at once.
     pub fn restore(
         &mut self,
         now_ms: u64,
@@ -363,18 +392,35 @@ impl KvShard {
             return;
         }
         self.remove(&key);
+        self.set_durable_end(location.end());
         let etag = Etag::of(&content_type, &value);
-        let entry = Entry { value, content_type: interned(content_type), etag, expires_at_ms, location };
-        self.books.add(&key, &entry);
-        let hash = self.hash(&key);
-        let hasher = &self.hasher;
-        self.partitions[partition_of(hash)].insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(&k[..]));
-        self.keys += 1;
+        let bytes = value.len() as u64;
+        let entry = Entry { value: Some(value), content_type: interned(content_type), etag, expires_at_ms, location };
+        self.insert(key.clone(), entry);
+        self.admit(key, bytes);
+    }
+
+    /// Hands back a value read from its record at `location`. It is cached
+    /// again if the key still points at that record; returns whether it did.
+    pub fn fill(&mut self, key: &[u8], location: Location, value: Bytes) -> bool {
+        let hash = self.hash(key);
+        let found = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| &k[..] == key);
+        let Some((key, entry)) = found else {
+            return false;
+        };
+        if entry.location != location || entry.value.is_some() {
+            return false;
+        }
+        let bytes = value.len() as u64;
+        entry.value = Some(value);
+        let key = key.clone();
+        self.admit(key, bytes);
+        true
     }
 
     /// Moves the locations of records that stopped being needed into `into`.
     pub fn drain_dead(&mut self, into: &mut Vec<Location>) {
-        into.append(&mut self.dead);
+        into.append(&mut self.books.dead);
     }
 
     /// Where the live value of `key` is logged, if it is live at `now_ms`.

@@ -6,6 +6,7 @@
 //! - [`compaction`]: per-segment live and dead bytes, record locations,
 //!   and which segment to compact next.
 //! - [`conditions`]: entity tags and `If-Match` / `If-None-Match` evaluation.
+//! - [`evict`]: S3-FIFO, which values stay in memory.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
 //! - [`ratelimit`]: sliding-window counters per client identity on its
@@ -19,6 +20,7 @@
 
 pub mod compaction;
 pub mod conditions;
+pub mod evict;
 pub mod kv;
 pub mod ratelimit;
 pub mod record;

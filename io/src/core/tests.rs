@@ -41,7 +41,8 @@ fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
     let book = shardgate_shards::compaction::SegmentBook::new(1 << 20, 0);
     let log = CoreLog::new(Durability::Async, Duration::from_millis(5), 1 << 20, book, 0, jobs, Arc::default());
     let shard = KvShard::new(1 << 20);
-    Rc::new(Core::new(id, Arc::new(config), Arc::clone(mesh), Arc::new(Metrics::new(2)), shard, log))
+    let reader = crate::reader::Reader::spawn(id).expect("reader thread");
+    Rc::new(Core::new(id, Arc::new(config), Arc::clone(mesh), Arc::new(Metrics::new(2)), shard, log, reader))
 }
 
 fn get(key: &str) -> Op {

@@ -106,34 +106,76 @@ fn ttl_expires_on_read_and_by_sweep() {
     ));
 }
 
-#[test]
-fn budget_refuses_instead_of_evicting() {
-    let budget = 2 * (ENTRY_OVERHEAD_BYTES + 1 + 100 + 10);
-    let mut shard = KvShard::new(budget);
-    let value = "x".repeat(100);
-    assert!(matches!(shard.handle(NOW, put("a", &value)), Outcome::Stored { .. }));
-    assert!(matches!(shard.handle(NOW, put("b", &value)), Outcome::Stored { .. }));
-    assert!(matches!(shard.handle(NOW, put("c", &value)), Outcome::InsufficientStorage { .. }));
-    // Nothing was evicted to make room.
-    assert!(matches!(shard.handle(NOW, get("a")), Outcome::Value { .. }));
-    assert!(matches!(shard.handle(NOW, get("b")), Outcome::Value { .. }));
-    // Replacing a key with a value of the same size still fits.
-    assert!(matches!(shard.handle(NOW, put("a", &"y".repeat(100))), Outcome::Stored { created: false, .. }));
-    // A larger replacement does not.
-    assert!(matches!(shard.handle(NOW, put("a", &"y".repeat(101))), Outcome::InsufficientStorage { .. }));
-    assert_eq!(shard.bytes_held(), budget);
+fn at(offset: u64) -> Location {
+    Location { offset, bytes: 200 }
+}
+
+fn value_of(outcome: Outcome) -> Option<Bytes> {
+    match outcome {
+        Outcome::Value { value, .. } => Some(value),
+        _ => None,
+    }
 }
 
 #[test]
-fn budget_pressure_reclaims_expired_entries() {
-    let budget = 2 * (ENTRY_OVERHEAD_BYTES + 1 + 100 + 10);
-    let mut shard = KvShard::new(budget);
+fn values_past_the_budget_are_evicted_only_once_durable() {
+    let mut shard = KvShard::new(1000);
     let value = "x".repeat(100);
-    shard.handle(NOW, put_with("a", &value, Some(5), Conditions::default()));
-    shard.handle(NOW, put("b", &value));
-    assert!(matches!(shard.handle(NOW + 1, put("c", &value)), Outcome::InsufficientStorage { .. }));
-    assert!(matches!(shard.handle(NOW + 5, put("c", &value)), Outcome::Stored { created: true, .. }));
-    assert_eq!(shard.handle(NOW + 5, get("a")), Outcome::NotFound);
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert!(matches!(shard.handle_at(NOW, put(key, &value), at(200 * i as u64)), Outcome::Stored { .. }));
+    }
+    // Nothing is durable yet: nothing may go, the cache runs over.
+    assert_eq!(shard.bytes_held(), 1200);
+    assert_eq!(shard.evictions(), 0);
+    shard.set_durable_end(200 * 12);
+    shard.handle_at(NOW, put("last", &value), at(200 * 12));
+    assert!(shard.bytes_held() <= 1000, "{}", shard.bytes_held());
+    assert_eq!(shard.evictions(), 3);
+    assert_eq!(shard.keys(), 13, "evicting a value keeps its key");
+    // An evicted value is read back from its record and cached again.
+    let cold: Vec<&String> = keys.iter().filter(|k| value_of(shard.handle(NOW, get(k))).is_none()).collect();
+    assert_eq!(cold.len(), 3);
+    let key = cold[0];
+    let Outcome::Cold { location, content_type, etag } = shard.handle(NOW, get(key)) else { panic!("cold") };
+    assert_eq!(&content_type[..], b"text/plain");
+    // Conditional reads need no value.
+    let tag = String::from_utf8(etag.encode().to_vec()).unwrap();
+    assert_eq!(shard.get(NOW, key.as_bytes(), &if_none_match(&tag)), Outcome::NotModified { etag });
+    assert!(shard.fill(key.as_bytes(), location, Bytes::from(value.clone())));
+    assert_eq!(value_of(shard.handle(NOW, get(key))), Some(Bytes::from(value.clone())));
+    assert!(shard.bytes_held() <= 1000);
+}
+
+#[test]
+fn a_stale_fill_is_ignored() {
+    let mut shard = KvShard::new(100);
+    shard.handle_at(NOW, put("a", &"x".repeat(100)), at(0));
+    shard.set_durable_end(1000);
+    shard.handle_at(NOW, put("b", &"y".repeat(100)), at(200));
+    let Outcome::Cold { location, .. } = shard.handle(NOW, get("a")) else { panic!("a was evicted") };
+    // The key is overwritten before the read comes back: the old value must not return.
+    shard.handle_at(NOW, put("a", "new"), at(400));
+    assert!(!shard.fill(b"a", location, Bytes::from_static(b"old")));
+    assert_eq!(value_of(shard.handle(NOW, get("a"))), Some(Bytes::from_static(b"new")));
+    // Records replaced or deleted are reported dead, once each.
+    let mut dead = Vec::new();
+    shard.drain_dead(&mut dead);
+    assert_eq!(dead, vec![at(0)]);
+    shard.handle(NOW, delete("a", Conditions::default()));
+    shard.drain_dead(&mut dead);
+    assert_eq!(dead, vec![at(0), at(400)]);
+}
+
+#[test]
+fn entries_never_logged_are_never_evicted() {
+    let mut shard = KvShard::new(10);
+    shard.set_durable_end(u64::MAX);
+    for i in 0..10 {
+        shard.handle(NOW, put(&format!("k{i}"), "0123456789"));
+    }
+    assert_eq!(shard.evictions(), 0);
+    assert!((0..10).all(|i| value_of(shard.handle(NOW, get(&format!("k{i}")))).is_some()));
 }
 
 #[test]

@@ -1,0 +1,99 @@
+use super::*;
+
+fn insert(cache: &mut S3Fifo<u64>, key: u64, bytes: u64) -> Vec<u64> {
+    let mut evicted = Vec::new();
+    cache.insert(key, bytes, &mut evicted, |_| true);
+    evicted
+}
+
+#[test]
+fn stays_within_capacity_and_reports_what_it_drops() {
+    let mut cache = S3Fifo::new(1000);
+    let mut dropped = 0;
+    for key in 0..1000 {
+        dropped += insert(&mut cache, key, 10).len();
+        assert!(cache.bytes() <= 1000);
+    }
+    assert_eq!(cache.len(), 100);
+    assert_eq!(dropped, 900);
+}
+
+#[test]
+fn a_scan_does_not_flush_the_hot_set() {
+    let mut cache = S3Fifo::new(100);
+    // A hot set of 50 keys, each read a few times.
+    for key in 0..50 {
+        insert(&mut cache, key, 1);
+    }
+    for _ in 0..3 {
+        for key in 0..50 {
+            cache.touch(&key);
+        }
+    }
+    // Push them through the small queue into main.
+    for key in 1000..1100 {
+        insert(&mut cache, key, 1);
+    }
+    // A scan of 10,000 keys read once.
+    for key in 10_000..20_000 {
+        insert(&mut cache, key, 1);
+        if key % 10 == 0 {
+            for hot in 0..50 {
+                cache.touch(&hot);
+            }
+        }
+    }
+    let kept = (0..50).filter(|k| cache.contains(k)).count();
+    assert_eq!(kept, 50, "the hot set survives the scan");
+}
+
+#[test]
+fn a_ghost_comes_back_into_main() {
+    let mut cache = S3Fifo::new(10);
+    insert(&mut cache, 1, 1);
+    let mut gone = Vec::new();
+    for key in 100..120 {
+        gone.extend(insert(&mut cache, key, 1));
+    }
+    assert!(gone.contains(&1) && !cache.contains(&1));
+    insert(&mut cache, 1, 1);
+    // Back from the ghost queue: it went to main, so ten new one-time keys
+    // (which churn through the small queue) do not evict it.
+    for key in 200..210 {
+        insert(&mut cache, key, 1);
+    }
+    assert!(cache.contains(&1));
+}
+
+#[test]
+fn refused_values_stay_and_removed_ones_free_their_bytes() {
+    let mut cache = S3Fifo::new(10);
+    let mut evicted = Vec::new();
+    for key in 0..10 {
+        cache.insert(key, 1, &mut evicted, |_| true);
+    }
+    // Nothing may go: the cache is over capacity for now, and says so.
+    assert!(!cache.insert(10, 5, &mut evicted, |_| false));
+    assert!(evicted.is_empty() && cache.bytes() == 15);
+    assert!(cache.remove(&3));
+    assert!(!cache.remove(&3));
+    assert_eq!(cache.bytes(), 14);
+    // Once values may go, the next insert catches up.
+    assert!(cache.insert(11, 1, &mut evicted, |_| true));
+    assert!(cache.bytes() <= 10);
+    assert!(!evicted.contains(&3), "a removed key is not reported again");
+}
+
+#[test]
+fn stale_slots_do_not_pile_up() {
+    let mut cache = S3Fifo::new(1 << 20);
+    for round in 0..100u64 {
+        for key in 0..100 {
+            if round > 0 {
+                cache.remove(&key);
+            }
+            insert(&mut cache, key, 1);
+        }
+    }
+    assert!(cache.small.len() + cache.main.len() <= 2 * 100 + 64 + 1, "{}", cache.small.len());
+}
