@@ -33,7 +33,7 @@ use shardgate_shards::record::{self, Record, RecordOp};
 
 use crate::core::{unix_ms, Core};
 use crate::durable::{CoreLog, DurableFuture};
-use crate::log::{segment_name, shard_dir, sync_dir};
+use crate::log::{hint_name, segment_name, shard_dir, sync_dir};
 use crate::logging;
 
 /// A sealed segment whose dead bytes reach this share is compacted.
@@ -117,7 +117,13 @@ async fn compact_segment(core: &Rc<Core>, first: u64) -> io::Result<()> {
     if stats.live_bytes != 0 {
         return Err(io::Error::other(format!("{} live bytes left after copying", stats.live_bytes)));
     }
+    let hint_path = path.with_file_name(hint_name(first));
     off_loop(move || {
+        match fs::remove_file(&hint_path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
         fs::remove_file(&path)?;
         sync_dir(path.parent().expect("a segment has a directory"))
     })

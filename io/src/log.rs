@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
-use shardgate_shards::compaction::Location;
+use shardgate_shards::hint;
 use shardgate_shards::record::{self, Scan};
 
 use crate::logging;
@@ -198,31 +198,61 @@ pub struct Replayed {
     pub sequence_max: u64,
     /// Each segment's first offset and valid bytes, oldest first.
     pub segments: Vec<(u64, u64)>,
+    /// Segments recovered from their hint files, values left on disk.
+    pub hinted_segments: usize,
 }
 
-/// Reads a shard's segments, hands the live state to `restore`, truncates a
-/// torn tail of the last segment, and returns where the log continues.
-pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_>, Location)) -> io::Result<Replayed> {
+/// The hint file of the segment starting at `first_offset`.
+pub(crate) fn hint_name(first_offset: u64) -> String {
+    format!("{first_offset:020}.hint")
+}
+
+/// Reads a shard's segments (sealed ones from their hint files where those
+/// are intact), hands the live state to `restore`, truncates a torn tail of
+/// the last segment, and returns where the log continues.
+pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(&[u8], hint::Live<'_>)) -> io::Result<Replayed> {
     fs::create_dir_all(dir)?;
     let found = segments(dir)?;
-    let contents: Vec<Vec<u8>> = found.iter().map(|(_, path)| fs::read(path)).collect::<io::Result<_>>()?;
-    let slices: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
-    let recovered = record::recover(&slices, now_ms);
-    let mut live: Vec<_> = recovered.live.values().collect();
-    live.sort_by_key(|located| (located.segment, located.offset));
-    for located in live {
-        let offset = found[located.segment].0 + located.offset as u64;
-        restore(located.record, Location { offset, bytes: located.record.encoded_bytes() as u32 });
+    let last = found.len().saturating_sub(1);
+    // Per segment: its hint file's bytes (when usable) or the segment's own.
+    let mut contents: Vec<(bool, Vec<u8>)> = Vec::with_capacity(found.len());
+    for (index, (first, path)) in found.iter().enumerate() {
+        let hinted = (index < last)
+            .then(|| fs::read(dir.join(hint_name(*first))).ok())
+            .flatten()
+            .filter(|bytes| hint::decode(bytes).is_ok());
+        contents.push(match hinted {
+            Some(bytes) => (true, bytes),
+            None => (false, fs::read(path)?),
+        });
+    }
+    let sources: Vec<hint::Source<'_>> = found
+        .iter()
+        .zip(&contents)
+        .map(|((first, _), (hinted, bytes))| match hinted {
+            true => hint::Source::Hinted { first: *first, hints: hint::decode(bytes).expect("checked above") },
+            false => hint::Source::Read { first: *first, bytes },
+        })
+        .collect();
+    let recovered = hint::recover(&sources, now_ms);
+    let mut live: Vec<_> = recovered.live.iter().collect();
+    live.sort_by_key(|(_, item)| item.location.offset);
+    for (key, item) in live {
+        restore(key, *item);
     }
     let mut truncated_bytes = 0;
-    for (index, (scan, (_, path))) in recovered.scans.iter().zip(&found).enumerate() {
-        let Scan { valid_bytes, stop, .. } = *scan;
-        let discarded = scan.discarded_bytes(contents[index].len());
+    let mut sizes = Vec::with_capacity(found.len());
+    for (index, (scan, (first, path))) in recovered.scans.iter().zip(&found).enumerate() {
+        let Some(Scan { valid_bytes, stop, .. }) = *scan else {
+            sizes.push((*first, fs::metadata(path)?.len()));
+            continue;
+        };
+        sizes.push((*first, valid_bytes as u64));
+        let discarded = contents[index].1.len() - valid_bytes;
         if discarded == 0 {
             continue;
         }
-        let last = index + 1 == found.len();
-        if !last {
+        if index != last {
             // Records after a corrupt one in an older segment are lost; say so.
             let error = stop.map_or("none".to_string(), |e| e.to_string());
             logging::error(
@@ -235,15 +265,22 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(record::Record<'_
         file.sync_all()?;
         truncated_bytes += discarded as u64;
     }
-    let end = found.last().map_or(0, |(first, _)| first + recovered.scans.last().map_or(0, |s| s.valid_bytes as u64));
-    let records = recovered.scans.iter().map(|s| s.records).sum();
-    let segments =
-        found.iter().zip(&recovered.scans).map(|((first, _), scan)| (*first, scan.valid_bytes as u64)).collect();
-    Ok(Replayed { records, truncated_bytes, end, sequence_max: recovered.sequence_max, segments })
+    let end = sizes.last().map_or(0, |(first, bytes)| first + bytes);
+    let hinted = contents.iter().filter(|(hinted, _)| *hinted).count();
+    Ok(Replayed {
+        records: recovered.records,
+        truncated_bytes,
+        end,
+        sequence_max: recovered.sequence_max,
+        segments: sizes,
+        hinted_segments: hinted,
+    })
 }
 
 /// The shard's I/O thread: appends each job to the active segment, rolls
 /// segments, fdatasyncs once per job, and publishes the durable offset.
+/// It also keeps the hints of the active segment's records and writes them
+/// as the segment's hint file when the segment is sealed.
 pub fn spawn_writer(
     shard: u32,
     dir: PathBuf,
@@ -255,8 +292,22 @@ pub fn spawn_writer(
 ) -> io::Result<std::thread::JoinHandle<()>> {
     flushed.durable_end.store(end, Ordering::Release);
     let mut active = open_active(&dir, end)?;
+    let mut hints = Hints::default();
+    if active.length > 0 {
+        let bytes = fs::read(dir.join(segment_name(active.first_offset)))?;
+        hints.count = hint::of_segment(&bytes[..active.length as usize], &mut hints.bytes);
+    }
     std::thread::Builder::new().name(format!("shardgate-log-{shard}")).spawn(move || {
         for job in jobs {
+            if job.new_segment && active.length > 0 {
+                // The active segment is sealed: its hints become its hint file.
+                if let Err(error) = write_hints(&dir, active.first_offset, &mut hints) {
+                    logging::warn(
+                        "hint file not written; recovery will read the segment",
+                        &[("shard", &shard), ("segment", &active.first_offset), ("error", &error)],
+                    );
+                }
+            }
             // A failed write (ENOSPC, EIO) is cut back and retried: the bytes
             // were acknowledged (async) or are awaited (sync), so they are
             // never dropped. Meanwhile `failed` tells the core to refuse new
@@ -265,6 +316,11 @@ pub fn spawn_writer(
                 let started = Instant::now();
                 match write_job(&dir, &mut active, &job, storage.as_ref()) {
                     Ok(()) => {
+                        let at = job.start - active.first_offset;
+                        record::scan(&job.bytes, |offset, record| {
+                            hint::encode_entry(&record, at + offset as u64, &mut hints.bytes);
+                            hints.count += 1;
+                        });
                         let micros = started.elapsed().as_micros() as u64;
                         metrics.shard(shard).flushed(job.bytes.len() as u64, micros);
                         flushed.failed.store(false, Ordering::Release);
@@ -284,6 +340,27 @@ pub fn spawn_writer(
             }
         }
     })
+}
+
+/// The hints of the active segment's records so far.
+#[derive(Default)]
+struct Hints {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+/// Writes a sealed segment's hint file crash-safely (temporary name, sync,
+/// rename, sync the directory) and starts the next segment's hints.
+fn write_hints(dir: &Path, first_offset: u64, hints: &mut Hints) -> io::Result<()> {
+    let mut bytes = std::mem::take(&mut hints.bytes);
+    hint::finish(std::mem::take(&mut hints.count), &mut bytes);
+    let name = hint_name(first_offset);
+    let temporary = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&temporary)?;
+    file.write_all(&bytes)?;
+    file.sync_data()?;
+    fs::rename(&temporary, dir.join(&name))?;
+    sync_dir(dir)
 }
 
 /// Pause between attempts at a failed write.

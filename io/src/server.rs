@@ -283,16 +283,16 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
     let mut kv = KvShard::new(config.cache_bytes / u64::from(config.shard_count));
     let started = Instant::now();
     let mut live = Vec::new();
-    let replayed = log::replay(&dir, now_ms, |record, location| {
-        kv.restore(
-            now_ms,
-            Bytes::copy_from_slice(record.key),
-            Bytes::copy_from_slice(record.value),
-            Bytes::copy_from_slice(record.content_type),
-            record.expires_at_ms,
-            location,
-        );
-        live.push(location);
+    let replayed = log::replay(&dir, now_ms, |key, item| {
+        let (key, content_type) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(item.content_type));
+        match item.value {
+            Some(value) => {
+                let value = Bytes::copy_from_slice(value);
+                kv.restore(now_ms, key, value, content_type, item.expires_at_ms, item.location);
+            }
+            None => kv.restore_cold(now_ms, key, content_type, item.etag, item.expires_at_ms, item.location),
+        }
+        live.push(item.location);
     })?;
     let mut book = SegmentBook::recovered(log_config.segment_bytes, &replayed.segments);
     for location in live {
@@ -305,6 +305,8 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
             ("records", &replayed.records),
             ("keys", &kv.keys()),
             ("truncated_bytes", &replayed.truncated_bytes),
+            ("segments", &replayed.segments.len()),
+            ("hinted_segments", &replayed.hinted_segments),
             ("log_bytes", &replayed.end),
             ("millis", &started.elapsed().as_millis()),
         ],

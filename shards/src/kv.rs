@@ -400,6 +400,27 @@ impl KvShard {
         self.admit(key, bytes);
     }
 
+    /// Puts back a recovered entry whose value stays on disk (its segment
+    /// was recovered from a hint file): the first read loads it.
+    pub fn restore_cold(
+        &mut self,
+        now_ms: u64,
+        key: Bytes,
+        content_type: Bytes,
+        etag: Etag,
+        expires_at_ms: Option<u64>,
+        location: Location,
+    ) {
+        assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "recovered key length unchecked");
+        if expires_at_ms.is_some_and(|at| at <= now_ms) {
+            return;
+        }
+        self.remove(&key);
+        self.set_durable_end(location.end());
+        let entry = Entry { value: None, content_type: interned(content_type), etag, expires_at_ms, location };
+        self.insert(key, entry);
+    }
+
     /// Hands back a value read from its record at `location`. It is cached
     /// again if the key still points at that record; returns whether it did.
     pub fn fill(&mut self, key: &[u8], location: Location, value: Bytes) -> bool {

@@ -7,6 +7,8 @@
 //!   and which segment to compact next.
 //! - [`conditions`]: entity tags and `If-Match` / `If-None-Match` evaluation.
 //! - [`evict`]: S3-FIFO, which values stay in memory.
+//! - [`hint`]: hint files (a segment's records without values) and
+//!   recovery from hints and whole segments.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
 //! - [`ratelimit`]: sliding-window counters per client identity on its
@@ -21,6 +23,7 @@
 pub mod compaction;
 pub mod conditions;
 pub mod evict;
+pub mod hint;
 pub mod kv;
 pub mod ratelimit;
 pub mod record;

@@ -514,3 +514,61 @@ fn a_full_disk_through_the_fault_seam_gives_507_and_loses_nothing() {
     }
     assert_eq!(server.send(&get("/v1/kv/sync")).status, 404, "a refused write is not stored");
 }
+
+/// The `hinted_segments=` figures of the `recovered` lines, summed.
+fn hinted_segments(server: &Server) -> usize {
+    server
+        .stderr_lines_with("msg=recovered")
+        .iter()
+        .filter_map(|line| line.split("hinted_segments=").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .sum()
+}
+
+#[test]
+fn hint_files_rebuild_the_keydir_without_reading_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--shards", "1", "--segment-bytes", "1MiB", "--cache-bytes", "64KiB"];
+    let value = |i: usize| format!("{i:05}-{}", "h".repeat(2000));
+    let mut server = Server::start_in(dir.path(), &args, &[]);
+    let mut client = server.client();
+    for i in 0..2000 {
+        assert_eq!(client.request(&put(&format!("/v1/kv/k{i}"), &value(i))).status, 201);
+    }
+    for i in (0..2000).step_by(7) {
+        assert_eq!(client.request(&format!("DELETE /v1/kv/k{i} HTTP/1.1\r\nHost: t\r\n\r\n")).status, 204);
+    }
+    drop(client);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    let hint_files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("shard-000"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hint"))
+        .collect();
+    assert!(hint_files.len() >= 2, "{} hint files for ~4 MiB of 1 MiB segments", hint_files.len());
+
+    let check = |server: &Server| {
+        let mut client = server.client();
+        for i in 0..2000 {
+            let response = client.request(&get(&format!("/v1/kv/k{i}")));
+            if i % 7 == 0 {
+                assert_eq!(response.status, 404, "k{i} was deleted");
+            } else {
+                assert_eq!(response.text(), value(i), "k{i}");
+            }
+        }
+    };
+    let mut server = Server::start_in(dir.path(), &args, &[]);
+    assert_eq!(hinted_segments(&server), hint_files.len());
+    check(&server);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+
+    // A damaged hint file is ignored: its segment is read instead.
+    let mut damaged = std::fs::read(&hint_files[0]).unwrap();
+    damaged[10] ^= 0x40;
+    std::fs::write(&hint_files[0], damaged).unwrap();
+    let server = Server::start_in(dir.path(), &args, &[]);
+    assert_eq!(hinted_segments(&server), hint_files.len() - 1);
+    check(&server);
+}
