@@ -30,8 +30,7 @@
 //! the payload is three byte strings, so decoding is a handful of bounded
 //! little-endian reads; rkyv's zero-copy access would save nothing here while
 //! adding an archive format whose validation rules we would have to pin
-//! across versions ourselves. rkyv is kept in mind for hint files (a
-//! segment's key index), where zero-copy lookup of many entries would pay.
+//! across versions ourselves. Hint files (`hint`) follow the same reasoning.
 
 use crate::kv::KEY_BYTES_MAX;
 
