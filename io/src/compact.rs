@@ -23,13 +23,14 @@
 use std::cell::RefCell;
 use std::fs;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use shardgate_shards::compaction::Location;
-use shardgate_shards::record::{self, Record, RecordOp};
+use shardgate_shards::record::{self, DecodeError, Record, RecordOp};
 
 use crate::core::{unix_ms, Core};
 use crate::durable::{CoreLog, DurableFuture};
@@ -42,6 +43,8 @@ pub const DEAD_RATIO_MIN: f64 = 0.5;
 pub const STEP_BUDGET: Duration = Duration::from_micros(500);
 /// Pause between steps: long enough for the loop to collect completions.
 const STEP_PAUSE: Duration = Duration::from_millis(1);
+/// Bytes of a segment read per helper-thread call.
+const READ_CHUNK_BYTES: usize = 1 << 20;
 /// How often an idle compactor looks for a candidate.
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -86,29 +89,58 @@ async fn off_loop<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send
 async fn compact_segment(core: &Rc<Core>, first: u64) -> io::Result<()> {
     let started = Instant::now();
     let path: PathBuf = shard_dir(&core.config.log.data_dir, core.id).join(segment_name(first));
-    let read_path = path.clone();
-    let bytes = off_loop(move || fs::read(read_path)).await?;
+    let segment_bytes = core.log.borrow().book.stats(first).expect("the candidate is known").bytes;
     let oldest = core.log.borrow().book.is_oldest(first);
-    let mut offset = 0;
     let mut copies_end = None;
-    while offset < bytes.len() {
-        if core.shutting_down.get() || core.write_refusal().is_some() {
-            return Ok(()); // Resumed later; the copies made so far are harmless.
-        }
-        let step = Instant::now();
-        let now_ms = unix_ms(SystemTime::now());
-        while offset < bytes.len() && step.elapsed() < STEP_BUDGET {
-            let (record, length) = record::decode(&bytes[offset..])
-                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, format!("at {offset}: {error}")))?;
-            let at = Location { offset: first + offset as u64, bytes: length as u32 };
-            if let Some(end) = keep(core, &record, at, oldest, now_ms) {
-                copies_end = Some(end);
+    // The segment is read in chunks, so the helper thread's copying never
+    // holds this core's CPU for long and memory stays bounded.
+    let mut position = 0u64;
+    let mut want = READ_CHUNK_BYTES;
+    while position < segment_bytes {
+        let length = want.min((segment_bytes - position) as usize);
+        let read_path = path.clone();
+        let chunk = off_loop(move || {
+            let mut chunk = vec![0; length];
+            fs::File::open(read_path)?.read_exact_at(&mut chunk, position)?;
+            Ok(chunk)
+        })
+        .await?;
+        let mut offset = 0;
+        want = READ_CHUNK_BYTES;
+        let mut need_more = false;
+        while offset < chunk.len() && !need_more {
+            if core.shutting_down.get() || core.write_refusal().is_some() {
+                return Ok(()); // Resumed later; the copies made so far are harmless.
             }
-            offset += length;
+            let step = Instant::now();
+            let now_ms = unix_ms(SystemTime::now());
+            while offset < chunk.len() && step.elapsed() < STEP_BUDGET {
+                let (record, length) = match record::decode(&chunk[offset..]) {
+                    Ok(decoded) => decoded,
+                    // A record continues past the chunk: read on from its start.
+                    Err(DecodeError::Truncated { needed, .. })
+                        if position + (offset + needed) as u64 <= segment_bytes =>
+                    {
+                        want = want.max(needed);
+                        need_more = true;
+                        break;
+                    }
+                    Err(error) => {
+                        let at = position + offset as u64;
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("at {at}: {error}")));
+                    }
+                };
+                let at = Location { offset: first + position + offset as u64, bytes: length as u32 };
+                if let Some(end) = keep(core, &record, at, oldest, now_ms) {
+                    copies_end = Some(end);
+                }
+                offset += length;
+            }
+            core.settle_dead();
+            core.metrics().compaction_step(step.elapsed().as_micros() as u64);
+            monoio::time::sleep(STEP_PAUSE).await;
         }
-        core.settle_dead();
-        core.metrics().compaction_step(step.elapsed().as_micros() as u64);
-        monoio::time::sleep(STEP_PAUSE).await;
+        position += offset as u64;
     }
     if let Some(end) = copies_end {
         DurableFuture { log: Rc::clone(&core.log), end }.await;

@@ -202,6 +202,22 @@ pub struct Replayed {
     pub hinted_segments: usize,
 }
 
+/// Deletes hint files whose segment is gone (compacted away before its
+/// hint was written) and half-written ones.
+fn remove_orphan_hints(dir: &Path, found: &[(u64, PathBuf)]) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let orphan = match name.strip_suffix(".hint") {
+            Some(stem) => !found.iter().any(|(first, _)| format!("{first:020}") == stem),
+            None => name.ends_with(".hint.tmp"),
+        };
+        if orphan {
+            fs::remove_file(dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
 /// The hint file of the segment starting at `first_offset`.
 pub(crate) fn hint_name(first_offset: u64) -> String {
     format!("{first_offset:020}.hint")
@@ -213,6 +229,7 @@ pub(crate) fn hint_name(first_offset: u64) -> String {
 pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(&[u8], hint::Live<'_>)) -> io::Result<Replayed> {
     fs::create_dir_all(dir)?;
     let found = segments(dir)?;
+    remove_orphan_hints(dir, &found)?;
     let last = found.len().saturating_sub(1);
     // Per segment: its hint file's bytes (when usable) or the segment's own.
     let mut contents: Vec<(bool, Vec<u8>)> = Vec::with_capacity(found.len());
@@ -300,12 +317,20 @@ pub fn spawn_writer(
     std::thread::Builder::new().name(format!("shardgate-log-{shard}")).spawn(move || {
         for job in jobs {
             if job.new_segment && active.length > 0 {
-                // The active segment is sealed: its hints become its hint file.
-                if let Err(error) = write_hints(&dir, active.first_offset, &mut hints) {
-                    logging::warn(
-                        "hint file not written; recovery will read the segment",
-                        &[("shard", &shard), ("segment", &active.first_offset), ("error", &error)],
-                    );
+                // The active segment is sealed: its hints become its hint
+                // file, written on a thread of its own so this job (and the
+                // writers waiting on it) does not wait for it.
+                let (sealed, dir, first) = (std::mem::take(&mut hints), dir.clone(), active.first_offset);
+                let spawned = std::thread::Builder::new().name(format!("shardgate-hint-{shard}")).spawn(move || {
+                    if let Err(error) = write_hints(&dir, first, sealed) {
+                        logging::warn(
+                            "hint file not written; recovery will read the segment",
+                            &[("shard", &shard), ("segment", &first), ("error", &error)],
+                        );
+                    }
+                });
+                if spawned.is_err() {
+                    logging::warn("no thread for a hint file; recovery will read the segment", &[("shard", &shard)]);
                 }
             }
             // A failed write (ENOSPC, EIO) is cut back and retried: the bytes
@@ -351,9 +376,9 @@ struct Hints {
 
 /// Writes a sealed segment's hint file crash-safely (temporary name, sync,
 /// rename, sync the directory) and starts the next segment's hints.
-fn write_hints(dir: &Path, first_offset: u64, hints: &mut Hints) -> io::Result<()> {
-    let mut bytes = std::mem::take(&mut hints.bytes);
-    hint::finish(std::mem::take(&mut hints.count), &mut bytes);
+fn write_hints(dir: &Path, first_offset: u64, hints: Hints) -> io::Result<()> {
+    let Hints { mut bytes, count } = hints;
+    hint::finish(count, &mut bytes);
     let name = hint_name(first_offset);
     let temporary = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&temporary)?;

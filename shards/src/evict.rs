@@ -44,9 +44,80 @@ struct Meta {
     generation: u32,
 }
 
+/// Partitions of the index: a hash map grows by rehashing all of it at
+/// once, which at a million keys stalls a core for 100 ms and more (the
+/// same reason the keydir is partitioned); one partition's growth is 1/64.
+const PARTITIONS: usize = 64;
+
+/// A hash map split into [`PARTITIONS`] by hash bits the maps do not use.
+struct Index<K> {
+    parts: Box<[HashMap<K, Meta>]>,
+    hasher: DefaultHashBuilder,
+    len: usize,
+}
+
+impl<K: Hash + Eq> Index<K> {
+    fn new() -> Index<K> {
+        Index {
+            parts: (0..PARTITIONS).map(|_| HashMap::new()).collect(),
+            hasher: DefaultHashBuilder::default(),
+            len: 0,
+        }
+    }
+
+    fn part<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
+        (self.hasher.hash_one(key) >> 40) as usize & (PARTITIONS - 1)
+    }
+
+    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&Meta>
+    where
+        K: Borrow<Q>,
+    {
+        self.parts[self.part(key)].get(key)
+    }
+
+    fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut Meta>
+    where
+        K: Borrow<Q>,
+    {
+        let part = self.part(key);
+        self.parts[part].get_mut(key)
+    }
+
+    fn contains_key<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.get(key).is_some()
+    }
+
+    fn insert(&mut self, key: K, meta: Meta) {
+        let part = self.part(&key);
+        if self.parts[part].insert(key, meta).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<Meta>
+    where
+        K: Borrow<Q>,
+    {
+        let part = self.part(key);
+        let removed = self.parts[part].remove(key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// S3-FIFO over keys `K` with sizes in bytes.
 pub struct S3Fifo<K> {
-    index: HashMap<K, Meta>,
+    index: Index<K>,
     small: VecDeque<(K, u32)>,
     main: VecDeque<(K, u32)>,
     ghost: VecDeque<u64>,
@@ -61,7 +132,7 @@ pub struct S3Fifo<K> {
 impl<K: Hash + Eq + Clone> S3Fifo<K> {
     pub fn new(capacity_bytes: u64) -> S3Fifo<K> {
         S3Fifo {
-            index: HashMap::new(),
+            index: Index::new(),
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: VecDeque::new(),
@@ -84,7 +155,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len() == 0
     }
 
     pub fn contains<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
@@ -110,7 +181,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     /// value cannot be dropped yet): it is kept and counted as read.
     /// Returns false when nothing more could be evicted and the cache is
     /// over its capacity for now.
-    pub fn insert(&mut self, key: K, bytes: u64, evicted: &mut Vec<K>, mut may_evict: impl FnMut(&K) -> bool) -> bool {
+    pub fn insert(&mut self, key: K, bytes: u64, evicted: &mut Vec<K>, may_evict: impl FnMut(&K) -> bool) -> bool {
         debug_assert!(!self.index.contains_key(&key), "insert of a held key");
         let ghost = self.hasher.hash_one(&key);
         let to_main = self.ghosts.contains_key(&ghost);
@@ -127,9 +198,14 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
                 self.main_bytes += bytes;
             }
         }
-        // Bounded work per insert: when values are refused (not yet durable)
-        // the cache stays over capacity for a while and later inserts
-        // continue; refusals are bounded by the log's unflushed backlog.
+        self.make_room(evicted, may_evict)
+    }
+
+    /// Evicts until the values fit, with bounded work: when values are
+    /// refused (not yet durable) the cache stays over capacity for a while
+    /// and later inserts continue; refusals are bounded by the log's
+    /// unflushed backlog.
+    fn make_room(&mut self, evicted: &mut Vec<K>, mut may_evict: impl FnMut(&K) -> bool) -> bool {
         let mut budget = EVICT_ATTEMPTS_MAX;
         while self.bytes() > self.capacity_bytes && budget > 0 {
             budget -= 1;
@@ -147,8 +223,36 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         self.bytes() <= self.capacity_bytes
     }
 
-    /// Stops holding `key` (its value was dropped by its owner: overwritten,
-    /// deleted or expired). Returns whether it was held.
+    /// A held value was replaced by one of `bytes`: it keeps its place in
+    /// its queue (no stale slot is left behind) and the write counts as an
+    /// access. Evicts as [`S3Fifo::insert`] does when it grew. Returns false
+    /// when the key is not held (insert it instead).
+    pub fn replace<Q: Hash + Eq + ?Sized>(
+        &mut self,
+        key: &Q,
+        bytes: u64,
+        evicted: &mut Vec<K>,
+        may_evict: impl FnMut(&K) -> bool,
+    ) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        let Some(meta) = self.index.get_mut(key) else {
+            return false;
+        };
+        let old = meta.bytes;
+        meta.bytes = bytes;
+        meta.freq = (meta.freq + 1).min(FREQ_MAX);
+        match meta.queue {
+            Queue::Small => self.small_bytes = self.small_bytes - old + bytes,
+            Queue::Main => self.main_bytes = self.main_bytes - old + bytes,
+        }
+        self.make_room(evicted, may_evict);
+        true
+    }
+
+    /// Stops holding `key` (its value was dropped by its owner: deleted or
+    /// expired). Returns whether it was held.
     pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> bool
     where
         K: Borrow<Q>,

@@ -192,8 +192,14 @@ impl Books {
     /// Releases what a removed entry held: its cached value, its expiry
     /// index slot, and its record (now dead in the log).
     fn forget(&mut self, key: &Bytes, entry: &Entry) {
-        self.keys -= 1;
+        self.forget_keeping_cache(key, entry);
         self.cache.remove(&key[..]);
+    }
+
+    /// As `forget`, but the cache keeps its slot: the value is about to be
+    /// replaced, and `S3Fifo::replace` updates the slot in place.
+    fn forget_keeping_cache(&mut self, key: &Bytes, entry: &Entry) {
+        self.keys -= 1;
         if let Some(at) = entry.expires_at_ms {
             let removed = self.expiry.remove(&(at, key.clone()));
             assert!(removed, "expiry index out of step with the map");
@@ -319,14 +325,25 @@ impl KvShard {
         if conditions.evaluate(current, false) != Verdict::Proceed {
             return Outcome::PreconditionFailed;
         }
-        let created = self.remove(&key).is_none();
+        let hash = self.hash(&key);
+        let replaced = match self.partitions[partition_of(hash)].find_entry(hash, |(k, _)| *k == key) {
+            Ok(occupied) => {
+                let ((old_key, old), _) = occupied.remove();
+                self.books.forget_keeping_cache(&old_key, &old);
+                true
+            }
+            Err(_) => false,
+        };
         let etag = Etag::of(&content_type, &value);
         let content_type = interned(content_type);
         let bytes = value.len() as u64;
         let entry = Entry { value: Some(value), content_type, etag, expires_at_ms, location };
         self.insert(key.clone(), entry);
-        self.admit(key, bytes);
-        Outcome::Stored { etag, created, expires_at_ms }
+        if !(replaced && self.replace_cached(&key, bytes)) {
+            self.books.cache.remove(&key[..]);
+            self.admit(key, bytes);
+        }
+        Outcome::Stored { etag, created: !replaced, expires_at_ms }
     }
 
     fn insert(&mut self, key: Bytes, entry: Entry) {
@@ -339,13 +356,20 @@ impl KvShard {
         self.books.keys += 1;
     }
 
-    /// Caches a value just stored or read back, evicting others to make room.
-    fn admit(&mut self, key: Bytes, bytes: u64) {
+    /// Updates the cache slot of a replaced value in place; false when the
+    /// old value was not cached (evicted), so the new one must be admitted.
+    fn replace_cached(&mut self, key: &Bytes, bytes: u64) -> bool {
         let KvShard { partitions, hasher, books, evicted, durable_end, .. } = self;
         let durable_end = *durable_end;
-        books.cache.insert(key, bytes, evicted, |k| {
+        let replaced = books.cache.replace(&key[..], bytes, evicted, |k| {
             find(partitions, hasher, k).is_some_and(|e| !e.location.is_none() && e.location.end() <= durable_end)
         });
+        self.drop_evicted();
+        replaced
+    }
+
+    /// Clears the values of keys the cache evicted.
+    fn drop_evicted(&mut self) {
         for key in std::mem::take(&mut self.evicted) {
             let hash = self.hash(&key);
             if let Some((_, entry)) = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| *k == key) {
@@ -353,6 +377,16 @@ impl KvShard {
                 self.evictions += 1;
             }
         }
+    }
+
+    /// Caches a value just stored or read back, evicting others to make room.
+    fn admit(&mut self, key: Bytes, bytes: u64) {
+        let KvShard { partitions, hasher, books, evicted, durable_end, .. } = self;
+        let durable_end = *durable_end;
+        books.cache.insert(key, bytes, evicted, |k| {
+            find(partitions, hasher, k).is_some_and(|e| !e.location.is_none() && e.location.end() <= durable_end)
+        });
+        self.drop_evicted();
     }
 
     fn delete(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {

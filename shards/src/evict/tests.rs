@@ -97,3 +97,27 @@ fn stale_slots_do_not_pile_up() {
     }
     assert!(cache.small.len() + cache.main.len() <= 2 * 100 + 64 + 1, "{}", cache.small.len());
 }
+
+#[test]
+fn replacing_a_value_keeps_its_slot() {
+    let mut cache = S3Fifo::new(1 << 20);
+    for key in 0..100u64 {
+        insert(&mut cache, key, 10);
+    }
+    let mut evicted = Vec::new();
+    for round in 0..100u64 {
+        for key in 0..100u64 {
+            assert!(cache.replace(&key, 10 + round % 3, &mut evicted, |_| true));
+        }
+    }
+    assert_eq!(cache.small.len() + cache.main.len(), 100, "no stale slots from overwrites");
+    assert_eq!(cache.bytes(), 100 * 10, "the last round wrote 10-byte values");
+    assert!(!cache.replace(&1000, 5, &mut evicted, |_| true), "a key not held is not replaced");
+    // A value that grows past the capacity makes room like an insert.
+    let mut small = S3Fifo::new(100);
+    for key in 0..10u64 {
+        insert(&mut small, key, 10);
+    }
+    assert!(small.replace(&0, 50, &mut evicted, |_| true));
+    assert!(small.bytes() <= 100);
+}
