@@ -17,6 +17,7 @@ taskset -c "$SERVER_CPU" target/release/shardgate --listen 127.0.0.1:0 --shards 
 pid=$!
 for _ in $(seq 100); do grep -q '^listening on ' "$out" && break; sleep 0.05; done
 addr=$(sed -n 's/^listening on //p' "$out")
+for _ in $(seq 200); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.05; done
 python3 - "$addr" "$data/samples" <<'PY' &
 import sys, time, urllib.request
 addr, path = sys.argv[1], sys.argv[2]

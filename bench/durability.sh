@@ -20,6 +20,7 @@ for durability in sync async; do
         pid=$!
         for _ in $(seq 100); do grep -q '^listening on ' "$out" && break; sleep 0.05; done
         addr=$(sed -n 's/^listening on //p' "$out")
+        for _ in $(seq 200); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.05; done
         taskset -c "$CLIENT_CPU" target/release/shardgate-bench run bench/scenarios/sync-put.toml --addr "$addr" \
             --server-name "shardgate-$durability" --server-pid "$pid" --connections "$clients" --out-dir "$data/json" >/dev/null
         files+=("$data/json/sync-put-c$clients-shardgate-$durability.json")

@@ -20,5 +20,6 @@ server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$out" "$data"' EXIT
 for _ in $(seq 100); do grep -q '^listening on ' "$out" && break; sleep 0.05; done
 addr=$(sed -n 's/^listening on //p' "$out")
+for _ in $(seq 200); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.05; done
 taskset -c "$CLIENT_CPU" target/release/shardgate-bench hop --addr "$addr" --server-pid "$server" \
     --rounds "$ROUNDS" --seconds "$SECONDS_PER_PHASE" ${1:+--out "$1"}

@@ -44,7 +44,10 @@ shardgate)
     taskset -c "$cpu" "$binary" --listen 127.0.0.1:0 --shards 1 --rate-limit off --data-dir "$work/data" >"$work/out" 2>"$work/err" &
     pid=$!
     for _ in $(seq 200); do grep -q '^listening on ' "$work/out" && break; sleep 0.05; done
-    echo "$pid $(sed -n 's/^listening on //p' "$work/out") shardgate"
+    addr=$(sed -n 's/^listening on //p' "$work/out")
+    # The port opens before the log is recovered: wait until /readyz says 200.
+    for _ in $(seq 200); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.05; done
+    echo "$pid $addr shardgate"
     ;;
 nginx)
     need nginx nginx-light nginx

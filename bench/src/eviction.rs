@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
-use shardgate_shards::evict::S3Fifo;
+use shardgate_shards::evict::{Residents, S3Fifo, FREQ_MAX};
 
 /// A cache policy under test: `access` returns whether it was a hit.
 trait Policy {
@@ -84,17 +84,40 @@ impl Policy for Clock {
 
 struct S3 {
     cache: S3Fifo<u64>,
+    freq: HashMap<u64, u8>,
     evicted: Vec<u64>,
+}
+
+/// The read counters, kept beside the cache as the keydir keeps them.
+struct Freq<'a>(&'a mut HashMap<u64, u8>);
+
+impl Residents<u64> for Freq<'_> {
+    fn freq(&mut self, key: &u64) -> u8 {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+
+    fn set_freq(&mut self, key: &u64, freq: u8) {
+        self.0.insert(*key, freq);
+    }
+
+    fn may_evict(&mut self, _key: &u64) -> bool {
+        true
+    }
 }
 
 impl Policy for S3 {
     fn access(&mut self, key: u64) -> bool {
         if self.cache.contains(&key) {
-            self.cache.touch(&key);
+            let freq = self.freq.entry(key).or_insert(0);
+            *freq = (*freq + 1).min(FREQ_MAX);
             return true;
         }
         self.evicted.clear();
-        self.cache.insert(key, 1, &mut self.evicted, |_| true);
+        self.freq.insert(key, 0);
+        self.cache.insert(key, 1, &mut self.evicted, &mut Freq(&mut self.freq));
+        for gone in &self.evicted {
+            self.freq.remove(gone);
+        }
         false
     }
 }
@@ -149,7 +172,10 @@ pub fn report(keys: u64, requests: usize, seed: u64) -> String {
             let lru =
                 hit_ratio(&mut Lru { capacity, generation: HashMap::new(), order: VecDeque::new(), tick: 0 }, trace);
             let clock = hit_ratio(&mut Clock { capacity, slots: Vec::new(), index: HashMap::new(), hand: 0 }, trace);
-            let s3 = hit_ratio(&mut S3 { cache: S3Fifo::new(capacity as u64), evicted: Vec::new() }, trace);
+            let s3 = hit_ratio(
+                &mut S3 { cache: S3Fifo::new(capacity as u64), freq: HashMap::new(), evicted: Vec::new() },
+                trace,
+            );
             let _ = writeln!(
                 out,
                 "| {name} | {percent}% | {:.2}% | {:.2}% | {:.2}% | {:+.2} points |",
@@ -174,7 +200,7 @@ mod tests {
         assert!(!lru.access(3), "evicts 2, the least recent");
         assert!(lru.access(1) && !lru.access(2));
         let trace = trace(1000, 20_000, 0.99, None, 3);
-        let s3 = hit_ratio(&mut S3 { cache: S3Fifo::new(100), evicted: Vec::new() }, &trace);
+        let s3 = hit_ratio(&mut S3 { cache: S3Fifo::new(100), freq: HashMap::new(), evicted: Vec::new() }, &trace);
         assert!(s3 > 0.3, "{s3}");
     }
 }

@@ -76,7 +76,21 @@ def start_shardgate(cpu, driver, shards=1, extra=()):
             break
     else:
         raise RuntimeError("shardgate did not start")
+    wait_ready(f"http://{addr}")
     return proc, f"http://{addr}"
+
+
+def wait_ready(base, timeout=30):
+    """The port opens before the log is recovered: wait for /readyz 200."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{base}/readyz", timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{base} never became ready")
 
 
 def put(base, key):

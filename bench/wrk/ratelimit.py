@@ -33,7 +33,9 @@ def start(cpu, shards, limit):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if line.startswith("listening on "):
-            return proc, f"http://{line.split()[-1]}"
+            base = f"http://{line.split()[-1]}"
+            compare.wait_ready(base)
+            return proc, base
     raise RuntimeError("shardgate did not start")
 
 

@@ -13,6 +13,10 @@
 //! Chosen over LRU and CLOCK by measurement on a Zipf 0.99 trace
 //! (`shardgate-bench eviction`, README.md).
 //!
+//! The read counters live with the caller's entries ([`Residents`]): a hit
+//! is one increment on the entry the caller already holds, and the cache
+//! is consulted only when values come in or must go.
+//!
 //! Queues hold keys with a generation; removing a key only drops its index
 //! entry, and stale queue slots are skipped when they reach the head (and
 //! compacted away when they outnumber the live ones).
@@ -28,7 +32,7 @@ const SMALL_SHARE_PERCENT: u64 = 10;
 /// Queue slots one insert may examine while making room.
 const EVICT_ATTEMPTS_MAX: usize = 256;
 /// Reads counted per value (2 bits).
-const FREQ_MAX: u8 = 3;
+pub const FREQ_MAX: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Queue {
@@ -39,9 +43,18 @@ enum Queue {
 #[derive(Clone, Copy, Debug)]
 struct Meta {
     bytes: u64,
-    freq: u8,
     queue: Queue,
     generation: u32,
+}
+
+/// What the cache asks of the owner of the values it manages.
+pub trait Residents<K> {
+    /// Reads of `key`'s value since it came in or last passed a queue's
+    /// head (the owner counts them, up to [`FREQ_MAX`]).
+    fn freq(&mut self, key: &K) -> u8;
+    fn set_freq(&mut self, key: &K, freq: u8);
+    /// Whether the value may be dropped now (a value not yet durable may not).
+    fn may_evict(&mut self, key: &K) -> bool;
 }
 
 /// Partitions of the index: a hash map grows by rehashing all of it at
@@ -165,29 +178,19 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         self.index.contains_key(key)
     }
 
-    /// A held value was read.
-    pub fn touch<Q: Hash + Eq + ?Sized>(&mut self, key: &Q)
-    where
-        K: Borrow<Q>,
-    {
-        if let Some(meta) = self.index.get_mut(key) {
-            meta.freq = (meta.freq + 1).min(FREQ_MAX);
-        }
-    }
-
     /// Holds a new value of `bytes` (the key must not be held), as a miss
-    /// does in S3-FIFO: unread so far. Values are evicted until it fits;
-    /// `evicted` receives their keys. `may_evict` can refuse a key (its
-    /// value cannot be dropped yet): it is kept and counted as read.
-    /// Returns false when nothing more could be evicted and the cache is
-    /// over its capacity for now.
-    pub fn insert(&mut self, key: K, bytes: u64, evicted: &mut Vec<K>, may_evict: impl FnMut(&K) -> bool) -> bool {
+    /// does in S3-FIFO: its owner sets its read count to 0. Values are
+    /// evicted until it fits; `evicted` receives their keys. A value the
+    /// owner refuses to drop is kept and counted as read. Returns false when
+    /// nothing more could be evicted and the cache is over its capacity
+    /// for now.
+    pub fn insert(&mut self, key: K, bytes: u64, evicted: &mut Vec<K>, residents: &mut impl Residents<K>) -> bool {
         debug_assert!(!self.index.contains_key(&key), "insert of a held key");
         let ghost = self.hasher.hash_one(&key);
         let to_main = self.ghosts.contains_key(&ghost);
         self.generation = self.generation.wrapping_add(1);
         let queue = if to_main { Queue::Main } else { Queue::Small };
-        self.index.insert(key.clone(), Meta { bytes, freq: 0, queue, generation: self.generation });
+        self.index.insert(key.clone(), Meta { bytes, queue, generation: self.generation });
         match queue {
             Queue::Small => {
                 self.small.push_back((key, self.generation));
@@ -198,22 +201,22 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
                 self.main_bytes += bytes;
             }
         }
-        self.make_room(evicted, may_evict)
+        self.make_room(evicted, residents)
     }
 
     /// Evicts until the values fit, with bounded work: when values are
     /// refused (not yet durable) the cache stays over capacity for a while
     /// and later inserts continue; refusals are bounded by the log's
     /// unflushed backlog.
-    fn make_room(&mut self, evicted: &mut Vec<K>, mut may_evict: impl FnMut(&K) -> bool) -> bool {
+    fn make_room(&mut self, evicted: &mut Vec<K>, residents: &mut impl Residents<K>) -> bool {
         let mut budget = EVICT_ATTEMPTS_MAX;
         while self.bytes() > self.capacity_bytes && budget > 0 {
             budget -= 1;
             let small_over = self.small_bytes * 100 > self.capacity_bytes * SMALL_SHARE_PERCENT;
             let progressed = if small_over || self.main.is_empty() {
-                self.evict_small(evicted, &mut may_evict)
+                self.evict_small(evicted, residents)
             } else {
-                self.evict_main(evicted, &mut may_evict)
+                self.evict_main(evicted, residents)
             };
             if !progressed && self.small.is_empty() && self.main.is_empty() {
                 break;
@@ -224,15 +227,15 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
     }
 
     /// A held value was replaced by one of `bytes`: it keeps its place in
-    /// its queue (no stale slot is left behind) and the write counts as an
-    /// access. Evicts as [`S3Fifo::insert`] does when it grew. Returns false
-    /// when the key is not held (insert it instead).
+    /// its queue (no stale slot is left behind; the owner counts the write
+    /// as a read). Evicts as [`S3Fifo::insert`] does when it grew. Returns
+    /// false when the key is not held (insert it instead).
     pub fn replace<Q: Hash + Eq + ?Sized>(
         &mut self,
         key: &Q,
         bytes: u64,
         evicted: &mut Vec<K>,
-        may_evict: impl FnMut(&K) -> bool,
+        residents: &mut impl Residents<K>,
     ) -> bool
     where
         K: Borrow<Q>,
@@ -242,12 +245,11 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         };
         let old = meta.bytes;
         meta.bytes = bytes;
-        meta.freq = (meta.freq + 1).min(FREQ_MAX);
         match meta.queue {
             Queue::Small => self.small_bytes = self.small_bytes - old + bytes,
             Queue::Main => self.main_bytes = self.main_bytes - old + bytes,
         }
-        self.make_room(evicted, may_evict);
+        self.make_room(evicted, residents);
         true
     }
 
@@ -272,7 +274,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         self.index.get(key).filter(|m| m.generation == generation).copied()
     }
 
-    fn evict_small(&mut self, evicted: &mut Vec<K>, may_evict: &mut impl FnMut(&K) -> bool) -> bool {
+    fn evict_small(&mut self, evicted: &mut Vec<K>, residents: &mut impl Residents<K>) -> bool {
         let Some((key, generation)) = self.small.pop_front() else {
             return false;
         };
@@ -280,10 +282,11 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
             return true;
         };
         self.small_bytes -= meta.bytes;
-        if meta.freq > 0 || !may_evict(&key) {
+        if residents.freq(&key) > 0 || !residents.may_evict(&key) {
             // Read while on probation (or pinned): promote to main.
+            residents.set_freq(&key, 0);
             self.generation = self.generation.wrapping_add(1);
-            let moved = Meta { freq: 0, queue: Queue::Main, generation: self.generation, ..meta };
+            let moved = Meta { queue: Queue::Main, generation: self.generation, ..meta };
             self.index.insert(key.clone(), moved);
             self.main.push_back((key, self.generation));
             self.main_bytes += meta.bytes;
@@ -295,15 +298,16 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         true
     }
 
-    fn evict_main(&mut self, evicted: &mut Vec<K>, may_evict: &mut impl FnMut(&K) -> bool) -> bool {
+    fn evict_main(&mut self, evicted: &mut Vec<K>, residents: &mut impl Residents<K>) -> bool {
         let Some((key, generation)) = self.main.pop_front() else {
             return false;
         };
         let Some(meta) = self.current(&key, generation) else {
             return true;
         };
-        if meta.freq > 0 || !may_evict(&key) {
-            self.index.insert(key.clone(), Meta { freq: meta.freq.saturating_sub(1), ..meta });
+        let freq = residents.freq(&key);
+        if freq > 0 || !residents.may_evict(&key) {
+            residents.set_freq(&key, freq.saturating_sub(1));
             self.main.push_back((key, generation));
             return true;
         }

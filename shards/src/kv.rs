@@ -25,7 +25,7 @@ use hashbrown::HashTable;
 
 use crate::compaction::Location;
 use crate::conditions::{Conditions, Etag, Verdict};
-use crate::evict::S3Fifo;
+use crate::evict::{Residents, S3Fifo, FREQ_MAX};
 
 /// Longest key in bytes, after percent-decoding (SPEC §2).
 pub const KEY_BYTES_MAX: usize = 1024;
@@ -133,6 +133,9 @@ struct Entry {
     expires_at_ms: Option<u64>,
     /// The log record holding this value ([`Location::NONE`]: not logged).
     location: Location,
+    /// S3-FIFO's read counter for the cached value (kept here, so a hit
+    /// costs no lookup in the cache).
+    freq: u8,
 }
 
 impl Entry {
@@ -214,9 +217,35 @@ fn partition_of(hash: u64) -> usize {
     (hash >> 40) as usize & (PARTITIONS - 1)
 }
 
-fn find<'a>(partitions: &'a [Table], hasher: &DefaultHashBuilder, key: &[u8]) -> Option<&'a Entry> {
-    let hash = hasher.hash_one(key);
-    partitions[partition_of(hash)].find(hash, |(k, _)| &k[..] == key).map(|(_, e)| e)
+/// The keydir as the cache sees it: read counters and whether a value may go.
+struct Keydir<'a> {
+    partitions: &'a mut [Table],
+    hasher: &'a DefaultHashBuilder,
+    durable_end: u64,
+}
+
+impl Keydir<'_> {
+    fn entry(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let hash = self.hasher.hash_one(key);
+        self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| &k[..] == key).map(|(_, e)| e)
+    }
+}
+
+impl Residents<Bytes> for Keydir<'_> {
+    fn freq(&mut self, key: &Bytes) -> u8 {
+        self.entry(key).map_or(0, |e| e.freq)
+    }
+
+    fn set_freq(&mut self, key: &Bytes, freq: u8) {
+        if let Some(entry) = self.entry(key) {
+            entry.freq = freq;
+        }
+    }
+
+    fn may_evict(&mut self, key: &Bytes) -> bool {
+        let durable_end = self.durable_end;
+        self.entry(key).is_some_and(|e| !e.location.is_none() && e.location.end() <= durable_end)
+    }
 }
 
 impl KvShard {
@@ -281,7 +310,7 @@ impl KvShard {
 
     /// Returns the live entry of `key`, dropping it if it has expired; one
     /// hash probe either way.
-    fn live(&mut self, now_ms: u64, key: &[u8]) -> Option<&Entry> {
+    fn live(&mut self, now_ms: u64, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
         let KvShard { partitions, books, .. } = self;
         match partitions[partition_of(hash)].find_entry(hash, |(k, _)| &k[..] == key) {
@@ -291,7 +320,7 @@ impl KvShard {
                 books.forget(&key, &entry);
                 None
             }
-            Ok(occupied) => Some(&occupied.into_mut().1),
+            Ok(occupied) => Some(&mut occupied.into_mut().1),
         }
     }
 
@@ -299,24 +328,29 @@ impl KvShard {
     /// key, so a read on the owner core allocates nothing.
     pub fn get(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
         assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "key length unchecked");
-        let entry = self.live(now_ms, key).cloned();
-        let outcome = match conditions.evaluate(entry.as_ref().map(|e| e.etag), true) {
+        let entry = self.live(now_ms, key);
+        match conditions.evaluate(entry.as_ref().map(|e| e.etag), true) {
             Verdict::Failed => Outcome::PreconditionFailed,
             Verdict::NotModified => Outcome::NotModified { etag: entry.expect("matched").etag },
             Verdict::Proceed => match entry {
-                Some(Entry { value: Some(value), content_type, etag, .. }) => {
-                    Outcome::Value { value, content_type, etag }
-                }
-                Some(Entry { value: None, content_type, etag, location, .. }) => {
-                    Outcome::Cold { location, content_type, etag }
-                }
+                Some(entry) => match &entry.value {
+                    Some(value) => {
+                        entry.freq = (entry.freq + 1).min(FREQ_MAX);
+                        Outcome::Value {
+                            value: value.clone(),
+                            content_type: entry.content_type.clone(),
+                            etag: entry.etag,
+                        }
+                    }
+                    None => Outcome::Cold {
+                        location: entry.location,
+                        content_type: entry.content_type.clone(),
+                        etag: entry.etag,
+                    },
+                },
                 None => Outcome::NotFound,
             },
-        };
-        if matches!(outcome, Outcome::Value { .. }) {
-            self.books.cache.touch(key);
         }
-        outcome
     }
 
     fn put(&mut self, now_ms: u64, stored: Stored, conditions: &Conditions) -> Outcome {
@@ -330,20 +364,23 @@ impl KvShard {
             Ok(occupied) => {
                 let ((old_key, old), _) = occupied.remove();
                 self.books.forget_keeping_cache(&old_key, &old);
-                true
+                Some(old.freq)
             }
-            Err(_) => false,
+            Err(_) => None,
         };
         let etag = Etag::of(&content_type, &value);
         let content_type = interned(content_type);
         let bytes = value.len() as u64;
-        let entry = Entry { value: Some(value), content_type, etag, expires_at_ms, location };
+        // A write to a cached value counts as a read of it.
+        let freq = replaced.map_or(0, |freq| (freq + 1).min(FREQ_MAX));
+        let entry = Entry { value: Some(value), content_type, etag, expires_at_ms, location, freq };
         self.insert(key.clone(), entry);
-        if !(replaced && self.replace_cached(&key, bytes)) {
+        if !(replaced.is_some() && self.replace_cached(&key, bytes)) {
             self.books.cache.remove(&key[..]);
+            self.set_freq(&key, 0);
             self.admit(key, bytes);
         }
-        Outcome::Stored { etag, created: !replaced, expires_at_ms }
+        Outcome::Stored { etag, created: replaced.is_none(), expires_at_ms }
     }
 
     fn insert(&mut self, key: Bytes, entry: Entry) {
@@ -360,12 +397,17 @@ impl KvShard {
     /// old value was not cached (evicted), so the new one must be admitted.
     fn replace_cached(&mut self, key: &Bytes, bytes: u64) -> bool {
         let KvShard { partitions, hasher, books, evicted, durable_end, .. } = self;
-        let durable_end = *durable_end;
-        let replaced = books.cache.replace(&key[..], bytes, evicted, |k| {
-            find(partitions, hasher, k).is_some_and(|e| !e.location.is_none() && e.location.end() <= durable_end)
-        });
+        let mut keydir = Keydir { partitions, hasher, durable_end: *durable_end };
+        let replaced = books.cache.replace(&key[..], bytes, evicted, &mut keydir);
         self.drop_evicted();
         replaced
+    }
+
+    fn set_freq(&mut self, key: &[u8], freq: u8) {
+        let hash = self.hash(key);
+        if let Some((_, entry)) = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| &k[..] == key) {
+            entry.freq = freq;
+        }
     }
 
     /// Clears the values of keys the cache evicted.
@@ -382,10 +424,8 @@ impl KvShard {
     /// Caches a value just stored or read back, evicting others to make room.
     fn admit(&mut self, key: Bytes, bytes: u64) {
         let KvShard { partitions, hasher, books, evicted, durable_end, .. } = self;
-        let durable_end = *durable_end;
-        books.cache.insert(key, bytes, evicted, |k| {
-            find(partitions, hasher, k).is_some_and(|e| !e.location.is_none() && e.location.end() <= durable_end)
-        });
+        let mut keydir = Keydir { partitions, hasher, durable_end: *durable_end };
+        books.cache.insert(key, bytes, evicted, &mut keydir);
         self.drop_evicted();
     }
 
@@ -429,7 +469,8 @@ impl KvShard {
         self.set_durable_end(location.end());
         let etag = Etag::of(&content_type, &value);
         let bytes = value.len() as u64;
-        let entry = Entry { value: Some(value), content_type: interned(content_type), etag, expires_at_ms, location };
+        let entry =
+            Entry { value: Some(value), content_type: interned(content_type), etag, expires_at_ms, location, freq: 0 };
         self.insert(key.clone(), entry);
         self.admit(key, bytes);
     }
@@ -451,7 +492,7 @@ impl KvShard {
         }
         self.remove(&key);
         self.set_durable_end(location.end());
-        let entry = Entry { value: None, content_type: interned(content_type), etag, expires_at_ms, location };
+        let entry = Entry { value: None, content_type: interned(content_type), etag, expires_at_ms, location, freq: 0 };
         self.insert(key, entry);
     }
 
@@ -468,6 +509,7 @@ impl KvShard {
         }
         let bytes = value.len() as u64;
         entry.value = Some(value);
+        entry.freq = 0;
         let key = key.clone();
         self.admit(key, bytes);
         true
