@@ -103,7 +103,7 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
                 },
                 Step::Wait(_) => unreachable!("a request waiting for a lease is not in the batch"),
             };
-            close |= write_response(core, &mut output, response, pending.meta);
+            close |= write_response(core, &mut output, &response, &pending.meta);
         }
         if outcome.requests > 0 {
             core.metrics().duration(started.elapsed().as_micros() as u64, outcome.requests as u64);
@@ -194,7 +194,7 @@ fn decode_batch(
 ) -> BatchOutcome {
     let mut outcome = BatchOutcome { consumed: 0, requests: 0, close: false, error: false, lease_wait: None };
     while outcome.requests < PIPELINE_BATCH_MAX && output.len() < OUTPUT_BATCH_BYTES_MAX {
-        let pending = match decoder.decode(&input[outcome.consumed..]) {
+        let (step, meta) = match decoder.decode(&input[outcome.consumed..]) {
             Ok(Decoded::Partial) => break,
             Ok(Decoded::Complete { request, consumed }) => {
                 let head_only = request.method == Method::Head;
@@ -205,23 +205,22 @@ fn decode_batch(
                     break;
                 }
                 outcome.consumed += consumed;
-                Pending { step, meta: Meta { route, head_only, persistence, rate } }
+                (step, Meta { route, head_only, persistence, rate })
             }
             Err(error) => {
                 let response = Response { close: true, ..Response::problem(error.status(), &error.to_string()) };
                 outcome.consumed = input.len();
                 outcome.error = true;
                 let meta = Meta { route: Route::Other, head_only: false, persistence: Persistence::Close, rate: None };
-                Pending { step: Step::Ready(response), meta }
+                (Step::Ready(response), meta)
             }
         };
         outcome.requests += 1;
-        let closing = pending.meta.persistence == Persistence::Close;
-        match pending.step {
-            Step::Ready(response) if batch.is_empty() => {
-                outcome.close |= write_response(core, output, response, pending.meta);
-            }
-            step => batch.push(Pending { step, meta: pending.meta }),
+        let closing = meta.persistence == Persistence::Close;
+        // Encoded in place while nothing before it waits; moved only otherwise.
+        match &step {
+            Step::Ready(response) if batch.is_empty() => outcome.close |= write_response(core, output, response, &meta),
+            _ => batch.push(Pending { step, meta }),
         }
         if closing {
             outcome.close = true;
@@ -233,10 +232,10 @@ fn decode_batch(
 
 /// Encodes one response and counts it. Returns true when the connection
 /// must close after it.
-fn write_response(core: &Core, output: &mut Vec<u8>, response: Response, meta: Meta) -> bool {
+fn write_response(core: &Core, output: &mut Vec<u8>, response: &Response, meta: &Meta) -> bool {
     let persistence = if response.close { Persistence::Close } else { meta.persistence };
     let framing = Framing { head_only: meta.head_only, persistence, rate: meta.rate.as_ref() };
-    encode(output, &response, &core.date.borrow(), framing);
+    encode(output, response, &core.date.borrow(), framing);
     core.metrics().request(meta.route, response.status);
     persistence == Persistence::Close
 }
