@@ -144,6 +144,16 @@ impl Entry {
     }
 }
 
+/// An entry read back at start, with or without its value.
+struct Recovered {
+    key: Bytes,
+    value: Option<Bytes>,
+    content_type: Bytes,
+    etag: Etag,
+    expires_at_ms: Option<u64>,
+    location: Location,
+}
+
 /// A value about to be stored, with where its record goes.
 struct Stored {
     key: Bytes,
@@ -461,18 +471,9 @@ impl KvShard {
         expires_at_ms: Option<u64>,
         location: Location,
     ) {
-        assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "recovered key length unchecked");
-        if expires_at_ms.is_some_and(|at| at <= now_ms) {
-            return;
-        }
-        self.remove(&key);
-        self.set_durable_end(location.end());
         let etag = Etag::of(&content_type, &value);
-        let bytes = value.len() as u64;
-        let entry =
-            Entry { value: Some(value), content_type: interned(content_type), etag, expires_at_ms, location, freq: 0 };
-        self.insert(key.clone(), entry);
-        self.admit(key, bytes);
+        let recovered = Recovered { key, value: Some(value), content_type, etag, expires_at_ms, location };
+        self.restore_entry(now_ms, recovered);
     }
 
     /// Puts back a recovered entry whose value stays on disk (its segment
@@ -486,14 +487,23 @@ impl KvShard {
         expires_at_ms: Option<u64>,
         location: Location,
     ) {
+        self.restore_entry(now_ms, Recovered { key, value: None, content_type, etag, expires_at_ms, location });
+    }
+
+    fn restore_entry(&mut self, now_ms: u64, recovered: Recovered) {
+        let Recovered { key, value, content_type, etag, expires_at_ms, location } = recovered;
         assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "recovered key length unchecked");
         if expires_at_ms.is_some_and(|at| at <= now_ms) {
             return;
         }
         self.remove(&key);
         self.set_durable_end(location.end());
-        let entry = Entry { value: None, content_type: interned(content_type), etag, expires_at_ms, location, freq: 0 };
-        self.insert(key, entry);
+        let bytes = value.as_ref().map(|v| v.len() as u64);
+        let entry = Entry { value, content_type: interned(content_type), etag, expires_at_ms, location, freq: 0 };
+        self.insert(key.clone(), entry);
+        if let Some(bytes) = bytes {
+            self.admit(key, bytes);
+        }
     }
 
     /// Hands back a value read from its record at `location`. It is cached

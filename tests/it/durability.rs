@@ -582,3 +582,43 @@ fn hint_files_rebuild_the_keydir_without_reading_values() {
     assert_eq!(hinted_segments(&server), hint_files.len() - 1);
     check(&server);
 }
+
+#[test]
+fn cold_reads_follow_records_that_compaction_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--shards", "1", "--segment-bytes", "1MiB", "--cache-bytes", "64KiB"];
+    let server = Server::start_in(dir.path(), &args, &[]);
+    let stable = |i: usize| format!("stable {i:04} {}", "s".repeat(2000));
+    let mut client = server.client();
+    for i in 0..300 {
+        assert_eq!(client.request(&put(&format!("/v1/kv/s{i}"), &stable(i))).status, 201);
+    }
+    // A reader goes over the stable keys (mostly evicted: 10x the cache)
+    // while a writer churns other keys, so compaction keeps moving the
+    // stable records to the head of the log under the reader's feet.
+    let addr = server.addr;
+    let reader = std::thread::spawn(move || {
+        let mut client = Client::connect(addr);
+        let mut reads = 0;
+        for round in 0..6 {
+            for i in 0..300 {
+                let response = client.request(&get(&format!("/v1/kv/s{i}")));
+                assert_eq!((response.status, response.text()), (200, stable(i)), "s{i}, round {round}");
+                reads += 1;
+            }
+        }
+        reads
+    });
+    let churn = "c".repeat(2000);
+    for round in 0..200 {
+        for key in 0..20 {
+            assert!(
+                matches!(client.request(&put(&format!("/v1/kv/c{key}"), &churn)).status, 200 | 201),
+                "round {round}"
+            );
+        }
+    }
+    assert_eq!(reader.join().unwrap(), 1800);
+    assert!(wait_metric(&server, "shardgate_compactions_total", |n| n >= 2.0) >= 2.0);
+    assert!(server.metric("shardgate_cache_disk_reads_total", &[]) > 300.0);
+}

@@ -99,31 +99,29 @@ pub struct RateItem {
 
 impl RateHeaders {
     fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_field(out, b"\r\nRateLimit-Policy: ", |item| {
+            [(b"q", u64::from(item.quota)), (b"w", item.window_s)]
+        });
+        self.encode_field(out, b"\r\nRateLimit: ", |item| [(b"r", u64::from(item.remaining)), (b"t", item.reset_s)]);
+    }
+
+    /// One structured field: `"name";k=v;k=v` per item, comma-separated.
+    fn encode_field(&self, out: &mut Vec<u8>, field: &[u8], parameters: impl Fn(&RateItem) -> [(&[u8; 1], u64); 2]) {
         let mut numbers = itoa::Buffer::new();
-        let items = || self.items.iter().flatten();
-        out.extend_from_slice(b"\r\nRateLimit-Policy: ");
-        for (i, item) in items().enumerate() {
+        out.extend_from_slice(field);
+        for (i, item) in self.items.iter().flatten().enumerate() {
             if i > 0 {
                 out.extend_from_slice(b", ");
             }
             out.push(b'"');
             out.extend_from_slice(item.name.as_bytes());
-            out.extend_from_slice(b"\";q=");
-            out.extend_from_slice(numbers.format(item.quota).as_bytes());
-            out.extend_from_slice(b";w=");
-            out.extend_from_slice(numbers.format(item.window_s).as_bytes());
-        }
-        out.extend_from_slice(b"\r\nRateLimit: ");
-        for (i, item) in items().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b", ");
-            }
             out.push(b'"');
-            out.extend_from_slice(item.name.as_bytes());
-            out.extend_from_slice(b"\";r=");
-            out.extend_from_slice(numbers.format(item.remaining).as_bytes());
-            out.extend_from_slice(b";t=");
-            out.extend_from_slice(numbers.format(item.reset_s).as_bytes());
+            for (key, value) in parameters(item) {
+                out.push(b';');
+                out.extend_from_slice(key);
+                out.push(b'=');
+                out.extend_from_slice(numbers.format(value).as_bytes());
+            }
         }
     }
 }
