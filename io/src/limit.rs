@@ -137,11 +137,11 @@ pub fn check(core: &Rc<Core>, request: &Request<'_>, peer: Option<IpAddr>, now_m
             retry_after_ms = retry_after_ms.max(wait_ms.max(1));
         }
         headers.items[slot] = Some(RateItem {
-            name: if class == Class::All { "default" } else { "writes" },
+            writes: class == Class::Writes,
             quota: policy.limit,
-            window_s: policy.window_s(),
+            window_s: policy.window_s() as u32,
             remaining,
-            reset_s: reset_ms.div_ceil(1000),
+            reset_s: reset_ms.div_ceil(1000).min(u64::from(u32::MAX)) as u32,
         });
     }
     let metrics = core.metrics();

@@ -86,27 +86,27 @@ pub struct RateHeaders {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateItem {
-    pub name: &'static str,
+    /// The `"writes"` policy, else `"default"` (a flag, not a string: this
+    /// travels with every response, so it is kept small).
+    pub writes: bool,
     /// `q`: the limit.
     pub quota: u32,
-    /// `w`: the window in seconds.
-    pub window_s: u64,
+    /// `w`: the window in seconds (at most a day).
+    pub window_s: u32,
     /// `r`: requests left.
     pub remaining: u32,
     /// `t`: seconds until the count next drops.
-    pub reset_s: u64,
+    pub reset_s: u32,
 }
 
 impl RateHeaders {
     fn encode(&self, out: &mut Vec<u8>) {
-        self.encode_field(out, b"\r\nRateLimit-Policy: ", |item| {
-            [(b"q", u64::from(item.quota)), (b"w", item.window_s)]
-        });
-        self.encode_field(out, b"\r\nRateLimit: ", |item| [(b"r", u64::from(item.remaining)), (b"t", item.reset_s)]);
+        self.encode_field(out, b"\r\nRateLimit-Policy: ", |item| [(b"q", item.quota), (b"w", item.window_s)]);
+        self.encode_field(out, b"\r\nRateLimit: ", |item| [(b"r", item.remaining), (b"t", item.reset_s)]);
     }
 
     /// One structured field: `"name";k=v;k=v` per item, comma-separated.
-    fn encode_field(&self, out: &mut Vec<u8>, field: &[u8], parameters: impl Fn(&RateItem) -> [(&[u8; 1], u64); 2]) {
+    fn encode_field(&self, out: &mut Vec<u8>, field: &[u8], parameters: impl Fn(&RateItem) -> [(&[u8; 1], u32); 2]) {
         let mut numbers = itoa::Buffer::new();
         out.extend_from_slice(field);
         for (i, item) in self.items.iter().flatten().enumerate() {
@@ -114,7 +114,7 @@ impl RateHeaders {
                 out.extend_from_slice(b", ");
             }
             out.push(b'"');
-            out.extend_from_slice(item.name.as_bytes());
+            out.extend_from_slice(if item.writes { b"writes" } else { b"default" });
             out.push(b'"');
             for (key, value) in parameters(item) {
                 out.push(b';');

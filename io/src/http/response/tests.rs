@@ -74,8 +74,8 @@ fn date_cache_changes_each_second() {
 
 #[test]
 fn rate_limit_fields() {
-    let item = |name, quota, window_s, remaining, reset_s| RateItem { name, quota, window_s, remaining, reset_s };
-    let rate = RateHeaders { items: [Some(item("default", 100, 10, 50, 3)), Some(item("writes", 10, 1, 0, 1))] };
+    let item = |writes, quota, window_s, remaining, reset_s| RateItem { writes, quota, window_s, remaining, reset_s };
+    let rate = RateHeaders { items: [Some(item(false, 100, 10, 50, 3)), Some(item(true, 10, 1, 0, 1))] };
     let mut out = Vec::new();
     let framing = Framing { head_only: false, persistence: Persistence::KeepAlive11, rate: Some(&rate) };
     encode(&mut out, &Response::new(204), &date(), framing);
