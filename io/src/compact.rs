@@ -114,6 +114,7 @@ async fn compact_segment(core: &Rc<Core>, first: u64) -> io::Result<()> {
             }
             let step = Instant::now();
             let now_ms = unix_ms(SystemTime::now());
+            let busy = core.metrics_all.heartbeats.busy(core.id);
             while offset < chunk.len() && step.elapsed() < STEP_BUDGET {
                 let (record, length) = match record::decode(&chunk[offset..]) {
                     Ok(decoded) => decoded,
@@ -137,6 +138,7 @@ async fn compact_segment(core: &Rc<Core>, first: u64) -> io::Result<()> {
                 offset += length;
             }
             core.settle_dead();
+            drop(busy);
             core.metrics().compaction_step(step.elapsed().as_micros() as u64);
             monoio::time::sleep(STEP_PAUSE).await;
         }

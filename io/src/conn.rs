@@ -83,7 +83,10 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
         core.date.borrow_mut().refresh(now);
         core.now_ms.set(unix_ms(now));
         set_phase(core, conn_key, Phase::Busy, 0);
-        let mut outcome = decode_batch(core, &mut decoder, &input, peer, unix_ms(now), &mut batch, &mut output);
+        let mut outcome = {
+            let _busy = core.metrics_all.heartbeats.busy(core.id);
+            decode_batch(core, &mut decoder, &input, peer, unix_ms(now), &mut batch, &mut output)
+        };
         let mut close = outcome.close || core.shutting_down.get();
         for pending in batch.drain(..) {
             let response = match pending.step {

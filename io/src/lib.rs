@@ -16,6 +16,7 @@
 //! - [`rehome`]: moving every key to its owner under a new `--shards`.
 //! - [`compact`]: background compaction of a shard's log segments.
 //! - [`durable`]: a core's append buffer, group commit, durability waits.
+//! - [`watchdog`]: the event-loop stall detector (one thread, no wake-ups on the cores).
 //! - [`metrics`]: per-shard counters and the Prometheus rendering.
 //! - [`config`]: the plain configuration the binary hands in.
 
@@ -35,3 +36,4 @@ pub mod metrics;
 pub mod reader;
 pub mod rehome;
 pub mod server;
+pub mod watchdog;

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::mesh::Mesh;
+use crate::watchdog::Heartbeats;
 
 /// The routes requests are counted by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,14 +150,16 @@ impl ShardMetrics {
         bump(if hit { &self.cache_hits } else { &self.cache_misses }, 1);
     }
 
-    /// The event loop could not run for `micros` (a stall).
-    pub fn stall(&self, micros: u64) {
+    /// A stretch of work passed the stall threshold; returns the count.
+    /// Called by the watchdog thread only (the single writer of stalls).
+    pub fn stall_started(&self) -> u64 {
         bump(&self.stalls, 1);
-        self.stall_durations.record(micros, 1);
+        self.stalls.load(Relaxed)
     }
 
-    pub fn stall_count(&self) -> u64 {
-        self.stalls.load(Relaxed)
+    /// A counted stall ended after `micros`. Watchdog thread only.
+    pub fn stall_ended(&self, micros: u64) {
+        self.stall_durations.record(micros, 1);
     }
 
     /// A compaction step ran for `micros` on the event loop.
@@ -237,14 +240,18 @@ impl ShardMetrics {
     }
 }
 
-/// All shards' metrics.
+/// All shards' metrics, and the cores' heartbeats for the stall watchdog.
 pub struct Metrics {
     shards: Box<[ShardMetrics]>,
+    pub heartbeats: Heartbeats,
 }
 
 impl Metrics {
     pub fn new(shard_count: u32) -> Metrics {
-        Metrics { shards: (0..shard_count).map(|_| ShardMetrics::default()).collect() }
+        Metrics {
+            shards: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
+            heartbeats: Heartbeats::new(shard_count),
+        }
     }
 
     pub fn shard(&self, shard: u32) -> &ShardMetrics {
@@ -314,7 +321,7 @@ impl Metrics {
             (
                 "shardgate_event_loop_stalls_total",
                 "counter",
-                "Times the shard's event loop could not run for over 10 ms.",
+                "Stretches of work that held the shard's event loop for over 10 ms.",
                 |m| &m.stalls,
             ),
             ("shardgate_expired_keys_total", "counter", "Expired keys reclaimed by the background sweep.", |m| {

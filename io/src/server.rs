@@ -1,10 +1,10 @@
 //! Start-up and the per-core tasks: one pinned thread per shard, each with
 //! its own monoio runtime, its own `SO_REUSEPORT` listener and its own shard.
 //!
-//! Per core, five kinds of task share one `Rc<Core>`: the acceptor, one task
+//! Per core, four kinds of task share one `Rc<Core>`: the acceptor, one task
 //! per connection, the mailbox task (serves other cores' requests and
-//! delivers their replies), the ticker (deadlines, expiry sweep, leases,
-//! gauges) and the stall detector.
+//! delivers their replies) and the ticker (deadlines, expiry sweep, leases,
+//! gauges). Each marks its stretches of work for the stall watchdog.
 
 use std::future::Future;
 use std::io;
@@ -35,6 +35,7 @@ use crate::logging;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::reader::Reader;
+use crate::watchdog;
 
 /// Messages the mailbox task handles before yielding to other tasks.
 const MAILBOX_BATCH_MAX: usize = 256;
@@ -96,6 +97,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     let config = Arc::new(config);
     let mesh = Arc::new(Mesh::new(shard_count));
     let metrics = Arc::new(Metrics::new(shard_count));
+    watchdog::spawn(Arc::clone(&metrics)).map_err(|source| StartError::Shard { shard: 0, source })?;
     let (report_tx, report_rx) = mpsc::channel();
     let mut threads = Vec::new();
     for (shard, listener) in (0..shard_count).zip(listeners) {
@@ -224,7 +226,6 @@ async fn core_main(
     core.listener_fd.set(Some(listener_fd));
     monoio::spawn(mailbox_loop(Rc::clone(&core)));
     monoio::spawn(ticker_loop(Rc::clone(&core)));
-    monoio::spawn(stall_watch(Rc::clone(&core)));
     monoio::spawn(recover_in_background(Rc::clone(&core), cpu));
     let _ = report.send(Ok(ShardInfo { shard, cpu, driver }));
     drop(report);
@@ -373,7 +374,11 @@ async fn mailbox_loop(core: Rc<Core>) {
             shutdown_seen = true;
             begin_shutdown(&core);
         }
-        if core.drain_mailbox(MAILBOX_BATCH_MAX) >= MAILBOX_BATCH_MAX {
+        let handled = {
+            let _busy = core.metrics_all.heartbeats.busy(core.id);
+            core.drain_mailbox(MAILBOX_BATCH_MAX)
+        };
+        if handled >= MAILBOX_BATCH_MAX {
             YieldNow(false).await;
         }
     }
@@ -398,6 +403,7 @@ fn begin_shutdown(core: &Core) {
 async fn ticker_loop(core: Rc<Core>) {
     loop {
         monoio::time::sleep(TICK).await;
+        let _busy = core.metrics_all.heartbeats.busy(core.id);
         let now_ms = unix_ms(SystemTime::now());
         core.now_ms.set(now_ms);
         for (_, conn) in core.conns.borrow_mut().iter_mut() {
@@ -416,39 +422,6 @@ async fn ticker_loop(core: Rc<Core>) {
         core.settle_dead();
         let log = core.log.borrow();
         core.metrics().log_bytes(log.book.disk_bytes(), log.book.live_bytes());
-    }
-}
-
-/// How often the stall detector's probe wakes. A stall shows as the probe
-/// waking late, so every block longer than threshold + probe is seen.
-const STALL_PROBE: Duration = Duration::from_millis(2);
-/// Lateness counted as a stall (Seastar's reactor stall detector reports
-/// tasks that hold the loop past a threshold in the same spirit).
-const STALL_THRESHOLD: Duration = Duration::from_millis(10);
-/// At most one warning line per shard per interval; the counter counts all.
-const STALL_WARN_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Detects the event loop being blocked: a probe sleeps `STALL_PROBE` and
-/// measures how late it woke. Nothing in a healthy loop runs long enough to
-/// delay it past `STALL_THRESHOLD`.
-async fn stall_watch(core: Rc<Core>) {
-    let mut warned_at: Option<Instant> = None;
-    loop {
-        let due = Instant::now() + STALL_PROBE;
-        monoio::time::sleep(STALL_PROBE).await;
-        let late = Instant::now().saturating_duration_since(due);
-        if late <= STALL_THRESHOLD {
-            continue;
-        }
-        let metrics = core.metrics();
-        metrics.stall(late.as_micros() as u64);
-        if warned_at.is_none_or(|at| at.elapsed() >= STALL_WARN_INTERVAL) {
-            warned_at = Some(Instant::now());
-            logging::warn(
-                "event loop stall",
-                &[("shard", &core.id), ("blocked_ms", &late.as_millis()), ("stalls_total", &metrics.stall_count())],
-            );
-        }
     }
 }
 
