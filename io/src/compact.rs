@@ -114,7 +114,7 @@ async fn compact_segment(core: &Rc<Core>, first: u64) -> io::Result<()> {
             }
             let step = Instant::now();
             let now_ms = unix_ms(SystemTime::now());
-            let busy = core.metrics_all.heartbeats.busy(core.id);
+            let busy = core.metrics_all.heartbeats.busy(core.id, &core.metrics_all);
             while offset < chunk.len() && step.elapsed() < STEP_BUDGET {
                 let (record, length) = match record::decode(&chunk[offset..]) {
                     Ok(decoded) => decoded,

@@ -84,7 +84,7 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
         core.now_ms.set(unix_ms(now));
         set_phase(core, conn_key, Phase::Busy, 0);
         let mut outcome = {
-            let _busy = core.metrics_all.heartbeats.busy(core.id);
+            let _busy = core.metrics_all.heartbeats.busy(core.id, &core.metrics_all);
             decode_batch(core, &mut decoder, &input, peer, unix_ms(now), &mut batch, &mut output)
         };
         let mut close = outcome.close || core.shutting_down.get();

@@ -150,16 +150,12 @@ impl ShardMetrics {
         bump(if hit { &self.cache_hits } else { &self.cache_misses }, 1);
     }
 
-    /// A stretch of work passed the stall threshold; returns the count.
-    /// Called by the watchdog thread only (the single writer of stalls).
-    pub fn stall_started(&self) -> u64 {
+    /// A stretch of work held the loop for `micros`, over the stall
+    /// threshold. Returns the stall count.
+    pub fn stall(&self, micros: u64) -> u64 {
         bump(&self.stalls, 1);
-        self.stalls.load(Relaxed)
-    }
-
-    /// A counted stall ended after `micros`. Watchdog thread only.
-    pub fn stall_ended(&self, micros: u64) {
         self.stall_durations.record(micros, 1);
+        self.stalls.load(Relaxed)
     }
 
     /// A compaction step ran for `micros` on the event loop.

@@ -375,7 +375,7 @@ async fn mailbox_loop(core: Rc<Core>) {
             begin_shutdown(&core);
         }
         let handled = {
-            let _busy = core.metrics_all.heartbeats.busy(core.id);
+            let _busy = core.metrics_all.heartbeats.busy(core.id, &core.metrics_all);
             core.drain_mailbox(MAILBOX_BATCH_MAX)
         };
         if handled >= MAILBOX_BATCH_MAX {
@@ -403,7 +403,7 @@ fn begin_shutdown(core: &Core) {
 async fn ticker_loop(core: Rc<Core>) {
     loop {
         monoio::time::sleep(TICK).await;
-        let _busy = core.metrics_all.heartbeats.busy(core.id);
+        let _busy = core.metrics_all.heartbeats.busy(core.id, &core.metrics_all);
         let now_ms = unix_ms(SystemTime::now());
         core.now_ms.set(now_ms);
         for (_, conn) in core.conns.borrow_mut().iter_mut() {
