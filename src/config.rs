@@ -60,7 +60,9 @@ pub struct Cli {
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_RATE_LIMIT_STATE_BYTES")]
     rate_limit_state_bytes: Option<String>,
     /// Identify clients without X-API-Key by the last X-Forwarded-For hop (behind a balancer) [default: false]
-    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
+    // No `allow_hyphen_values` here: the value is optional, and a following
+    // `--flag` must stay a flag.
+    #[arg(long, env = "SHARDGATE_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
     trust_forwarded_for: Option<String>,
     /// auto | uring | epoll [default: auto]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_IO_DRIVER")]

@@ -91,6 +91,12 @@ fn rate_limit_policies_and_the_file_table() {
     assert_eq!(config.rate_limit_writes, Policy::new(5, 60_000));
     assert!(config.trust_forwarded_for);
     assert_eq!(config.rate_limit_state_bytes, 64 << 20);
+    // The optional value does not swallow the next flag.
+    let config = resolve_args(&["--trust-forwarded-for", "--shards", "2"], "").unwrap();
+    assert!(config.trust_forwarded_for);
+    assert_eq!(config.shards, Some(2));
+    let config = resolve_args(&["--trust-forwarded-for", "false"], "").unwrap();
+    assert!(!config.trust_forwarded_for);
 
     let file = "[rate_limit]\nlimit = \"50/1s\"\nwrites = \"off\"\nstate_bytes = \"1MiB\"\n\
                 [rate_limit.keys]\nvip = \"off\"\npartner = \"5000/1s\"\n";
