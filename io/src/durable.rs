@@ -33,6 +33,9 @@ use crate::http::response::Response;
 use crate::log::{Durability, FlushJob, Flushed};
 use crate::mesh::{Answer, Mesh, Reply};
 
+/// Capacity the append buffer keeps across flushes.
+const PENDING_BYTES_KEPT_MAX: usize = 4 << 20;
+
 /// A forwarded sync write's reply, held until its record is durable.
 struct Deferred {
     end: u64,
@@ -230,10 +233,11 @@ pub async fn flusher(log: Rc<RefCell<CoreLog>>) {
                 let rest = state.pending.split_off((roll - start) as usize);
                 std::mem::replace(&mut state.pending, rest)
             }
-            // Keep the buffer's size for the next group: growing it again
-            // from empty would copy megabytes per doubling on the loop.
+            // Keep the buffer's size for the next group, up to a bound:
+            // growing it again from empty would copy megabytes per doubling
+            // on the loop, while keeping a burst's size forever wastes memory.
             None => {
-                let capacity = state.pending.capacity();
+                let capacity = state.pending.capacity().min(PENDING_BYTES_KEPT_MAX);
                 std::mem::replace(&mut state.pending, Vec::with_capacity(capacity))
             }
         };
