@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
-use shardgate_shards::evict::{Residents, S3Fifo, FREQ_MAX};
+use shardgate_shards::evict::{Residents, S3Fifo, Slot};
 
 /// A cache policy under test: `access` returns whether it was a hit.
 trait Policy {
@@ -82,42 +82,35 @@ impl Policy for Clock {
     }
 }
 
+/// S3-FIFO with its slots kept beside it, as the keydir keeps them.
 struct S3 {
-    cache: S3Fifo<u64>,
-    freq: HashMap<u64, u8>,
-    evicted: Vec<u64>,
+    cache: S3Fifo,
+    slots: Slots,
 }
 
-/// The read counters, kept beside the cache as the keydir keeps them.
-struct Freq<'a>(&'a mut HashMap<u64, u8>);
+struct Slots(HashMap<u64, Slot>);
 
-impl Residents<u64> for Freq<'_> {
-    fn freq(&mut self, key: &u64) -> u8 {
-        self.0.get(key).copied().unwrap_or(0)
+impl Residents for Slots {
+    fn find(&mut self, hash: u64, generation: u32) -> Option<(&mut Slot, u64, bool)> {
+        let slot = self.0.get_mut(&hash)?;
+        (slot.is_held() && slot.generation == generation).then_some((slot, 1, true))
     }
 
-    fn set_freq(&mut self, key: &u64, freq: u8) {
-        self.0.insert(*key, freq);
-    }
-
-    fn may_evict(&mut self, _key: &u64) -> bool {
-        true
+    fn evict(&mut self, hash: u64, _generation: u32) {
+        self.0.remove(&hash);
     }
 }
 
 impl Policy for S3 {
     fn access(&mut self, key: u64) -> bool {
-        if self.cache.contains(&key) {
-            let freq = self.freq.entry(key).or_insert(0);
-            *freq = (*freq + 1).min(FREQ_MAX);
+        if let Some(slot) = self.slots.0.get_mut(&key) {
+            slot.touch();
             return true;
         }
-        self.evicted.clear();
-        self.freq.insert(key, 0);
-        self.cache.insert(key, 1, &mut self.evicted, &mut Freq(&mut self.freq));
-        for gone in &self.evicted {
-            self.freq.remove(gone);
-        }
+        // Equal sizes: the key itself serves as its hash.
+        let slot = self.cache.admit(key, 1);
+        self.slots.0.insert(key, slot);
+        self.cache.make_room(&mut self.slots);
         false
     }
 }
@@ -172,10 +165,7 @@ pub fn report(keys: u64, requests: usize, seed: u64) -> String {
             let lru =
                 hit_ratio(&mut Lru { capacity, generation: HashMap::new(), order: VecDeque::new(), tick: 0 }, trace);
             let clock = hit_ratio(&mut Clock { capacity, slots: Vec::new(), index: HashMap::new(), hand: 0 }, trace);
-            let s3 = hit_ratio(
-                &mut S3 { cache: S3Fifo::new(capacity as u64), freq: HashMap::new(), evicted: Vec::new() },
-                trace,
-            );
+            let s3 = hit_ratio(&mut S3 { cache: S3Fifo::new(capacity as u64), slots: Slots(HashMap::new()) }, trace);
             let _ = writeln!(
                 out,
                 "| {name} | {percent}% | {:.2}% | {:.2}% | {:.2}% | {:+.2} points |",
@@ -200,7 +190,7 @@ mod tests {
         assert!(!lru.access(3), "evicts 2, the least recent");
         assert!(lru.access(1) && !lru.access(2));
         let trace = trace(1000, 20_000, 0.99, None, 3);
-        let s3 = hit_ratio(&mut S3 { cache: S3Fifo::new(100), freq: HashMap::new(), evicted: Vec::new() }, &trace);
+        let s3 = hit_ratio(&mut S3 { cache: S3Fifo::new(100), slots: Slots(HashMap::new()) }, &trace);
         assert!(s3 > 0.3, "{s3}");
     }
 }

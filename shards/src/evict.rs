@@ -13,19 +13,20 @@
 //! Chosen over LRU and CLOCK by measurement on a Zipf 0.99 trace
 //! (`shardgate-bench eviction`, README.md).
 //!
-//! The read counters live with the caller's entries ([`Residents`]): a hit
-//! is one increment on the entry the caller already holds, and the cache
-//! is consulted only when values come in or must go.
-//!
-//! Queues hold keys with a generation; removing a key only drops its index
-//! entry, and stale queue slots are skipped when they reach the head (and
-//! compacted away when they outnumber the live ones).
+//! The cache keeps no index of its own: each held value's [`Slot`] (queue,
+//! generation, read counter) lives with the value in its owner's entry,
+//! and the queues hold only the key's 64-bit hash and the slot's
+//! generation, 16 bytes a value. The owner finds a queued value again by
+//! hash and generation ([`Residents`]); a slot whose generation moved on
+//! (the value was replaced, dropped or requeued) is stale and skipped when
+//! it reaches a queue's head, and stale slots are compacted away when they
+//! outnumber the live ones. A hit is one increment on the entry the owner
+//! already holds. (Measured: a separate index keyed by the key cost 137 MiB
+//! per million values.)
 
-use std::borrow::Borrow;
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hash};
 
-use hashbrown::{DefaultHashBuilder, HashMap};
+use hashbrown::HashMap;
 
 /// Share of the capacity the small queue may hold.
 const SMALL_SHARE_PERCENT: u64 = 10;
@@ -34,125 +35,71 @@ const EVICT_ATTEMPTS_MAX: usize = 256;
 /// Reads counted per value (2 bits).
 pub const FREQ_MAX: u8 = 3;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Queue {
+/// Which queue a value is in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Queue {
+    /// Not held (evicted, or never cached).
+    #[default]
+    None,
     Small,
     Main,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Meta {
-    bytes: u64,
-    queue: Queue,
-    generation: u32,
+/// What the cache knows of a held value; the owner keeps it beside the value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub queue: Queue,
+    /// Names this stay in the queue; queued entries with another are stale.
+    pub generation: u32,
+    /// Reads since the value came in or last passed a queue's head.
+    pub freq: u8,
 }
 
-/// What the cache asks of the owner of the values it manages.
-pub trait Residents<K> {
-    /// Reads of `key`'s value since it came in or last passed a queue's
-    /// head (the owner counts them, up to [`FREQ_MAX`]).
-    fn freq(&mut self, key: &K) -> u8;
-    fn set_freq(&mut self, key: &K, freq: u8);
-    /// Whether the value may be dropped now (a value not yet durable may not).
-    fn may_evict(&mut self, key: &K) -> bool;
-}
-
-/// Partitions of the index: a hash map grows by rehashing all of it at
-/// once, which at a million keys stalls a core for 100 ms and more (the
-/// same reason the keydir is partitioned); one partition's growth is 1/64.
-const PARTITIONS: usize = 64;
-
-/// A hash map split into [`PARTITIONS`] by hash bits the maps do not use.
-struct Index<K> {
-    parts: Box<[HashMap<K, Meta>]>,
-    hasher: DefaultHashBuilder,
-    len: usize,
-}
-
-impl<K: Hash + Eq> Index<K> {
-    fn new() -> Index<K> {
-        Index {
-            parts: (0..PARTITIONS).map(|_| HashMap::new()).collect(),
-            hasher: DefaultHashBuilder::default(),
-            len: 0,
-        }
+impl Slot {
+    /// Counts a read of the value.
+    pub fn touch(&mut self) {
+        self.freq = (self.freq + 1).min(FREQ_MAX);
     }
 
-    fn part<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
-        (self.hasher.hash_one(key) >> 40) as usize & (PARTITIONS - 1)
-    }
-
-    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&Meta>
-    where
-        K: Borrow<Q>,
-    {
-        self.parts[self.part(key)].get(key)
-    }
-
-    fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut Meta>
-    where
-        K: Borrow<Q>,
-    {
-        let part = self.part(key);
-        self.parts[part].get_mut(key)
-    }
-
-    fn contains_key<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        self.get(key).is_some()
-    }
-
-    fn insert(&mut self, key: K, meta: Meta) {
-        let part = self.part(&key);
-        if self.parts[part].insert(key, meta).is_none() {
-            self.len += 1;
-        }
-    }
-
-    fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<Meta>
-    where
-        K: Borrow<Q>,
-    {
-        let part = self.part(key);
-        let removed = self.parts[part].remove(key);
-        if removed.is_some() {
-            self.len -= 1;
-        }
-        removed
-    }
-
-    fn len(&self) -> usize {
-        self.len
+    pub fn is_held(&self) -> bool {
+        self.queue != Queue::None
     }
 }
 
-/// S3-FIFO over keys `K` with sizes in bytes.
-pub struct S3Fifo<K> {
-    index: Index<K>,
-    small: VecDeque<(K, u32)>,
-    main: VecDeque<(K, u32)>,
+/// The owner of the values: finds a queued value's slot again.
+pub trait Residents {
+    /// The slot of the value whose key hashes to `hash` and whose slot has
+    /// `generation`, with the value's size and whether it may be dropped
+    /// now (a value not yet durable may not). None when no such value is
+    /// held (the queue entry is stale).
+    fn find(&mut self, hash: u64, generation: u32) -> Option<(&mut Slot, u64, bool)>;
+    /// Drops the value of that slot (its key stays) and clears the slot.
+    fn evict(&mut self, hash: u64, generation: u32);
+}
+
+/// S3-FIFO bookkeeping: queues of (key hash, generation) and byte counts.
+pub struct S3Fifo {
+    small: VecDeque<(u64, u32)>,
+    main: VecDeque<(u64, u32)>,
     ghost: VecDeque<u64>,
     ghosts: HashMap<u64, u32>,
-    hasher: DefaultHashBuilder,
     small_bytes: u64,
     main_bytes: u64,
+    held: usize,
     capacity_bytes: u64,
     generation: u32,
 }
 
-impl<K: Hash + Eq + Clone> S3Fifo<K> {
-    pub fn new(capacity_bytes: u64) -> S3Fifo<K> {
+impl S3Fifo {
+    pub fn new(capacity_bytes: u64) -> S3Fifo {
         S3Fifo {
-            index: Index::new(),
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: VecDeque::new(),
             ghosts: HashMap::new(),
-            hasher: DefaultHashBuilder::default(),
             small_bytes: 0,
             main_bytes: 0,
+            held: 0,
             capacity_bytes,
             generation: 0,
         }
@@ -163,163 +110,132 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         self.small_bytes + self.main_bytes
     }
 
+    /// Values held.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.held
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.len() == 0
+        self.held == 0
     }
 
-    pub fn contains<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        self.index.contains_key(key)
-    }
-
-    /// Holds a new value of `bytes` (the key must not be held), as a miss
-    /// does in S3-FIFO: its owner sets its read count to 0. Values are
-    /// evicted until it fits; `evicted` receives their keys. A value the
-    /// owner refuses to drop is kept and counted as read. Returns false when
-    /// nothing more could be evicted and the cache is over its capacity
-    /// for now.
-    pub fn insert(&mut self, key: K, bytes: u64, evicted: &mut Vec<K>, residents: &mut impl Residents<K>) -> bool {
-        debug_assert!(!self.index.contains_key(&key), "insert of a held key");
-        let ghost = self.hasher.hash_one(&key);
-        let to_main = self.ghosts.contains_key(&ghost);
+    fn next_generation(&mut self) -> u32 {
         self.generation = self.generation.wrapping_add(1);
-        let queue = if to_main { Queue::Main } else { Queue::Small };
-        self.index.insert(key.clone(), Meta { bytes, queue, generation: self.generation });
-        match queue {
-            Queue::Small => {
-                self.small.push_back((key, self.generation));
-                self.small_bytes += bytes;
-            }
-            Queue::Main => {
-                self.main.push_back((key, self.generation));
-                self.main_bytes += bytes;
-            }
-        }
-        self.make_room(evicted, residents)
+        self.generation
     }
 
-    /// Evicts until the values fit, with bounded work: when values are
-    /// refused (not yet durable) the cache stays over capacity for a while
-    /// and later inserts continue; refusals are bounded by the log's
-    /// unflushed backlog.
-    fn make_room(&mut self, evicted: &mut Vec<K>, residents: &mut impl Residents<K>) -> bool {
+    fn add_bytes(&mut self, queue: Queue, bytes: u64) {
+        match queue {
+            Queue::Small => self.small_bytes += bytes,
+            Queue::Main => self.main_bytes += bytes,
+            Queue::None => {}
+        }
+    }
+
+    fn sub_bytes(&mut self, queue: Queue, bytes: u64) {
+        match queue {
+            Queue::Small => self.small_bytes -= bytes,
+            Queue::Main => self.main_bytes -= bytes,
+            Queue::None => {}
+        }
+    }
+
+    /// Starts holding a new value of `bytes` whose key hashes to `hash`, as
+    /// a miss does in S3-FIFO (unread so far). Returns the slot the owner
+    /// must store with the value before the cache makes room: call
+    /// [`S3Fifo::make_room`] next.
+    pub fn admit(&mut self, hash: u64, bytes: u64) -> Slot {
+        let queue = if self.ghosts.contains_key(&hash) { Queue::Main } else { Queue::Small };
+        let generation = self.next_generation();
+        match queue {
+            Queue::Main => self.main.push_back((hash, generation)),
+            _ => self.small.push_back((hash, generation)),
+        }
+        self.add_bytes(queue, bytes);
+        self.held += 1;
+        Slot { queue, generation, freq: 0 }
+    }
+
+    /// The held value of `slot` changed size (replaced in place: it keeps its
+    /// place in its queue and no stale entry is left behind).
+    pub fn resize(&mut self, slot: &Slot, old_bytes: u64, new_bytes: u64) {
+        self.sub_bytes(slot.queue, old_bytes);
+        self.add_bytes(slot.queue, new_bytes);
+    }
+
+    /// The owner dropped the held value of `slot` (deleted, expired, or
+    /// replaced by one it admits anew).
+    pub fn forget(&mut self, slot: &Slot, bytes: u64) {
+        if slot.is_held() {
+            self.sub_bytes(slot.queue, bytes);
+            self.held -= 1;
+        }
+    }
+
+    /// Evicts until the values fit, with bounded work: values the owner
+    /// refuses (not yet durable) are kept and counted as read, and the
+    /// cache may stay over capacity for a while; later calls continue.
+    /// Returns whether the values fit.
+    pub fn make_room(&mut self, residents: &mut impl Residents) -> bool {
         let mut budget = EVICT_ATTEMPTS_MAX;
         while self.bytes() > self.capacity_bytes && budget > 0 {
             budget -= 1;
             let small_over = self.small_bytes * 100 > self.capacity_bytes * SMALL_SHARE_PERCENT;
-            let progressed = if small_over || self.main.is_empty() {
-                self.evict_small(evicted, residents)
+            if small_over || self.main.is_empty() {
+                self.evict_small(residents);
             } else {
-                self.evict_main(evicted, residents)
-            };
-            if !progressed && self.small.is_empty() && self.main.is_empty() {
+                self.evict_main(residents);
+            }
+            if self.small.is_empty() && self.main.is_empty() {
                 break;
             }
         }
-        self.compact_queues();
+        self.compact_queues(residents);
         self.bytes() <= self.capacity_bytes
     }
 
-    /// A held value was replaced by one of `bytes`: it keeps its place in
-    /// its queue (no stale slot is left behind; the owner counts the write
-    /// as a read). Evicts as [`S3Fifo::insert`] does when it grew. Returns
-    /// false when the key is not held (insert it instead).
-    pub fn replace<Q: Hash + Eq + ?Sized>(
-        &mut self,
-        key: &Q,
-        bytes: u64,
-        evicted: &mut Vec<K>,
-        residents: &mut impl Residents<K>,
-    ) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        let Some(meta) = self.index.get_mut(key) else {
-            return false;
+    fn evict_small(&mut self, residents: &mut impl Residents) {
+        let Some((hash, generation)) = self.small.pop_front() else {
+            return;
         };
-        let old = meta.bytes;
-        meta.bytes = bytes;
-        match meta.queue {
-            Queue::Small => self.small_bytes = self.small_bytes - old + bytes,
-            Queue::Main => self.main_bytes = self.main_bytes - old + bytes,
-        }
-        self.make_room(evicted, residents);
-        true
-    }
-
-    /// Stops holding `key` (its value was dropped by its owner: deleted or
-    /// expired). Returns whether it was held.
-    pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> bool
-    where
-        K: Borrow<Q>,
-    {
-        let Some(meta) = self.index.remove(key) else {
-            return false;
+        let promoted = self.next_generation();
+        let Some((slot, bytes, may_evict)) = residents.find(hash, generation) else {
+            return; // Stale.
         };
-        match meta.queue {
-            Queue::Small => self.small_bytes -= meta.bytes,
-            Queue::Main => self.main_bytes -= meta.bytes,
-        }
-        true
-    }
-
-    /// The live entry a queue slot names, if it is still current.
-    fn current(&self, key: &K, generation: u32) -> Option<Meta> {
-        self.index.get(key).filter(|m| m.generation == generation).copied()
-    }
-
-    fn evict_small(&mut self, evicted: &mut Vec<K>, residents: &mut impl Residents<K>) -> bool {
-        let Some((key, generation)) = self.small.pop_front() else {
-            return false;
-        };
-        let Some(meta) = self.current(&key, generation) else {
-            return true;
-        };
-        self.small_bytes -= meta.bytes;
-        if residents.freq(&key) > 0 || !residents.may_evict(&key) {
+        if slot.freq > 0 || !may_evict {
             // Read while on probation (or pinned): promote to main.
-            residents.set_freq(&key, 0);
-            self.generation = self.generation.wrapping_add(1);
-            let moved = Meta { queue: Queue::Main, generation: self.generation, ..meta };
-            self.index.insert(key.clone(), moved);
-            self.main.push_back((key, self.generation));
-            self.main_bytes += meta.bytes;
-            return true;
+            *slot = Slot { queue: Queue::Main, generation: promoted, freq: 0 };
+            self.small_bytes -= bytes;
+            self.main_bytes += bytes;
+            self.main.push_back((hash, promoted));
+            return;
         }
-        self.index.remove(&key);
-        self.remember_ghost(&key);
-        evicted.push(key);
-        true
+        // The owner drops the value and clears its slot.
+        self.small_bytes -= bytes;
+        self.held -= 1;
+        residents.evict(hash, generation);
+        self.remember_ghost(hash);
     }
 
-    fn evict_main(&mut self, evicted: &mut Vec<K>, residents: &mut impl Residents<K>) -> bool {
-        let Some((key, generation)) = self.main.pop_front() else {
-            return false;
+    fn evict_main(&mut self, residents: &mut impl Residents) {
+        let Some((hash, generation)) = self.main.pop_front() else {
+            return;
         };
-        let Some(meta) = self.current(&key, generation) else {
-            return true;
+        let Some((slot, bytes, may_evict)) = residents.find(hash, generation) else {
+            return; // Stale.
         };
-        let freq = residents.freq(&key);
-        if freq > 0 || !residents.may_evict(&key) {
-            residents.set_freq(&key, freq.saturating_sub(1));
-            self.main.push_back((key, generation));
-            return true;
+        if slot.freq > 0 || !may_evict {
+            slot.freq = slot.freq.saturating_sub(1);
+            self.main.push_back((hash, generation));
+            return;
         }
-        self.main_bytes -= meta.bytes;
-        self.index.remove(&key);
-        evicted.push(key);
-        true
+        self.main_bytes -= bytes;
+        self.held -= 1;
+        residents.evict(hash, generation);
     }
 
     /// Ghosts remember as many keys as main holds values, at least 64.
-    fn remember_ghost(&mut self, key: &K) {
-        let hash = self.hasher.hash_one(key);
+    fn remember_ghost(&mut self, hash: u64) {
         self.ghost.push_back(hash);
         *self.ghosts.entry(hash).or_insert(0) += 1;
         let ghosts_max = self.main.len().max(64);
@@ -334,16 +250,14 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         }
     }
 
-    /// Drops stale queue slots once they outnumber the live ones.
-    fn compact_queues(&mut self) {
-        let index = &self.index;
-        let stale = |queue: &VecDeque<(K, u32)>| queue.len() > 2 * index.len() + 64;
-        if stale(&self.small) {
-            self.small.retain(|(k, g)| index.get(k).is_some_and(|m| m.generation == *g));
+    /// Drops stale queue entries once they outnumber the live ones.
+    fn compact_queues(&mut self, residents: &mut impl Residents) {
+        let limit = 2 * self.held + 64;
+        if self.small.len() + self.main.len() <= limit {
+            return;
         }
-        if stale(&self.main) {
-            self.main.retain(|(k, g)| index.get(k).is_some_and(|m| m.generation == *g));
-        }
+        self.small.retain(|&(hash, generation)| residents.find(hash, generation).is_some());
+        self.main.retain(|&(hash, generation)| residents.find(hash, generation).is_some());
     }
 }
 

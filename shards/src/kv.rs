@@ -25,16 +25,17 @@ use hashbrown::HashTable;
 
 use crate::compaction::Location;
 use crate::conditions::{Conditions, Etag, Verdict};
-use crate::evict::{Residents, S3Fifo, FREQ_MAX};
+use crate::evict::{Residents, S3Fifo, Slot};
 
 /// Longest key in bytes, after percent-decoding (SPEC §2).
 pub const KEY_BYTES_MAX: usize = 1024;
 
 /// Memory of one keydir entry besides its key: the map slot (key and entry
-/// handles, tag, expiry, location), allocator headers, the expiry index
-/// node and the eviction queue's slot. Measured layout: 32 (key `Bytes`) +
-/// 96 (`Entry`) + 1 control byte + S3-FIFO's index and queue slot (~80),
-/// rounded up. Reported, not budgeted: `--cache-bytes` bounds values.
+/// handles, tag, expiry, location, cache slot), allocator headers, the
+/// expiry index node and the eviction queue's entry. Layout: 32 (key
+/// `Bytes`) + 112 (`Entry`) + 1 control byte at hashbrown's load factor,
+/// 16 for S3-FIFO's queue entry, about 32 of allocator headers, rounded up.
+/// Reported, not budgeted: `--cache-bytes` bounds values.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 256;
 
 /// The content type stored when a PUT names none.
@@ -133,9 +134,9 @@ struct Entry {
     expires_at_ms: Option<u64>,
     /// The log record holding this value ([`Location::NONE`]: not logged).
     location: Location,
-    /// S3-FIFO's read counter for the cached value (kept here, so a hit
-    /// costs no lookup in the cache).
-    freq: u8,
+    /// The cache's bookkeeping for the value (kept here: a hit costs no
+    /// lookup in the cache, and the cache keeps no index of its own).
+    slot: Slot,
 }
 
 impl Entry {
@@ -184,7 +185,6 @@ pub struct KvShard {
     /// below it may be evicted.
     durable_end: u64,
     evictions: u64,
-    evicted: Vec<Bytes>,
 }
 
 /// What the shard keeps about its entries besides the map; a separate struct
@@ -195,7 +195,7 @@ struct Books {
     /// reclaimed oldest-first without scanning the map.
     expiry: BTreeSet<(u64, Bytes)>,
     /// Which values stay in memory, within `bytes_max`.
-    cache: S3Fifo<Bytes>,
+    cache: S3Fifo,
     /// Locations of records that stopped being needed (their entry was
     /// replaced, deleted or expired), for the log's segment book.
     dead: Vec<Location>,
@@ -206,11 +206,11 @@ impl Books {
     /// index slot, and its record (now dead in the log).
     fn forget(&mut self, key: &Bytes, entry: &Entry) {
         self.forget_keeping_cache(key, entry);
-        self.cache.remove(&key[..]);
+        self.cache.forget(&entry.slot, entry.value.as_ref().map_or(0, |v| v.len() as u64));
     }
 
-    /// As `forget`, but the cache keeps its slot: the value is about to be
-    /// replaced, and `S3Fifo::replace` updates the slot in place.
+    /// As `forget`, but the cached value's slot is handed on to the entry
+    /// that replaces it (`S3Fifo::resize`).
     fn forget_keeping_cache(&mut self, key: &Bytes, entry: &Entry) {
         self.keys -= 1;
         if let Some(at) = entry.expires_at_ms {
@@ -227,34 +227,37 @@ fn partition_of(hash: u64) -> usize {
     (hash >> 40) as usize & (PARTITIONS - 1)
 }
 
-/// The keydir as the cache sees it: read counters and whether a value may go.
+/// The keydir as the cache sees it: finds a queued value by its key's hash
+/// and slot generation, and drops evicted values.
 struct Keydir<'a> {
     partitions: &'a mut [Table],
-    hasher: &'a DefaultHashBuilder,
     durable_end: u64,
+    evictions: &'a mut u64,
 }
 
 impl Keydir<'_> {
-    fn entry(&mut self, key: &[u8]) -> Option<&mut Entry> {
-        let hash = self.hasher.hash_one(key);
-        self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| &k[..] == key).map(|(_, e)| e)
+    fn entry(&mut self, hash: u64, generation: u32) -> Option<&mut Entry> {
+        let found = self.partitions[partition_of(hash)]
+            .find_mut(hash, |(_, e)| e.slot.is_held() && e.slot.generation == generation);
+        found.map(|(_, e)| e)
     }
 }
 
-impl Residents<Bytes> for Keydir<'_> {
-    fn freq(&mut self, key: &Bytes) -> u8 {
-        self.entry(key).map_or(0, |e| e.freq)
-    }
-
-    fn set_freq(&mut self, key: &Bytes, freq: u8) {
-        if let Some(entry) = self.entry(key) {
-            entry.freq = freq;
-        }
-    }
-
-    fn may_evict(&mut self, key: &Bytes) -> bool {
+impl Residents for Keydir<'_> {
+    fn find(&mut self, hash: u64, generation: u32) -> Option<(&mut Slot, u64, bool)> {
         let durable_end = self.durable_end;
-        self.entry(key).is_some_and(|e| !e.location.is_none() && e.location.end() <= durable_end)
+        let entry = self.entry(hash, generation)?;
+        let bytes = entry.value.as_ref().map_or(0, |v| v.len() as u64);
+        let may_evict = !entry.location.is_none() && entry.location.end() <= durable_end;
+        Some((&mut entry.slot, bytes, may_evict))
+    }
+
+    fn evict(&mut self, hash: u64, generation: u32) {
+        if let Some(entry) = self.entry(hash, generation) {
+            entry.value = None;
+            entry.slot = Slot::default();
+            *self.evictions += 1;
+        }
     }
 }
 
@@ -267,7 +270,6 @@ impl KvShard {
             bytes_max,
             durable_end: 0,
             evictions: 0,
-            evicted: Vec::new(),
         }
     }
 
@@ -345,7 +347,7 @@ impl KvShard {
             Verdict::Proceed => match entry {
                 Some(entry) => match &entry.value {
                     Some(value) => {
-                        entry.freq = (entry.freq + 1).min(FREQ_MAX);
+                        entry.slot.touch();
                         Outcome::Value {
                             value: value.clone(),
                             content_type: entry.content_type.clone(),
@@ -374,23 +376,36 @@ impl KvShard {
             Ok(occupied) => {
                 let ((old_key, old), _) = occupied.remove();
                 self.books.forget_keeping_cache(&old_key, &old);
-                Some(old.freq)
+                Some(old)
             }
             Err(_) => None,
         };
         let etag = Etag::of(&content_type, &value);
         let content_type = interned(content_type);
         let bytes = value.len() as u64;
-        // A write to a cached value counts as a read of it.
-        let freq = replaced.map_or(0, |freq| (freq + 1).min(FREQ_MAX));
-        let entry = Entry { value: Some(value), content_type, etag, expires_at_ms, location, freq };
-        self.insert(key.clone(), entry);
-        if !(replaced.is_some() && self.replace_cached(&key, bytes)) {
-            self.books.cache.remove(&key[..]);
-            self.set_freq(&key, 0);
-            self.admit(key, bytes);
-        }
+        let slot = match &replaced {
+            // A cached value replaced in place keeps its slot; the write
+            // counts as a read of it.
+            Some(old) if old.slot.is_held() => {
+                let old_bytes = old.value.as_ref().map_or(0, |v| v.len() as u64);
+                self.books.cache.resize(&old.slot, old_bytes, bytes);
+                let mut slot = old.slot;
+                slot.touch();
+                slot
+            }
+            _ => self.books.cache.admit(hash, bytes),
+        };
+        let entry = Entry { value: Some(value), content_type, etag, expires_at_ms, location, slot };
+        self.insert(key, entry);
+        self.make_room();
         Outcome::Stored { etag, created: replaced.is_none(), expires_at_ms }
+    }
+
+    /// Evicts values (durable ones only) until the cache fits its budget.
+    fn make_room(&mut self) {
+        let KvShard { partitions, books, durable_end, evictions, .. } = self;
+        let mut keydir = Keydir { partitions, durable_end: *durable_end, evictions };
+        books.cache.make_room(&mut keydir);
     }
 
     fn insert(&mut self, key: Bytes, entry: Entry) {
@@ -401,42 +416,6 @@ impl KvShard {
         let hasher = &self.hasher;
         self.partitions[partition_of(hash)].insert_unique(hash, (key, entry), |(k, _)| hasher.hash_one(&k[..]));
         self.books.keys += 1;
-    }
-
-    /// Updates the cache slot of a replaced value in place; false when the
-    /// old value was not cached (evicted), so the new one must be admitted.
-    fn replace_cached(&mut self, key: &Bytes, bytes: u64) -> bool {
-        let KvShard { partitions, hasher, books, evicted, durable_end, .. } = self;
-        let mut keydir = Keydir { partitions, hasher, durable_end: *durable_end };
-        let replaced = books.cache.replace(&key[..], bytes, evicted, &mut keydir);
-        self.drop_evicted();
-        replaced
-    }
-
-    fn set_freq(&mut self, key: &[u8], freq: u8) {
-        let hash = self.hash(key);
-        if let Some((_, entry)) = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| &k[..] == key) {
-            entry.freq = freq;
-        }
-    }
-
-    /// Clears the values of keys the cache evicted.
-    fn drop_evicted(&mut self) {
-        for key in std::mem::take(&mut self.evicted) {
-            let hash = self.hash(&key);
-            if let Some((_, entry)) = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| *k == key) {
-                entry.value = None;
-                self.evictions += 1;
-            }
-        }
-    }
-
-    /// Caches a value just stored or read back, evicting others to make room.
-    fn admit(&mut self, key: Bytes, bytes: u64) {
-        let KvShard { partitions, hasher, books, evicted, durable_end, .. } = self;
-        let mut keydir = Keydir { partitions, hasher, durable_end: *durable_end };
-        books.cache.insert(key, bytes, evicted, &mut keydir);
-        self.drop_evicted();
     }
 
     fn delete(&mut self, now_ms: u64, key: &[u8], conditions: &Conditions) -> Outcome {
@@ -498,12 +477,13 @@ impl KvShard {
         }
         self.remove(&key);
         self.set_durable_end(location.end());
-        let bytes = value.as_ref().map(|v| v.len() as u64);
-        let entry = Entry { value, content_type: interned(content_type), etag, expires_at_ms, location, freq: 0 };
-        self.insert(key.clone(), entry);
-        if let Some(bytes) = bytes {
-            self.admit(key, bytes);
-        }
+        let slot = match &value {
+            Some(value) => self.books.cache.admit(self.hasher.hash_one(&key[..]), value.len() as u64),
+            None => Slot::default(),
+        };
+        let entry = Entry { value, content_type: interned(content_type), etag, expires_at_ms, location, slot };
+        self.insert(key, entry);
+        self.make_room();
     }
 
     /// Hands back a value read from its record at `location`. It is cached
@@ -511,17 +491,15 @@ impl KvShard {
     pub fn fill(&mut self, key: &[u8], location: Location, value: Bytes) -> bool {
         let hash = self.hash(key);
         let found = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| &k[..] == key);
-        let Some((key, entry)) = found else {
+        let Some((_, entry)) = found else {
             return false;
         };
         if entry.location != location || entry.value.is_some() {
             return false;
         }
-        let bytes = value.len() as u64;
+        entry.slot = self.books.cache.admit(hash, value.len() as u64);
         entry.value = Some(value);
-        entry.freq = 0;
-        let key = key.clone();
-        self.admit(key, bytes);
+        self.make_room();
         true
     }
 

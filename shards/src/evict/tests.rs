@@ -2,155 +2,145 @@ use hashbrown::HashMap;
 
 use super::*;
 
-/// Read counters kept beside the cache, as the keydir keeps them.
+/// Values kept beside the cache as the keydir keeps them: key (its own
+/// hash here) → slot and size.
 #[derive(Default)]
-struct Counts {
-    freq: HashMap<u64, u8>,
+struct Owner {
+    values: HashMap<u64, (Slot, u64)>,
     pinned: bool,
 }
 
-impl Residents<u64> for Counts {
-    fn freq(&mut self, key: &u64) -> u8 {
-        self.freq.get(key).copied().unwrap_or(0)
+impl Residents for Owner {
+    fn find(&mut self, hash: u64, generation: u32) -> Option<(&mut Slot, u64, bool)> {
+        let pinned = self.pinned;
+        let (slot, bytes) = self.values.get_mut(&hash)?;
+        (slot.is_held() && slot.generation == generation).then_some((slot, *bytes, !pinned))
     }
 
-    fn set_freq(&mut self, key: &u64, freq: u8) {
-        self.freq.insert(*key, freq);
-    }
-
-    fn may_evict(&mut self, _key: &u64) -> bool {
-        !self.pinned
+    fn evict(&mut self, hash: u64, _generation: u32) {
+        self.values.remove(&hash);
     }
 }
 
-impl Counts {
+impl Owner {
+    fn insert(&mut self, cache: &mut S3Fifo, key: u64, bytes: u64) {
+        if let Some((slot, old)) = self.values.remove(&key) {
+            cache.forget(&slot, old);
+        }
+        let slot = cache.admit(key, bytes);
+        self.values.insert(key, (slot, bytes));
+        cache.make_room(self);
+    }
+
     fn touch(&mut self, key: u64) {
-        let freq = self.freq.entry(key).or_insert(0);
-        *freq = (*freq + 1).min(FREQ_MAX);
+        if let Some((slot, _)) = self.values.get_mut(&key) {
+            slot.touch();
+        }
     }
-}
 
-fn insert(cache: &mut S3Fifo<u64>, counts: &mut Counts, key: u64, bytes: u64) -> Vec<u64> {
-    let mut evicted = Vec::new();
-    counts.set_freq(&key, 0);
-    cache.insert(key, bytes, &mut evicted, counts);
-    evicted
+    fn holds(&self, key: u64) -> bool {
+        self.values.get(&key).is_some_and(|(slot, _)| slot.is_held())
+    }
 }
 
 #[test]
-fn stays_within_capacity_and_reports_what_it_drops() {
-    let (mut cache, mut counts) = (S3Fifo::new(1000), Counts::default());
-    let mut dropped = 0;
+fn stays_within_capacity() {
+    let (mut cache, mut owner) = (S3Fifo::new(1000), Owner::default());
     for key in 0..1000 {
-        dropped += insert(&mut cache, &mut counts, key, 10).len();
+        owner.insert(&mut cache, key, 10);
         assert!(cache.bytes() <= 1000);
     }
     assert_eq!(cache.len(), 100);
-    assert_eq!(dropped, 900);
+    assert_eq!(owner.values.len(), 100, "900 values were evicted");
 }
 
 #[test]
 fn a_scan_does_not_flush_the_hot_set() {
-    let (mut cache, mut counts) = (S3Fifo::new(100), Counts::default());
-    // A hot set of 50 keys, each read a few times.
+    let (mut cache, mut owner) = (S3Fifo::new(100), Owner::default());
     for key in 0..50 {
-        insert(&mut cache, &mut counts, key, 1);
+        owner.insert(&mut cache, key, 1);
     }
     for _ in 0..3 {
         for key in 0..50 {
-            counts.touch(key);
+            owner.touch(key);
         }
     }
-    // Push them through the small queue into main.
     for key in 1000..1100 {
-        insert(&mut cache, &mut counts, key, 1);
+        owner.insert(&mut cache, key, 1);
     }
-    // A scan of 10,000 keys read once.
     for key in 10_000..20_000 {
-        insert(&mut cache, &mut counts, key, 1);
+        owner.insert(&mut cache, key, 1);
         if key % 10 == 0 {
             for hot in 0..50 {
-                counts.touch(hot);
+                owner.touch(hot);
             }
         }
     }
-    let kept = (0..50).filter(|k| cache.contains(k)).count();
+    let kept = (0..50).filter(|&k| owner.holds(k)).count();
     assert_eq!(kept, 50, "the hot set survives the scan");
 }
 
 #[test]
 fn a_ghost_comes_back_into_main() {
-    let (mut cache, mut counts) = (S3Fifo::new(10), Counts::default());
-    insert(&mut cache, &mut counts, 1, 1);
-    let mut gone = Vec::new();
+    let (mut cache, mut owner) = (S3Fifo::new(10), Owner::default());
+    owner.insert(&mut cache, 1, 1);
     for key in 100..120 {
-        gone.extend(insert(&mut cache, &mut counts, key, 1));
+        owner.insert(&mut cache, key, 1);
     }
-    assert!(gone.contains(&1) && !cache.contains(&1));
-    insert(&mut cache, &mut counts, 1, 1);
-    // Back from the ghost queue: it went to main, so ten new one-time keys
-    // (which churn through the small queue) do not evict it.
+    assert!(!owner.holds(1));
+    owner.insert(&mut cache, 1, 1);
+    assert_eq!(owner.values[&1].0.queue, Queue::Main, "back from the ghosts, into main");
     for key in 200..210 {
-        insert(&mut cache, &mut counts, key, 1);
+        owner.insert(&mut cache, key, 1);
     }
-    assert!(cache.contains(&1));
+    assert!(owner.holds(1));
 }
 
 #[test]
-fn refused_values_stay_and_removed_ones_free_their_bytes() {
-    let (mut cache, mut counts) = (S3Fifo::new(10), Counts::default());
+fn refused_values_stay_and_forgotten_ones_free_their_bytes() {
+    let (mut cache, mut owner) = (S3Fifo::new(10), Owner::default());
     for key in 0..10 {
-        insert(&mut cache, &mut counts, key, 1);
+        owner.insert(&mut cache, key, 1);
     }
-    // Nothing may go: the cache is over capacity for now, and says so.
-    counts.pinned = true;
-    let mut evicted = Vec::new();
-    assert!(!cache.insert(10, 5, &mut evicted, &mut counts));
-    assert!(evicted.is_empty() && cache.bytes() == 15);
-    assert!(cache.remove(&3));
-    assert!(!cache.remove(&3));
+    owner.pinned = true;
+    let slot = cache.admit(10, 5);
+    owner.values.insert(10, (slot, 5));
+    assert!(!cache.make_room(&mut owner), "over capacity for now, and says so");
+    assert_eq!(cache.bytes(), 15);
+    assert_eq!(owner.values.len(), 11);
+    let (slot, bytes) = owner.values.remove(&3).unwrap();
+    cache.forget(&slot, bytes);
     assert_eq!(cache.bytes(), 14);
-    // Once values may go, the next insert catches up.
-    counts.pinned = false;
-    assert!(cache.insert(11, 1, &mut evicted, &mut counts));
+    owner.pinned = false;
+    assert!(cache.make_room(&mut owner));
     assert!(cache.bytes() <= 10);
-    assert!(!evicted.contains(&3), "a removed key is not reported again");
 }
 
 #[test]
-fn stale_slots_do_not_pile_up() {
-    let (mut cache, mut counts) = (S3Fifo::new(1 << 20), Counts::default());
-    for round in 0..100u64 {
+fn stale_entries_do_not_pile_up() {
+    let (mut cache, mut owner) = (S3Fifo::new(1 << 20), Owner::default());
+    for _round in 0..100u64 {
         for key in 0..100 {
-            if round > 0 {
-                cache.remove(&key);
-            }
-            insert(&mut cache, &mut counts, key, 1);
+            owner.insert(&mut cache, key, 1);
         }
     }
     assert!(cache.small.len() + cache.main.len() <= 2 * 100 + 64 + 1, "{}", cache.small.len());
+    assert_eq!(cache.len(), 100);
 }
 
 #[test]
-fn replacing_a_value_keeps_its_slot() {
-    let (mut cache, mut counts) = (S3Fifo::new(1 << 20), Counts::default());
+fn resizing_keeps_the_place() {
+    let (mut cache, mut owner) = (S3Fifo::new(1 << 20), Owner::default());
     for key in 0..100u64 {
-        insert(&mut cache, &mut counts, key, 10);
+        owner.insert(&mut cache, key, 10);
     }
-    let mut evicted = Vec::new();
     for round in 0..100u64 {
         for key in 0..100u64 {
-            assert!(cache.replace(&key, 10 + round % 3, &mut evicted, &mut counts));
+            let (slot, bytes) = owner.values.get_mut(&key).unwrap();
+            cache.resize(slot, *bytes, 10 + round % 3);
+            *bytes = 10 + round % 3;
         }
     }
-    assert_eq!(cache.small.len() + cache.main.len(), 100, "no stale slots from overwrites");
+    assert_eq!(cache.small.len() + cache.main.len(), 100, "no stale entries from in-place replacement");
     assert_eq!(cache.bytes(), 100 * 10, "the last round wrote 10-byte values");
-    assert!(!cache.replace(&1000, 5, &mut evicted, &mut counts), "a key not held is not replaced");
-    // A value that grows past the capacity makes room like an insert.
-    let (mut small, mut counts) = (S3Fifo::new(100), Counts::default());
-    for key in 0..10u64 {
-        insert(&mut small, &mut counts, key, 10);
-    }
-    assert!(small.replace(&0, 50, &mut evicted, &mut counts));
-    assert!(small.bytes() <= 100);
 }
