@@ -93,6 +93,14 @@ def wait_ready(base, timeout=30):
     raise RuntimeError(f"{base} never became ready")
 
 
+def stop(procs):
+    """SIGTERM to every server, then wait for each (they drain and exit)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(timeout=10)
+
+
 def put(base, key):
     request = urllib.request.Request(f"{base}/v1/kv/{key}", data=VALUE, method="PUT")
     urllib.request.urlopen(request).read()
@@ -158,10 +166,7 @@ def main():
                 print(f"round {round_number + 1} {name:28} x{pipeline:<2} {r['rps']:>10.0f} req/s "
                       f"{r['cpu_us']:.3f} µs/req p50 {r['p50_us']:.0f} µs p99 {r['p99_us']:.0f} µs", flush=True)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=10)
+        stop(procs)
 
     lines = [
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on `{socket.gethostname()}` "

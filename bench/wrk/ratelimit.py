@@ -14,7 +14,6 @@ Usage: python3 bench/wrk/ratelimit.py [--rounds 3] [--duration 8] [--out FILE]
 import argparse
 import datetime
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -83,10 +82,7 @@ def main():
                 print(f"round {round_number + 1} shards {shards} {name:16} {r['rps']:>9.0f} req/s "
                       f"{r['cpu_us']:.3f} µs/req", flush=True)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=10)
+        compare.stop(procs)
     lines = [
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on `{socket.gethostname()}`; "
         f"servers on CPU {args.server_cpu}, `wrk -t1 -c{args.connections}` with bench/wrk/apikey.lua on CPU "

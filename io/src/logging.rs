@@ -104,26 +104,23 @@ fn text_value(line: &mut String, value: &str) {
         line.push_str(value);
         return;
     }
-    line.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => line.push_str("\\\""),
-            '\\' => line.push_str("\\\\"),
-            '\n' => line.push_str("\\n"),
-            c => line.push(c),
-        }
-    }
-    line.push('"');
+    quoted(line, value, false);
 }
 
 fn json_string(line: &mut String, value: &str) {
+    quoted(line, value, true);
+}
+
+/// `value` in double quotes with `"`, `\` and newlines escaped; for JSON,
+/// every other control character too.
+fn quoted(line: &mut String, value: &str, json: bool) {
     line.push('"');
     for c in value.chars() {
         match c {
             '"' => line.push_str("\\\""),
             '\\' => line.push_str("\\\\"),
             '\n' => line.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
+            c if json && (c as u32) < 0x20 => {
                 let _ = write!(line, "\\u{:04x}", c as u32);
             }
             c => line.push(c),
