@@ -131,9 +131,10 @@ fn one_key_over_eight_connections_gets_its_limit_across_cores() {
     let cold_checks: u32 = results.iter().map(|r| r.2).sum();
     let cold_ok: u32 = results.iter().map(|r| r.3).sum();
     // A sliding window admits the limit per window: over the run, the
-    // limit times its length (measured, not assumed: a slow machine only
-    // stretches it).
-    let expected = LIMIT * elapsed;
+    // limit times its length, or everything sent if a slow machine could
+    // not offer that much. This checks the limiter's accuracy, not speed:
+    // the run's length is measured, so noise only stretches it.
+    let expected = (LIMIT * elapsed).min(f64::from(accepted + limited));
     let error = (f64::from(accepted) - expected).abs() / expected;
     assert!(error <= 0.10, "accepted {accepted} in {elapsed:.2} s, expected {expected:.0} ({:.1}% off)", error * 100.0);
     assert!(limited > 0, "2x the limit must meet 429s");
