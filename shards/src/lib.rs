@@ -3,12 +3,15 @@
 //! # Layout
 //! - [`route`]: the key hash and the owner-shard function. Stable across
 //!   versions: the durable log and future multi-node routing depend on it.
+//! - [`breaker`]: the per-origin circuit breaker (closed, open, half-open).
 //! - [`compaction`]: per-segment live and dead bytes, record locations,
 //!   and which segment to compact next.
 //! - [`conditions`]: entity tags and `If-Match` / `If-None-Match` evaluation.
 //! - [`evict`]: S3-FIFO, which values stay in memory.
 //! - [`hint`]: hint files (a segment's records without values) and
 //!   recovery from hints and whole segments.
+//! - [`httpcache`]: the gateway's shared HTTP cache: RFC 9111 storage and
+//!   freshness, RFC 5861 stale rules, `Vary` variants, hit-for-miss.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
 //! - [`ratelimit`]: sliding-window counters per client identity on its
@@ -20,10 +23,12 @@
 //! never reads the clock. Time comes in as an argument (`now_ms`), results go
 //! out as values.
 
+pub mod breaker;
 pub mod compaction;
 pub mod conditions;
 pub mod evict;
 pub mod hint;
+pub mod httpcache;
 pub mod kv;
 pub mod ratelimit;
 pub mod record;
