@@ -13,6 +13,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 use shardgate_io::driver::DriverChoice;
+use shardgate_io::gateway::origin::OriginAddress;
+use shardgate_io::gateway::GatewayConfig;
+use shardgate_io::metrics::ORIGINS_MAX;
 use shardgate_shards::ratelimit::{Policy, WINDOW_MS_MAX};
 
 /// Flags as typed. Values stay strings so that flags, environment and file
@@ -91,6 +94,37 @@ pub struct Cli {
     /// Log lines as key=value text or JSON: text | json [default: text]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Gateway mode: an http://HOST:PORT origin every non-service path goes to; repeat (or comma-separate)
+    /// for several, balanced round-robin with health checks [default: none]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN", value_delimiter = ',')]
+    origin: Vec<String>,
+    /// Time allowed to connect to an origin; slower → 502 [default: 1s]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_CONNECT_TIMEOUT")]
+    origin_connect_timeout: Option<String>,
+    /// Time allowed for an origin's whole response; slower → 504 [default: 10s]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_TIMEOUT")]
+    origin_timeout: Option<String>,
+    /// Idle keep-alive connections kept per origin per shard [default: 64]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_POOL")]
+    origin_pool: Option<String>,
+    /// Freshness of cacheable responses that carry none; 0 does not store them [default: 0]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_DEFAULT_TTL")]
+    default_ttl: Option<String>,
+    /// Open an origin's circuit after N consecutive failures, probe again after DURATION [default: 20/10s]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_BREAKER")]
+    breaker: Option<String>,
+    /// Queue every unsafe request for asynchronous delivery, not only `Prefer: respond-async` [default: false]
+    #[arg(long, env = "SHARDGATE_ASYNC_WRITES", num_args = 0..=1, default_missing_value = "true")]
+    async_writes: Option<String>,
+    /// Bearer token that PURGE requires [default: none: PURGE refused]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// Delivery tries of an asynchronous write before it is marked failed [default: 8]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_WRITE_RETRIES")]
+    write_retries: Option<String>,
+    /// Queued asynchronous writes per shard; more → 503 [default: 100000]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_WRITE_QUEUE_MAX")]
+    write_queue_max: Option<String>,
     /// TOML file with the same keys (snake_case)
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CONFIG")]
     config: Option<PathBuf>,
@@ -124,6 +158,17 @@ struct File {
     body_timeout: Option<toml::Value>,
     backlog: Option<toml::Value>,
     log_format: Option<toml::Value>,
+    /// A URL or an array of URLs.
+    origin: Option<toml::Value>,
+    origin_connect_timeout: Option<toml::Value>,
+    origin_timeout: Option<toml::Value>,
+    origin_pool: Option<toml::Value>,
+    default_ttl: Option<toml::Value>,
+    breaker: Option<toml::Value>,
+    async_writes: Option<toml::Value>,
+    admin_token: Option<toml::Value>,
+    write_retries: Option<toml::Value>,
+    write_queue_max: Option<toml::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +207,8 @@ pub struct Config {
     pub body_timeout: Duration,
     pub backlog: i32,
     pub log_format: LogFormat,
+    /// Gateway mode: `Some` when at least one `--origin` is given.
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// A message for the operator and the exit code to leave with.
@@ -282,8 +329,9 @@ fn rate_file(file: &mut File) -> Result<RateFile, String> {
     Ok(rate)
 }
 
-fn resolve(cli: Cli, mut file: File) -> Result<Config, String> {
+fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
     let rate = rate_file(&mut file)?;
+    let gateway = gateway(&mut cli, &mut file)?;
     let max_header = setting("max-header", cli.max_header, file.max_header, 16 * 1024, |v| {
         parse_size(v).and_then(|n| within(n, 1024, 1 << 20)).map(|n| n as usize)
     })?;
@@ -385,7 +433,123 @@ fn resolve(cli: Cli, mut file: File) -> Result<Config, String> {
             "json" => Ok(LogFormat::Json),
             _ => Err("expected text or json".to_string()),
         })?,
+        gateway,
     })
+}
+
+/// The gateway settings (SPEC §7), validated even without `--origin` so
+/// that a typo is reported whatever the mode. None without an origin.
+fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, String> {
+    let mut urls = std::mem::take(&mut cli.origin);
+    if urls.is_empty() {
+        match file.origin.take() {
+            None => {}
+            Some(toml::Value::String(url)) => urls.push(url),
+            Some(toml::Value::Array(values)) => {
+                for value in values {
+                    let url = value.as_str().ok_or("shardgate: invalid --origin (config file): expected URL strings")?;
+                    urls.push(url.to_string());
+                }
+            }
+            Some(_) => return Err("shardgate: invalid --origin (config file): expected a URL or an array of URLs".into()),
+        }
+    }
+    if urls.len() > ORIGINS_MAX {
+        return Err(format!("shardgate: invalid --origin: at most {ORIGINS_MAX} origins"));
+    }
+    let origins = urls
+        .iter()
+        .map(|url| parse_origin(url.trim()).map_err(|why| format!("shardgate: invalid --origin '{url}': {why}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let duration_within = |min: Duration, max: Duration| {
+        move |v: &str| parse_duration(v).and_then(|d| within_duration(d, min, max))
+    };
+    let (breaker_failures, breaker_open) =
+        setting("breaker", cli.breaker.take(), file.breaker.take(), (20, Duration::from_secs(10)), parse_breaker)?;
+    let config = GatewayConfig {
+        origins,
+        connect_timeout: setting(
+            "origin-connect-timeout",
+            cli.origin_connect_timeout.take(),
+            file.origin_connect_timeout.take(),
+            Duration::from_secs(1),
+            duration_within(Duration::from_millis(1), Duration::from_secs(60)),
+        )?,
+        timeout: setting(
+            "origin-timeout",
+            cli.origin_timeout.take(),
+            file.origin_timeout.take(),
+            Duration::from_secs(10),
+            duration_within(Duration::from_millis(1), Duration::from_secs(3600)),
+        )?,
+        pool: setting("origin-pool", cli.origin_pool.take(), file.origin_pool.take(), 64, |v| {
+            parse_count(v, 0, 100_000).map(|n| n as usize)
+        })?,
+        default_ttl_ms: setting("default-ttl", cli.default_ttl.take(), file.default_ttl.take(), 0, |v| {
+            if v == "0" {
+                return Ok(0);
+            }
+            parse_duration(v).and_then(|d| within_duration(d, Duration::ZERO, Duration::from_secs(365 * 86400)))
+                .map(|d| d.as_millis() as u64)
+        })?,
+        breaker_failures,
+        breaker_open_ms: breaker_open.as_millis() as u64,
+        async_writes: setting("async-writes", cli.async_writes.take(), file.async_writes.take(), false, parse_bool)?,
+        admin_token: setting("admin-token", cli.admin_token.take(), file.admin_token.take(), None, |v| {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                Err("expected a non-empty token of visible ASCII characters".to_string())
+            } else {
+                Ok(Some(v.to_string()))
+            }
+        })?,
+        write_retries: setting("write-retries", cli.write_retries.take(), file.write_retries.take(), 8, |v| {
+            parse_count(v, 1, 100).map(|n| n as u32)
+        })?,
+        write_queue_max: setting("write-queue-max", cli.write_queue_max.take(), file.write_queue_max.take(), 100_000, |v| {
+            parse_count(v, 1, 10_000_000).map(|n| n as usize)
+        })?,
+    };
+    Ok((!config.origins.is_empty()).then_some(config))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
+}
+
+/// `http://HOST[:PORT]` (no path), resolved once at start.
+fn parse_origin(url: &str) -> Result<OriginAddress, String> {
+    let Some(authority) = url.strip_prefix("http://") else {
+        return Err("expected http://HOST:PORT (https origins are not supported)".to_string());
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+        return Err("expected http://HOST:PORT with no path or credentials".to_string());
+    }
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    use std::net::ToSocketAddrs as _;
+    let address = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {with_port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{with_port} resolves to no address"))?;
+    Ok(OriginAddress { url: url.to_string(), address })
+}
+
+/// `N/DURATION`: failures in a row, then how long the circuit stays open.
+fn parse_breaker(value: &str) -> Result<(u32, Duration), String> {
+    let (count, duration) = value.split_once('/').ok_or("expected N/DURATION, such as 20/10s")?;
+    let count = parse_count(count.trim(), 1, 1_000_000)? as u32;
+    let duration = parse_duration(duration.trim())
+        .and_then(|d| within_duration(d, Duration::from_millis(1), Duration::from_secs(3600)))?;
+    Ok((count, duration))
 }
 
 fn parse_address(value: &str) -> Result<SocketAddr, String> {

@@ -64,6 +64,7 @@ pub fn run(config: Config) -> Result<()> {
             trust_forwarded_for: config.trust_forwarded_for,
             state_bytes: config.rate_limit_state_bytes,
         },
+        gateway: config.gateway.clone(),
     };
     let server = server::start(server_config)?;
     let mut stdout = std::io::stdout().lock();

@@ -13,6 +13,8 @@ use shardgate_shards::kv::{Op, Outcome, CONTENT_TYPE_DEFAULT, KEY_BYTES_MAX};
 use shardgate_shards::route::shard_for_key;
 
 use crate::core::{Core, ReplyFuture};
+use crate::gateway::{self, ProxyRequest};
+use crate::mesh::Answer;
 use crate::durable::DurableFuture;
 use crate::http::codec::{Method, Request};
 use crate::http::response::{RateHeaders, Response};
@@ -45,6 +47,9 @@ pub enum Step {
         read: Pin<Box<dyn Future<Output = Result<Outcome, Response>>>>,
         owner: u32,
     },
+    /// Gateway mode: relayed from (or answered for) an origin, here or on
+    /// the cache key's owner core.
+    Gateway(Pin<Box<dyn Future<Output = Response>>>),
     /// The client's rate limit needs a lease from another shard first: the
     /// request is left unconsumed and decided again once `LeaseWait` ends.
     Wait(LeaseWait),
@@ -67,10 +72,11 @@ pub fn dispatch(core: &Rc<Core>, request: &Request<'_>, peer: Option<IpAddr>, no
         b"/healthz" => Route::Healthz,
         b"/readyz" => Route::Readyz,
         b"/metrics" => Route::Metrics,
+        _ if core.gateway.is_some() => Route::Gateway,
         _ if path.starts_with(KV_PREFIX) => Route::Kv,
         _ => Route::Other,
     };
-    if matches!(route, Route::Kv | Route::Other) {
+    if matches!(route, Route::Kv | Route::Other | Route::Gateway) {
         if !core.mesh.is_ready() {
             let response = Response::overloaded("the shards are recovering their logs; retry shortly");
             return Dispatched { step: Step::Ready(response), route, rate: None };
@@ -81,12 +87,35 @@ pub fn dispatch(core: &Rc<Core>, request: &Request<'_>, peer: Option<IpAddr>, no
             Verdict::Wait(wait) => return Dispatched { step: Step::Wait(wait), route, rate: None },
         };
         let step = match path.strip_prefix(KV_PREFIX) {
+            _ if route == Route::Gateway => gateway(core, request, peer),
             Some(raw_key) => kv(core, request, raw_key, query, now_ms),
             None => Step::Ready(Response::problem(404, "no such resource")),
         };
         return Dispatched { step, route, rate };
     }
     Dispatched { step: Step::Ready(service(core, method, route)), route, rate: None }
+}
+
+/// Hands a gateway request to its owner core: this one, or another
+/// through the mesh.
+fn gateway(core: &Rc<Core>, request: &Request<'_>, peer: Option<IpAddr>) -> Step {
+    let proxy_request = match ProxyRequest::parse(request, peer) {
+        Ok(proxy_request) => proxy_request,
+        Err(response) => return Step::Ready(response),
+    };
+    let owner = gateway::owner(&proxy_request, core.shard_count());
+    if owner == core.id {
+        return Step::Gateway(Box::pin(gateway::handle(Rc::clone(core), proxy_request)));
+    }
+    match core.forward_gateway(owner, proxy_request) {
+        Ok(reply) => Step::Gateway(Box::pin(async move {
+            match reply.await {
+                Answer::Gateway(response) => response,
+                _ => unreachable!("a gateway request is answered with a response"),
+            }
+        })),
+        Err(response) => Step::Ready(response),
+    }
 }
 
 /// Answers a service endpoint (never rate limited).

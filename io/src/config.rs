@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::driver::Driver;
+use crate::gateway::GatewayConfig;
 use crate::http::codec::Limits;
 use crate::limit::RateLimits;
 use crate::log::LogConfig;
@@ -29,4 +30,27 @@ pub struct ServerConfig {
     pub backlog: i32,
     pub log: LogConfig,
     pub rate_limits: RateLimits,
+    /// Gateway mode (SPEC §7): `Some` when `--origin` is given.
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// In gateway mode the key-value store holds only the asynchronous write
+/// queue: it gets this fraction of each shard's `--cache-bytes`, and the
+/// HTTP cache the rest.
+const GATEWAY_KV_SHARE_DIVISOR: u64 = 16;
+
+impl ServerConfig {
+    /// Each shard's memory budget for key-value values.
+    pub fn kv_bytes_per_shard(&self) -> u64 {
+        let per_shard = self.cache_bytes / u64::from(self.shard_count);
+        match self.gateway {
+            None => per_shard,
+            Some(_) => per_shard / GATEWAY_KV_SHARE_DIVISOR,
+        }
+    }
+
+    /// Each shard's memory budget for stored origin responses (gateway mode).
+    pub fn http_cache_bytes_per_shard(&self) -> u64 {
+        self.cache_bytes / u64::from(self.shard_count) - self.kv_bytes_per_shard()
+    }
 }

@@ -94,7 +94,7 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
                 Step::Remote { reply, owner } => match reply.await {
                     Answer::Kv(Ok(outcome)) => kv_response(outcome, owner, core.shard_count()),
                     Answer::Kv(Err(refusal)) => Response { shard: Some((owner, core.shard_count())), ..refusal },
-                    Answer::Lease(_) => unreachable!("a key-value op is answered with an outcome"),
+                    Answer::Lease(_) | Answer::Gateway(_) => unreachable!("a key-value op is answered with an outcome"),
                 },
                 Step::Durable { wait, response } => {
                     wait.await;
@@ -104,6 +104,7 @@ async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
                     Ok(outcome) => kv_response(outcome, owner, core.shard_count()),
                     Err(refusal) => Response { shard: Some((owner, core.shard_count())), ..refusal },
                 },
+                Step::Gateway(relay) => relay.await,
                 Step::Wait(_) => unreachable!("a request waiting for a lease is not in the batch"),
             };
             close |= write_response(core, &mut output, &response, &pending.meta);

@@ -24,6 +24,7 @@ use slab::Slab;
 
 use crate::config::ServerConfig;
 use crate::durable::CoreLog;
+use crate::gateway::{self, Gateway};
 use crate::http::response::{DateCache, Response};
 use crate::mesh::{Answer, Forward, Mesh, Message, Reply, FORWARD_QUEUE_ENTRIES, REPLY_QUEUE_ENTRIES};
 use crate::metrics::{Metrics, ShardMetrics};
@@ -88,6 +89,8 @@ pub struct Core {
     pub now_ms: Cell<u64>,
     pub shutting_down: Cell<bool>,
     pub listener_fd: Cell<Option<RawFd>>,
+    /// Gateway mode's cache, origins and write queue (None otherwise).
+    pub gateway: Option<Gateway>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -126,6 +129,7 @@ impl Core {
             now_ms: Cell::new(unix_ms(now)),
             shutting_down: Cell::new(false),
             listener_fd: Cell::new(None),
+            gateway: config.gateway.as_ref().map(|g| Gateway::new(g, config.http_cache_bytes_per_shard())),
             config,
         };
         {
@@ -237,6 +241,11 @@ impl Core {
         self.send(owner, Message::Kv { op, sync })
     }
 
+    /// Sends a gateway request to the owner of its cache key.
+    pub fn forward_gateway(self: &Rc<Self>, owner: u32, request: gateway::ProxyRequest) -> Result<ReplyFuture, Response> {
+        self.send(owner, Message::Gateway(Box::new(request)))
+    }
+
     /// Asks `owner` for up to `want` permits of `identity`'s window. The
     /// answer is recorded in this core's leases when it arrives, whoever
     /// still waits for it; waiters are woken through `lease_waiters`.
@@ -320,6 +329,14 @@ impl Core {
                 }
                 Message::GiveBack(unused) => {
                     self.limiter.borrow_mut().give_back(now_ms, unused);
+                    continue;
+                }
+                Message::Gateway(request) => {
+                    let core = Rc::clone(self);
+                    monoio::spawn(async move {
+                        let response = gateway::handle(Rc::clone(&core), *request).await;
+                        core.mesh.reply(source, Reply { token, answer: Answer::Gateway(response) });
+                    });
                     continue;
                 }
             };

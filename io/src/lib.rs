@@ -15,6 +15,8 @@
 //! - [`reader`]: reading evicted values back from segments, off the loop.
 //! - [`rehome`]: moving every key to its owner under a new `--shards`.
 //! - [`compact`]: background compaction of a shard's log segments.
+//! - [`gateway`]: gateway mode: the caching reverse proxy, its origin
+//!   client, circuit breakers and asynchronous writes.
 //! - [`durable`]: a core's append buffer, group commit, durability waits.
 //! - [`watchdog`]: the event-loop stall detector (one thread, no wake-ups on the cores).
 //! - [`metrics`]: per-shard counters and the Prometheus rendering.
@@ -27,6 +29,7 @@ pub mod conn;
 pub mod core;
 pub mod driver;
 pub mod durable;
+pub mod gateway;
 pub mod http;
 pub mod limit;
 pub mod log;

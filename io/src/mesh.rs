@@ -21,6 +21,7 @@ use crossbeam_utils::CachePadded;
 use shardgate_shards::kv::{Op, Outcome};
 use shardgate_shards::ratelimit::{Class, Decision, Policy, Unused};
 
+use crate::gateway::ProxyRequest;
 use crate::http::response::Response;
 
 /// Requests queued for one shard from all others; beyond it, 503.
@@ -44,6 +45,8 @@ pub enum Message {
     Lease { identity: u64, class: Class, policy: Policy, want: u32 },
     /// Permits a lease did not use. No reply.
     GiveBack(Unused),
+    /// A gateway request for the owner of its cache key (boxed: it is large).
+    Gateway(Box<ProxyRequest>),
 }
 
 /// The target shard's inbound queue is at [`FORWARD_QUEUE_ENTRIES`].
@@ -63,6 +66,8 @@ pub enum Answer {
     Kv(Result<Outcome, Response>),
     /// The permits granted (possibly none) and the window's state.
     Lease(Decision),
+    /// A gateway request's response.
+    Gateway(Response),
 }
 
 pub struct Mailbox {

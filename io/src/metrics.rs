@@ -21,14 +21,17 @@ pub enum Route {
     Readyz,
     Metrics,
     Other,
+    /// Gateway mode: everything but the service endpoints.
+    Gateway,
 }
 
-const ROUTES: [(Route, &str); 5] = [
+const ROUTES: [(Route, &str); 6] = [
     (Route::Kv, "kv"),
     (Route::Healthz, "healthz"),
     (Route::Readyz, "readyz"),
     (Route::Metrics, "metrics"),
     (Route::Other, "other"),
+    (Route::Gateway, "gateway"),
 ];
 
 /// The statuses shardgate sends; anything else is counted as the last slot.
@@ -128,6 +131,46 @@ pub struct ShardMetrics {
     rate_identities: AtomicU64,
     rate_evicted: AtomicU64,
     leases_held: AtomicU64,
+    /// Gateway responses by `X-Cache` value, in [`CacheResult`] order.
+    gateway_results: [AtomicU64; CACHE_RESULTS.len()],
+    gateway_cache_bytes: AtomicU64,
+    gateway_cache_objects: AtomicU64,
+    origin_requests: AtomicU64,
+    origin_failures: AtomicU64,
+    breaker_opens: AtomicU64,
+    /// Per `--origin`, as [`shardgate_shards::breaker::BreakerState::gauge`].
+    breaker_states: [AtomicU64; ORIGINS_MAX],
+    writes_queued: AtomicU64,
+    writes_delivered: AtomicU64,
+    writes_failed: AtomicU64,
+    writes_retried: AtomicU64,
+}
+
+/// Most `--origin` flags (a fixed array keeps the metrics allocation-free).
+pub const ORIGINS_MAX: usize = 16;
+
+/// The `X-Cache` value of a gateway response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Bypass,
+}
+
+const CACHE_RESULTS: [(CacheResult, &str); 5] = [
+    (CacheResult::Hit, "HIT"),
+    (CacheResult::Miss, "MISS"),
+    (CacheResult::Stale, "STALE"),
+    (CacheResult::Revalidated, "REVALIDATED"),
+    (CacheResult::Bypass, "BYPASS"),
+];
+
+impl CacheResult {
+    pub fn name(self) -> &'static str {
+        CACHE_RESULTS[self as usize].1
+    }
 }
 
 impl ShardMetrics {
@@ -234,12 +277,52 @@ impl ShardMetrics {
     pub fn expired(&self, count: usize) {
         bump(&self.expired_swept, count as u64);
     }
+
+    pub fn gateway_result(&self, result: CacheResult) {
+        bump(&self.gateway_results[result as usize], 1);
+    }
+
+    pub fn gateway_cache(&self, bytes: u64, objects: usize) {
+        self.gateway_cache_bytes.store(bytes, Relaxed);
+        self.gateway_cache_objects.store(objects as u64, Relaxed);
+    }
+
+    /// One exchange with an origin; `failed` when it counted against the breaker.
+    pub fn origin_request(&self, failed: bool) {
+        bump(&self.origin_requests, 1);
+        if failed {
+            bump(&self.origin_failures, 1);
+        }
+    }
+
+    /// The breaker of origin `index` now reads `state`; `opened` counts a new opening.
+    pub fn breaker(&self, index: usize, state: u8, opened: bool) {
+        self.breaker_states[index].store(u64::from(state), Relaxed);
+        if opened {
+            bump(&self.breaker_opens, 1);
+        }
+    }
+
+    pub fn writes(&self, queued: usize) {
+        self.writes_queued.store(queued as u64, Relaxed);
+    }
+
+    /// An async write left the queue: delivered, or failed for good.
+    pub fn write_done(&self, delivered: bool) {
+        bump(if delivered { &self.writes_delivered } else { &self.writes_failed }, 1);
+    }
+
+    pub fn write_retried(&self) {
+        bump(&self.writes_retried, 1);
+    }
 }
 
 /// All shards' metrics, and the cores' heartbeats for the stall watchdog.
 pub struct Metrics {
     shards: Box<[ShardMetrics]>,
     pub heartbeats: Heartbeats,
+    /// The `--origin` URLs, labels of the breaker gauge (gateway mode).
+    origins: Vec<String>,
 }
 
 impl Metrics {
@@ -247,7 +330,15 @@ impl Metrics {
         Metrics {
             shards: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
             heartbeats: Heartbeats::new(shard_count),
+            origins: Vec::new(),
         }
+    }
+
+    /// Names the origins whose breakers /metrics shows (at most [`ORIGINS_MAX`]).
+    pub fn with_origins(mut self, origins: Vec<String>) -> Metrics {
+        assert!(origins.len() <= ORIGINS_MAX, "origin count is validated against ORIGINS_MAX");
+        self.origins = origins;
+        self
     }
 
     pub fn shard(&self, shard: u32) -> &ShardMetrics {
@@ -259,7 +350,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_durations(&mut out);
-        let families: [(&str, &str, &str, Field); 26] = [
+        let families: [(&str, &str, &str, Field); 35] = [
             (
                 "shardgate_cross_core_hops_total",
                 "counter",
@@ -353,6 +444,39 @@ impl Metrics {
             ("shardgate_ratelimit_leases_held", "gauge", "Leases this core holds from other shards.", |m| {
                 &m.leases_held
             }),
+            ("shardgate_gateway_cache_bytes", "gauge", "Bytes of stored origin responses (gateway mode).", |m| {
+                &m.gateway_cache_bytes
+            }),
+            ("shardgate_gateway_cache_objects", "gauge", "Cache keys with stored origin responses.", |m| {
+                &m.gateway_cache_objects
+            }),
+            ("shardgate_origin_requests_total", "counter", "Requests sent to an origin, by sending shard.", |m| {
+                &m.origin_requests
+            }),
+            (
+                "shardgate_origin_failures_total",
+                "counter",
+                "Origin exchanges that failed (connect error, timeout, bad response or 5xx).",
+                |m| &m.origin_failures,
+            ),
+            ("shardgate_origin_breaker_opens_total", "counter", "Times a circuit to an origin opened.", |m| {
+                &m.breaker_opens
+            }),
+            ("shardgate_async_writes_queued", "gauge", "Asynchronous writes waiting for delivery.", |m| {
+                &m.writes_queued
+            }),
+            ("shardgate_async_writes_delivered_total", "counter", "Asynchronous writes the origin answered.", |m| {
+                &m.writes_delivered
+            }),
+            (
+                "shardgate_async_writes_failed_total",
+                "counter",
+                "Asynchronous writes given up after --write-retries (kept in the dead-letter segment).",
+                |m| &m.writes_failed,
+            ),
+            ("shardgate_async_writes_retried_total", "counter", "Delivery attempts that are retried later.", |m| {
+                &m.writes_retried
+            }),
         ];
         for (name, kind, help, field) in families {
             header(&mut out, name, kind, help);
@@ -368,6 +492,25 @@ impl Metrics {
         );
         for shard in 0..mesh.shard_count() {
             let _ = writeln!(out, "shardgate_channel_depth{{shard=\"{shard}\"}} {}", mesh.forward_depth(shard));
+        }
+        header(&mut out, "shardgate_gateway_responses_total", "counter", "Gateway responses by X-Cache value.");
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (result, name) in CACHE_RESULTS {
+                let count = metrics.gateway_results[result as usize].load(Relaxed);
+                let _ = writeln!(out, "shardgate_gateway_responses_total{{shard=\"{shard}\",x_cache=\"{name}\"}} {count}");
+            }
+        }
+        header(
+            &mut out,
+            "shardgate_origin_breaker_state",
+            "gauge",
+            "Circuit breaker of each origin on each shard: 0 closed, 1 open, 2 half-open.",
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (index, origin) in self.origins.iter().enumerate() {
+                let state = metrics.breaker_states[index].load(Relaxed);
+                let _ = writeln!(out, "shardgate_origin_breaker_state{{shard=\"{shard}\",origin=\"{origin}\"}} {state}");
+            }
         }
         header(&mut out, "shardgate_ready", "gauge", "1 when every shard is serving.");
         let _ = writeln!(out, "shardgate_ready {}", u8::from(mesh.is_ready()));

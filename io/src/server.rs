@@ -96,7 +96,8 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         .map_err(|source| StartError::Bind { address, source })?;
     let config = Arc::new(config);
     let mesh = Arc::new(Mesh::new(shard_count));
-    let metrics = Arc::new(Metrics::new(shard_count));
+    let origin_urls = config.gateway.as_ref().map(|g| g.origins.iter().map(|o| o.url.clone()).collect());
+    let metrics = Arc::new(Metrics::new(shard_count).with_origins(origin_urls.unwrap_or_default()));
     watchdog::spawn(Arc::clone(&metrics)).map_err(|source| StartError::Shard { shard: 0, source })?;
     let (report_tx, report_rx) = mpsc::channel();
     let mut threads = Vec::new();
@@ -214,7 +215,7 @@ async fn core_main(
     // The core serves at once: /healthz, and 503 everywhere else until every
     // shard has recovered (SPEC §3). Until then it holds an empty shard and a
     // log that is never written (dispatch refuses writes before `ready`).
-    let budget = config.cache_bytes / u64::from(config.shard_count);
+    let budget = config.kv_bytes_per_shard();
     let reader = match Reader::spawn(shard) {
         Ok(reader) => reader,
         Err(source) => {
@@ -227,6 +228,9 @@ async fn core_main(
     monoio::spawn(mailbox_loop(Rc::clone(&core)));
     monoio::spawn(ticker_loop(Rc::clone(&core)));
     monoio::spawn(recover_in_background(Rc::clone(&core), cpu));
+    if core.gateway.is_some() {
+        monoio::spawn(crate::gateway::health_loop(Rc::clone(&core)));
+    }
     let _ = report.send(Ok(ShardInfo { shard, cpu, driver }));
     drop(report);
     accept_loop(&core, &listener).await;
@@ -272,6 +276,7 @@ async fn recover_in_background(core: Rc<Core>, cpu: usize) {
     monoio::spawn(durable::flusher(Rc::clone(&core.log)));
     monoio::spawn(durable::completions(Rc::clone(&core.log), Arc::clone(&core.mesh)));
     monoio::spawn(compact::compactor(Rc::clone(&core)));
+    crate::gateway::writes::recover(&core);
     core.mesh.shard_recovered();
 }
 
@@ -281,7 +286,7 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
     std::thread::sleep(log_config.recovery_delay);
     let dir = log::shard_dir(&log_config.data_dir, shard);
     let now_ms = unix_ms(SystemTime::now());
-    let mut kv = KvShard::new(config.cache_bytes / u64::from(config.shard_count));
+    let mut kv = KvShard::new(config.kv_bytes_per_shard());
     let started = Instant::now();
     let mut live = Vec::new();
     let replayed = log::replay(&dir, now_ms, |key, item| {

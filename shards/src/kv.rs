@@ -528,6 +528,17 @@ impl KvShard {
         }
     }
 
+    /// The live keys starting with `prefix`, unordered (a full scan: for
+    /// start-up, where the gateway finds its queued writes).
+    pub fn keys_with_prefix(&self, now_ms: u64, prefix: &[u8]) -> Vec<Bytes> {
+        self.partitions
+            .iter()
+            .flat_map(|table| table.iter())
+            .filter(|(key, entry)| key.starts_with(prefix) && !entry.is_expired(now_ms))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// Drops up to `entries_max` entries whose expiry is at or before
     /// `now_ms`, oldest first. Returns how many were dropped.
     pub fn sweep_expired(&mut self, now_ms: u64, entries_max: usize) -> usize {

@@ -61,6 +61,8 @@ pub enum Method {
     Post,
     Patch,
     Options,
+    /// Varnish's and nginx's cache purge method (gateway mode).
+    Purge,
     /// Any other token httparse accepted.
     Other,
 }
@@ -75,6 +77,7 @@ impl Method {
             "POST" => Method::Post,
             "PATCH" => Method::Patch,
             "OPTIONS" => Method::Options,
+            "PURGE" => Method::Purge,
             _ => Method::Other,
         }
     }
@@ -101,6 +104,9 @@ pub struct Request<'a> {
     /// The last hop of the last `X-Forwarded-For` line: the address the
     /// nearest proxy saw (used only with `--trust-forwarded-for`).
     pub forwarded_for: Option<&'a [u8]>,
+    /// The whole request head as received, request line to the blank line:
+    /// the gateway forwards its other fields.
+    pub head: &'a [u8],
     pub body: &'a [u8],
 }
 
@@ -192,8 +198,10 @@ struct Head {
     expect_continue: bool,
 }
 
+/// A chunked message body being decoded (the gateway's origin client
+/// uses it for responses).
 #[derive(Debug)]
-struct Chunked {
+pub(crate) struct Chunked {
     /// Offset of the next unparsed byte.
     position: usize,
     phase: ChunkPhase,
@@ -293,7 +301,7 @@ impl Decoder {
                 }
                 Some(Framing::Length(_)) => State::Body { chunked: None },
                 Some(Framing::Chunked) => State::Body {
-                    chunked: Some(Chunked { position: end, phase: ChunkPhase::SizeLine, trailer_bytes: 0 }),
+                    chunked: Some(Chunked::new(end)),
                 },
             };
             self.head = Some(head);
@@ -330,6 +338,7 @@ impl Head {
             x_durability: self.x_durability.map(|s| s.get(input)),
             x_api_key: self.x_api_key.map(|s| s.get(input)),
             forwarded_for: self.forwarded_for.map(|s| s.get(input)),
+            head: &input[..self.end],
             body,
         }
     }
@@ -513,9 +522,14 @@ fn trim(bytes: &[u8]) -> &[u8] {
 }
 
 impl Chunked {
+    /// A decoder for a chunked body starting at offset `start` of its input.
+    pub(crate) fn new(start: usize) -> Chunked {
+        Chunked { position: start, phase: ChunkPhase::SizeLine, trailer_bytes: 0 }
+    }
+
     /// Parses as far as `input` allows. Returns the end offset of the whole
     /// message once the last chunk and the trailer section are in.
-    fn advance(&mut self, input: &[u8], body: &mut Vec<u8>, limits: Limits) -> Result<Option<usize>, HttpError> {
+    pub(crate) fn advance(&mut self, input: &[u8], body: &mut Vec<u8>, limits: Limits) -> Result<Option<usize>, HttpError> {
         loop {
             let rest = &input[self.position..];
             match self.phase {

@@ -30,6 +30,18 @@ pub struct Response {
     /// Close the connection after this response, whatever the request asked.
     pub close: bool,
     pub body: Bytes,
+    /// A response relayed from an origin (gateway mode): its reason phrase
+    /// and header fields. Boxed: key-value responses stay small to move.
+    pub proxied: Option<Box<Proxied>>,
+}
+
+/// What a relayed origin response adds to [`Response`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Proxied {
+    pub reason: Bytes,
+    /// Header fields, each as `\r\nName: value` (the gateway removed the
+    /// hop-by-hop and framing fields; `Content-Length` and `Date` are ours).
+    pub headers: Bytes,
 }
 
 impl Response {
@@ -153,7 +165,17 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
     let status = response.status;
     let content_type = response.content_type.as_deref().unwrap_or_default();
     out.reserve(HEAD_FIXED_BYTES_MAX + content_type.len() + response.body.len());
-    out.extend_from_slice(status_line(status));
+    match &response.proxied {
+        None => out.extend_from_slice(status_line(status)),
+        Some(proxied) => {
+            // Any status an origin sends, with its own reason phrase.
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(&proxied.reason);
+            out.extend_from_slice(b"\r\nDate: ");
+        }
+    }
     out.extend_from_slice(date.text());
     let mut numbers = itoa::Buffer::new();
     let bodyless = status < 200 || status == 204 || status == 304;
@@ -178,6 +200,9 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
     if let Some(allow) = response.allow {
         out.extend_from_slice(b"\r\nAllow: ");
         out.extend_from_slice(allow.as_bytes());
+    }
+    if let Some(proxied) = &response.proxied {
+        out.extend_from_slice(&proxied.headers);
     }
     if let Some(rate) = rate.filter(|r| r.items.iter().any(Option::is_some)) {
         rate.encode(out);

@@ -1,0 +1,741 @@
+//! Gateway mode (SPEC §7): a caching reverse proxy in front of origins.
+//!
+//! A request's cache key (host, path and query) names its owner shard, as a
+//! key names it in the key-value API; a request that lands elsewhere is
+//! forwarded there whole ([`crate::mesh::Message::Gateway`]). The owner
+//! holds the key's stored responses ([`HttpCache`]), its in-flight origin
+//! fetch ([`Flight`]) and talks to the origin, so coalescing and
+//! invalidation need no coordination between cores.
+//!
+//! # The life of a GET
+//! Fresh hit → `HIT`. Stale within stale-while-revalidate → `STALE` at once
+//! and one background revalidation. Otherwise one fetch per key runs in its
+//! own task (so a client hanging up does not cancel it) and every request
+//! for the key waits for it: the first gets its answer (`MISS`,
+//! `REVALIDATED`, or `STALE` under stale-if-error), the others look the
+//! cache up again. An uncacheable answer marks the key hit-for-miss: later
+//! requests go to the origin at once, in parallel, never queued one behind
+//! another (the Varnish waiting-list pitfall).
+
+pub mod origin;
+pub mod writes;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use shardgate_shards::breaker::Breaker;
+use shardgate_shards::httpcache::{self, HttpCache, Lookup, RequestFacts, ResponseFields, State, Variant};
+use shardgate_shards::route::{key_hash, shard_for_hash};
+
+use crate::core::{unix_ms, Core};
+use crate::http::codec::{Method, Request, HEADERS_MAX};
+use crate::http::response::{Proxied, Response};
+use crate::metrics::CacheResult;
+use origin::{named_by_connection, ExchangeLimits, Origin, OriginAddress, OriginError, OriginResponse};
+
+/// The gateway's settings (SPEC §7 flags).
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub origins: Vec<OriginAddress>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Idle keep-alive connections kept per origin per shard.
+    pub pool: usize,
+    /// Freshness of cacheable responses without any; 0: not stored.
+    pub default_ttl_ms: u64,
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
+    pub async_writes: bool,
+    pub admin_token: Option<String>,
+    pub write_retries: u32,
+    pub write_queue_max: usize,
+}
+
+/// One core's gateway state.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub cache: RefCell<HttpCache>,
+    flights: RefCell<HashMap<u64, Rc<Flight>>>,
+    pub origins: Vec<Origin>,
+    next_origin: Cell<usize>,
+    pub writes: RefCell<writes::Queue>,
+}
+
+impl Gateway {
+    pub fn new(config: &GatewayConfig, cache_bytes: u64) -> Gateway {
+        let origins = config
+            .origins
+            .iter()
+            .map(|address| Origin::new(address.clone(), Breaker::new(config.breaker_failures, config.breaker_open_ms)))
+            .collect();
+        Gateway {
+            config: config.clone(),
+            cache: RefCell::new(HttpCache::new(cache_bytes)),
+            flights: RefCell::new(HashMap::new()),
+            origins,
+            next_origin: Cell::new(0),
+            writes: RefCell::new(writes::Queue::default()),
+        }
+    }
+
+    fn limits(&self) -> ExchangeLimits {
+        ExchangeLimits { connect_timeout: self.config.connect_timeout, timeout: self.config.timeout, pool: self.config.pool }
+    }
+}
+
+/// A client request in owned form, sendable to its owner core.
+#[derive(Debug, PartialEq)]
+pub struct ProxyRequest {
+    pub method: Method,
+    method_token: Bytes,
+    pub target: Bytes,
+    /// Host, path and query: what the cache stores under.
+    pub key: Bytes,
+    pub hash: u64,
+    /// The request's header fields as sent (name, value).
+    fields: Vec<(Bytes, Bytes)>,
+    peer: Option<IpAddr>,
+    pub body: Bytes,
+}
+
+impl ProxyRequest {
+    /// Copies what the gateway needs out of a decoded request.
+    pub fn parse(request: &Request<'_>, peer: Option<IpAddr>) -> Result<ProxyRequest, Response> {
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut parsed = httparse::Request::new(&mut headers);
+        // The codec parsed this head already; only its fields are wanted again.
+        if !matches!(parsed.parse(request.head), Ok(httparse::Status::Complete(_))) {
+            return Err(Response::problem(400, "malformed request head"));
+        }
+        let method_token = Bytes::copy_from_slice(parsed.method.unwrap_or("GET").as_bytes());
+        let fields: Vec<(Bytes, Bytes)> = parsed
+            .headers
+            .iter()
+            .map(|h| (Bytes::copy_from_slice(h.name.as_bytes()), Bytes::copy_from_slice(h.value.trim_ascii())))
+            .collect();
+        let host = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"host")).map(|(_, v)| v.to_ascii_lowercase());
+        let target = origin_form(request.target);
+        let key = Bytes::from([host.as_deref().unwrap_or_default(), &target].concat());
+        Ok(ProxyRequest {
+            method: request.method,
+            method_token,
+            hash: key_hash(&key),
+            target: Bytes::copy_from_slice(target),
+            key,
+            fields,
+            peer,
+            body: Bytes::copy_from_slice(request.body),
+        })
+    }
+
+    /// The first value of a field, by case-insensitive name.
+    pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &v[..])
+    }
+
+    /// `Prefer: respond-async` (RFC 7240) is among the preferences.
+    pub fn prefers_async(&self) -> bool {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"prefer"))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .any(|p| p.split(|&b| b == b';').next().unwrap_or_default().trim_ascii().eq_ignore_ascii_case(b"respond-async"))
+    }
+
+    pub fn is_unsafe(&self) -> bool {
+        matches!(self.method, Method::Post | Method::Put | Method::Patch | Method::Delete)
+    }
+
+    /// The request as the origin gets it: hop-by-hop fields dropped,
+    /// `X-Forwarded-For` and `Via` extended, and for a cache fill the
+    /// client's own conditionals and ranges replaced by the cache's validators.
+    pub fn encode_for_origin(&self, origin: &OriginAddress, fill: Option<&Validators>) -> Bytes {
+        let body_bytes = self.body.len();
+        let mut out = Vec::with_capacity(256 + self.target.len() + body_bytes + self.fields.len() * 32);
+        let method: &[u8] = if fill.is_some() { b"GET" } else { &self.method_token };
+        out.extend_from_slice(method);
+        out.push(b' ');
+        out.extend_from_slice(&self.target);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let connection: Vec<u8> = self
+            .fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, v)| v.iter().copied().chain(*b","))
+            .collect();
+        const FILL_DROPPED: [&[u8]; 6] =
+            [b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range"];
+        let mut forwarded_for: Option<&[u8]> = None;
+        let mut via: Option<&[u8]> = None;
+        let mut has_host = false;
+        for (name, value) in &self.fields {
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                forwarded_for = Some(value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"via") {
+                via = Some(value);
+                continue;
+            }
+            let dropped = origin::is_hop_by_hop(name)
+                || named_by_connection(&connection, name)
+                || (fill.is_some() && FILL_DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d)));
+            if dropped {
+                continue;
+            }
+            has_host |= name.eq_ignore_ascii_case(b"host");
+            push_field(&mut out, name, value);
+        }
+        if !has_host {
+            push_field(&mut out, b"Host", origin.address.to_string().as_bytes());
+        }
+        if let Some(peer) = self.peer {
+            let peer = peer.to_string();
+            let value = match forwarded_for {
+                Some(prior) => [prior, b", ", peer.as_bytes()].concat(),
+                None => peer.into_bytes(),
+            };
+            push_field(&mut out, b"X-Forwarded-For", &value);
+        }
+        let value = match via {
+            Some(prior) => [prior, b", 1.1 shardgate"].concat(),
+            None => b"1.1 shardgate".to_vec(),
+        };
+        push_field(&mut out, b"Via", &value);
+        if let Some(validators) = fill {
+            if let Some(etag) = &validators.etag {
+                push_field(&mut out, b"If-None-Match", etag);
+            }
+            if let Some(last_modified) = &validators.last_modified {
+                push_field(&mut out, b"If-Modified-Since", last_modified);
+            }
+        }
+        if fill.is_none() && (body_bytes > 0 || matches!(self.method, Method::Post | Method::Put | Method::Patch)) {
+            push_field(&mut out, b"Content-Length", itoa::Buffer::new().format(body_bytes).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        if fill.is_none() {
+            out.extend_from_slice(&self.body);
+        }
+        Bytes::from(out)
+    }
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An absolute-form target reduced to origin form (`/path?query`).
+fn origin_form(target: &[u8]) -> &[u8] {
+    for scheme in [&b"http://"[..], b"https://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            return rest.iter().position(|&b| b == b'/').map_or(b"/", |i| &rest[i..]);
+        }
+    }
+    target
+}
+
+/// The validators a revalidation sends.
+#[derive(Clone, Debug, Default)]
+pub struct Validators {
+    pub etag: Option<Bytes>,
+    pub last_modified: Option<Bytes>,
+}
+
+/// Where asynchronous writes report their state: `/_writes/{id}`.
+pub const WRITES_PREFIX: &[u8] = b"/_writes/";
+
+/// The owner shard of a gateway request: the cache key's, or for a write's
+/// status the shard named in its id.
+pub fn owner(request: &ProxyRequest, shard_count: u32) -> u32 {
+    if request.method == Method::Get {
+        if let Some(id) = request.target.strip_prefix(WRITES_PREFIX) {
+            if let Some((shard, _)) = writes::parse_id(id).filter(|(shard, _)| *shard < shard_count) {
+                return shard;
+            }
+        }
+    }
+    shard_for_hash(request.hash, shard_count)
+}
+
+fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// Serves one gateway request on its owner core.
+pub async fn handle(core: Rc<Core>, request: ProxyRequest) -> Response {
+    let gateway = core.gateway.as_ref().expect("gateway requests reach gateway cores only");
+    let request = Rc::new(request);
+    let (response, result) = match request.method {
+        Method::Purge => purge(&core, &request),
+        Method::Get if request.target.starts_with(WRITES_PREFIX) => {
+            (writes::status(&core, &request.target[WRITES_PREFIX.len()..]).await, CacheResult::Bypass)
+        }
+        Method::Get | Method::Head => cached(&core, &request).await,
+        _ if request.is_unsafe() && (gateway.config.async_writes || request.prefers_async()) => {
+            (writes::accept(&core, &request).await, CacheResult::Bypass)
+        }
+        _ => pass(&core, &request).await,
+    };
+    let metrics = core.metrics();
+    metrics.gateway_result(result);
+    let cache = gateway.cache.borrow();
+    metrics.gateway_cache(cache.bytes(), cache.objects());
+    response
+}
+
+/// `PURGE`: drops every stored variant of the key, with the admin token.
+fn purge(core: &Core, request: &ProxyRequest) -> (Response, CacheResult) {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let token = gateway.config.admin_token.as_deref();
+    let response = match (request.field(b"authorization"), token) {
+        (None, _) => Response::problem(401, "PURGE needs Authorization: Bearer <admin token>"),
+        (Some(_), None) => Response::problem(403, "PURGE is disabled: no --admin-token is set"),
+        (Some(given), Some(token)) if !bearer_matches(given, token) => Response::problem(403, "wrong admin token"),
+        _ if gateway.cache.borrow_mut().remove(request.hash) => Response::text(200, "purged\n"),
+        _ => Response::problem(404, "nothing stored under this key"),
+    };
+    (response, CacheResult::Bypass)
+}
+
+/// `Bearer <token>` with the token compared in constant time.
+fn bearer_matches(given: &[u8], token: &str) -> bool {
+    let Some(presented) = given.strip_prefix(b"Bearer ").or_else(|| given.strip_prefix(b"bearer ")) else {
+        return false;
+    };
+    let presented = presented.trim_ascii();
+    let expected = token.as_bytes();
+    presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Relays a stored variant with its `Age` and `X-Cache`.
+fn serve_variant(variant: &Variant, now_ms: u64, result: CacheResult) -> Response {
+    let age_s = variant.freshness.age_ms(now_ms) / 1000;
+    relay(variant.status, &variant.reason, &variant.headers, variant.body.clone(), Some(age_s), result)
+}
+
+fn relay(status: u16, reason: &Bytes, headers: &Bytes, body: Bytes, age_s: Option<u64>, result: CacheResult) -> Response {
+    let mut all = Vec::with_capacity(headers.len() + 48);
+    all.extend_from_slice(headers);
+    if let Some(age_s) = age_s {
+        all.extend_from_slice(b"\r\nAge: ");
+        all.extend_from_slice(itoa::Buffer::new().format(age_s).as_bytes());
+    }
+    all.extend_from_slice(b"\r\nX-Cache: ");
+    all.extend_from_slice(result.name().as_bytes());
+    Response {
+        status,
+        body,
+        proxied: Some(Box::new(Proxied { reason: reason.clone(), headers: Bytes::from(all) })),
+        ..Response::default()
+    }
+}
+
+fn relay_origin(response: &OriginResponse, result: CacheResult) -> Response {
+    let age_s = response.fields.age.as_deref().and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
+    relay(response.status, &response.reason, &response.headers, response.body.clone(), age_s, result)
+}
+
+/// An error response marked with its `X-Cache`.
+fn error_response(error: Response, result: CacheResult) -> Response {
+    let mut headers = b"\r\nX-Cache: ".to_vec();
+    headers.extend_from_slice(result.name().as_bytes());
+    let content_type = error.content_type.clone().unwrap_or_default();
+    headers.extend_from_slice(b"\r\nContent-Type: ");
+    headers.extend_from_slice(&content_type);
+    if let Some(seconds) = error.retry_after_s {
+        headers.extend_from_slice(b"\r\nRetry-After: ");
+        headers.extend_from_slice(itoa::Buffer::new().format(seconds).as_bytes());
+    }
+    let reason = Bytes::from_static(crate::http::response::reason(error.status).as_bytes());
+    Response {
+        status: error.status,
+        body: error.body,
+        proxied: Some(Box::new(Proxied { reason, headers: Bytes::from(headers) })),
+        ..Response::default()
+    }
+}
+
+/// The client's `If-None-Match` matches the stored entity tag (weak
+/// comparison, RFC 9110 §13.1.2): answer 304 from the cache.
+fn not_modified(request: &ProxyRequest, variant: &Variant) -> bool {
+    let (Some(tags), Some(etag)) = (request.field(b"if-none-match"), variant.etag.as_deref()) else {
+        return false;
+    };
+    let weak = |tag: &[u8]| tag.strip_prefix(b"W/").unwrap_or(tag).to_vec();
+    let stored = weak(etag);
+    variant.status == 200 && tags.split(|&b| b == b',').any(|t| t.trim_ascii() == b"*" || weak(t.trim_ascii()) == stored)
+}
+
+fn serve_hit(request: &ProxyRequest, variant: &Variant, now_ms: u64, result: CacheResult) -> Response {
+    let mut response = serve_variant(variant, now_ms, result);
+    if not_modified(request, variant) {
+        response.status = 304;
+        response.body = Bytes::new();
+        if let Some(proxied) = response.proxied.as_mut() {
+            proxied.reason = Bytes::from_static(b"Not Modified");
+        }
+    }
+    response
+}
+
+/// What a fetch left for the requests that waited on it.
+#[derive(Clone)]
+enum Shared {
+    /// Look the cache up again (stored, refreshed, or hit-for-miss marked).
+    Lookup,
+    /// The origin failed; this is the error (stale-if-error still applies per waiter).
+    Failed(Response),
+}
+
+/// One fetch of a key in progress, and the requests waiting for it.
+struct Flight {
+    done: RefCell<Option<(Response, CacheResult, Shared)>>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+/// Resolves when the flight is done: to its first requester's answer
+/// (`first`), or to what the others share.
+struct FlightWait {
+    flight: Rc<Flight>,
+}
+
+impl Future for FlightWait {
+    type Output = (Response, CacheResult, Shared);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &*self.flight.done.borrow() {
+            Some(done) => Poll::Ready(done.clone()),
+            None => {
+                self.flight.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Starts the fetch of `request`'s key unless one runs. Returns the flight
+/// and whether this call started it.
+fn join_flight(core: &Rc<Core>, request: &Rc<ProxyRequest>, stale: Option<Variant>) -> (Rc<Flight>, bool) {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    if let Some(flight) = gateway.flights.borrow().get(&request.hash) {
+        return (Rc::clone(flight), false);
+    }
+    let flight = Rc::new(Flight { done: RefCell::new(None), waiters: RefCell::new(Vec::new()) });
+    gateway.flights.borrow_mut().insert(request.hash, Rc::clone(&flight));
+    let (core, request, task_flight) = (Rc::clone(core), Rc::clone(request), Rc::clone(&flight));
+    monoio::spawn(async move {
+        let done = fill(&core, &request, stale).await;
+        let gateway = core.gateway.as_ref().expect("gateway core");
+        gateway.flights.borrow_mut().remove(&request.hash);
+        *task_flight.done.borrow_mut() = Some(done);
+        for waker in task_flight.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    });
+    (flight, true)
+}
+
+/// GET and HEAD: from the cache, or through one coalesced fetch.
+async fn cached(core: &Rc<Core>, request: &Rc<ProxyRequest>) -> (Response, CacheResult) {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let mut waited = false;
+    loop {
+        let now = now_ms();
+        let lookup = gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field(name));
+        let stale = match lookup {
+            Lookup::Hit { variant, state: State::Fresh } => {
+                return (serve_hit(request, &variant, now, CacheResult::Hit), CacheResult::Hit);
+            }
+            Lookup::Hit { variant, state: State::Stale { revalidate_in_background: true, .. } } => {
+                join_flight(core, request, Some(variant.clone()));
+                return (serve_hit(request, &variant, now, CacheResult::Stale), CacheResult::Stale);
+            }
+            Lookup::HitForMiss => return pass(core, request).await,
+            // After a flight, a key still missing goes straight to the origin.
+            Lookup::Miss if waited => return pass(core, request).await,
+            Lookup::Hit { variant, .. } => Some(variant),
+            Lookup::Miss => None,
+        };
+        let (flight, first) = join_flight(core, request, stale);
+        let (response, result, shared) = FlightWait { flight }.await;
+        if first {
+            return (response, result);
+        }
+        match shared {
+            Shared::Lookup if !waited => waited = true,
+            Shared::Lookup => return pass(core, request).await,
+            Shared::Failed(error) => return stale_or(core, request, error),
+        }
+    }
+}
+
+/// Under stale-if-error, the stale copy; else the error.
+fn stale_or(core: &Core, request: &ProxyRequest, error: Response) -> (Response, CacheResult) {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let now = now_ms();
+    match gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field(name)) {
+        Lookup::Hit { variant, state: State::Fresh | State::Stale { on_error: true, .. } } => {
+            (serve_hit(request, &variant, now, CacheResult::Stale), CacheResult::Stale)
+        }
+        _ => (error, CacheResult::Miss),
+    }
+}
+
+/// Sends a request to the next origin the balancer and breakers allow,
+/// recording the result with that origin's breaker.
+async fn send(
+    core: &Core,
+    encode: impl Fn(&OriginAddress) -> Bytes,
+    expect_body: bool,
+    idempotent: bool,
+) -> Result<OriginResponse, OriginError> {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let (index, probe) = origin::pick(&gateway.origins, &gateway.next_origin, now_ms())?;
+    let origin = &gateway.origins[index];
+    let guard = ProbeGuard { origin, armed: probe };
+    let result = origin.exchange(encode(&origin.address), expect_body, idempotent, gateway.limits()).await;
+    std::mem::forget(guard);
+    let success = matches!(&result, Ok(response) if response.status < 500);
+    let mut breaker = origin.breaker.borrow_mut();
+    let opened_before = breaker.opened();
+    let now = now_ms();
+    breaker.record(now, success, probe);
+    core.metrics().origin_request(!success);
+    core.metrics().breaker(index, breaker.state(now).gauge(), breaker.opened() > opened_before);
+    result
+}
+
+/// Frees the half-open probe slot if the probe's request is cancelled.
+struct ProbeGuard<'a> {
+    origin: &'a Origin,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.origin.breaker.borrow_mut().probe_abandoned();
+        }
+    }
+}
+
+fn request_facts(request: &ProxyRequest) -> RequestFacts {
+    RequestFacts { cacheable_method: true, has_authorization: request.field(b"authorization").is_some() }
+}
+
+fn response_fields(response: &OriginResponse) -> ResponseFields<'_> {
+    let fields = &response.fields;
+    ResponseFields {
+        status: response.status,
+        cache_control: fields.cache_control.as_deref(),
+        expires: fields.expires.as_deref(),
+        date: fields.date.as_deref(),
+        age: fields.age.as_deref(),
+        vary: fields.vary.as_deref(),
+        has_validator: fields.etag.is_some() || fields.last_modified.is_some(),
+    }
+}
+
+/// Stores a response when RFC 9111 allows; else marks the key hit-for-miss.
+/// Returns the age (seconds) to relay it with.
+fn store(core: &Core, request: &ProxyRequest, response: &OriginResponse, request_ms: u64) -> Option<u64> {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let response_ms = now_ms();
+    let fields = response_fields(response);
+    let freshness =
+        httpcache::storable(request_facts(request), &fields, request_ms, response_ms, gateway.config.default_ttl_ms);
+    let vary = fields.vary.map_or(Ok(Vec::new()), httpcache::vary_names);
+    let mut cache = gateway.cache.borrow_mut();
+    let (Ok(freshness), Ok(vary)) = (freshness, vary) else {
+        cache.remove(request.hash);
+        cache.mark_hit_for_miss(response_ms, request.hash);
+        return None;
+    };
+    let variant = Variant {
+        vary_values: HttpCache::vary_values(&vary, |name| request.field(name)),
+        status: response.status,
+        reason: response.reason.clone(),
+        headers: response.headers.clone(),
+        body: response.body.clone(),
+        etag: response.fields.etag.clone(),
+        last_modified: response.fields.last_modified.clone(),
+        freshness,
+    };
+    cache.store(request.hash, request.key.clone(), vary, variant);
+    Some(freshness.initial_age_ms / 1000)
+}
+
+/// One fetch for the cache: a miss, or a revalidation of `stale`. Returns
+/// the first requester's answer and what the waiters share.
+async fn fill(core: &Rc<Core>, request: &Rc<ProxyRequest>, stale: Option<Variant>) -> (Response, CacheResult, Shared) {
+    let validators = stale.as_ref().map(|v| Validators { etag: v.etag.clone(), last_modified: v.last_modified.clone() });
+    let request_ms = now_ms();
+    let result = send(core, |origin| request.encode_for_origin(origin, Some(&validators.clone().unwrap_or_default())), true, true).await;
+    let now = now_ms();
+    let stale_on_error = stale.as_ref().filter(|v| matches!(v.freshness.state(now), State::Stale { on_error: true, .. }));
+    match result {
+        Err(error) => {
+            let error = error_response(error.response(), CacheResult::Miss);
+            match stale_on_error {
+                Some(variant) => (serve_hit(request, variant, now, CacheResult::Stale), CacheResult::Stale, Shared::Failed(error)),
+                None => (error.clone(), CacheResult::Miss, Shared::Failed(error)),
+            }
+        }
+        Ok(response) if response.status >= 500 => {
+            let error = relay_origin(&response, CacheResult::Miss);
+            match stale_on_error {
+                Some(variant) => (serve_hit(request, variant, now, CacheResult::Stale), CacheResult::Stale, Shared::Failed(error)),
+                None => (error.clone(), CacheResult::Miss, Shared::Failed(error)),
+            }
+        }
+        Ok(response) if response.status == 304 && stale.is_some() => {
+            let variant = stale.expect("checked");
+            match revalidated(core, request, &variant, &response, request_ms) {
+                Some(fresh) => {
+                    (serve_hit(request, &fresh, now, CacheResult::Revalidated), CacheResult::Revalidated, Shared::Lookup)
+                }
+                None => (serve_hit(request, &variant, now, CacheResult::Revalidated), CacheResult::Revalidated, Shared::Lookup),
+            }
+        }
+        Ok(response) => {
+            let age_s = store(core, request, &response, request_ms);
+            let mut relayed = relay_origin(&response, CacheResult::Miss);
+            if let (Some(age_s), Some(proxied)) = (age_s, relayed.proxied.as_mut()) {
+                // A stored response carries its age; a relayed one keeps the origin's.
+                let mut headers = response.headers.to_vec();
+                headers.extend_from_slice(b"\r\nAge: ");
+                headers.extend_from_slice(itoa::Buffer::new().format(age_s).as_bytes());
+                headers.extend_from_slice(b"\r\nX-Cache: MISS");
+                proxied.headers = Bytes::from(headers);
+            }
+            (relayed, CacheResult::Miss, Shared::Lookup)
+        }
+    }
+}
+
+/// A 304 for a stored variant: its freshness is recomputed from the merged
+/// fields and the 304's fields replace the stored ones (RFC 9111 §4.3.4).
+fn revalidated(
+    core: &Core,
+    request: &ProxyRequest,
+    variant: &Variant,
+    response: &OriginResponse,
+    request_ms: u64,
+) -> Option<Variant> {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let headers = merge_fields(&variant.headers, &response.headers);
+    let merged = OriginResponse {
+        status: variant.status,
+        reason: variant.reason.clone(),
+        headers: headers.clone(),
+        body: variant.body.clone(),
+        fields: origin::CacheFields {
+            cache_control: field_of(&headers, b"cache-control").map(Bytes::copy_from_slice),
+            expires: field_of(&headers, b"expires").map(Bytes::copy_from_slice),
+            date: response.fields.date.clone(),
+            age: response.fields.age.clone(),
+            vary: field_of(&headers, b"vary").map(Bytes::copy_from_slice),
+            etag: field_of(&headers, b"etag").map(Bytes::copy_from_slice),
+            last_modified: field_of(&headers, b"last-modified").map(Bytes::copy_from_slice),
+        },
+    };
+    let fields = response_fields(&merged);
+    let freshness =
+        httpcache::storable(request_facts(request), &fields, request_ms, now_ms(), gateway.config.default_ttl_ms);
+    let mut cache = gateway.cache.borrow_mut();
+    match freshness {
+        Ok(freshness) => cache.refresh(request.hash, &request.key, &variant.vary_values, freshness, Some(headers)),
+        Err(_) => {
+            cache.remove(request.hash);
+            None
+        }
+    }
+}
+
+/// The value of a field in `\r\nName: value` lines.
+fn field_of<'a>(headers: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    headers.split(|&b| b == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon].eq_ignore_ascii_case(name).then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+/// `stored` with every field `update` has replaced by `update`'s lines.
+fn merge_fields(stored: &[u8], update: &[u8]) -> Bytes {
+    let names = |lines: &[u8]| -> Vec<Vec<u8>> {
+        lines
+            .split(|&b| b == b'\n')
+            .filter_map(|l| l.iter().position(|&b| b == b':').map(|c| l[..c].trim_ascii().to_ascii_lowercase()))
+            .collect()
+    };
+    let replaced = names(update);
+    let mut out = Vec::with_capacity(stored.len() + update.len());
+    for line in stored.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let name = line.iter().position(|&b| b == b':').map(|c| line[..c].to_ascii_lowercase());
+        if name.is_some_and(|n| replaced.contains(&n)) {
+            continue;
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(update);
+    Bytes::from(out)
+}
+
+/// Straight to the origin (unsafe methods, hit-for-miss, other methods):
+/// `BYPASS` for methods the cache never stores, `MISS` for GET and HEAD
+/// (whose answer is stored if it became cacheable). A non-error answer to
+/// an unsafe method invalidates the key (RFC 9111 §4.4).
+async fn pass(core: &Rc<Core>, request: &Rc<ProxyRequest>) -> (Response, CacheResult) {
+    let cacheable = matches!(request.method, Method::Get | Method::Head);
+    let result = if cacheable { CacheResult::Miss } else { CacheResult::Bypass };
+    let idempotent = !matches!(request.method, Method::Post | Method::Patch);
+    let request_ms = now_ms();
+    let sent = if cacheable {
+        send(core, |origin| request.encode_for_origin(origin, Some(&Validators::default())), true, true).await
+    } else {
+        let expect_body = request.method != Method::Head;
+        send(core, |origin| request.encode_for_origin(origin, None), expect_body, idempotent).await
+    };
+    let response = match sent {
+        Err(error) => return (error_response(error.response(), result), result),
+        Ok(response) => response,
+    };
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    if cacheable && response.status < 500 {
+        store(core, request, &response, request_ms);
+    }
+    if request.is_unsafe() && response.status < 400 {
+        gateway.cache.borrow_mut().remove(request.hash);
+    }
+    (relay_origin(&response, result), result)
+}
+
+/// Probes every origin once per [`origin::HEALTH_INTERVAL`] until shutdown.
+pub async fn health_loop(core: Rc<Core>) {
+    while !core.mesh.shutdown_requested() {
+        monoio::time::sleep(origin::HEALTH_INTERVAL).await;
+        let Some(gateway) = core.gateway.as_ref() else {
+            return;
+        };
+        for origin in &gateway.origins {
+            origin.check(gateway.config.connect_timeout).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

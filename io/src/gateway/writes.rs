@@ -1,0 +1,517 @@
+//! Asynchronous writes (SPEC §7, RFC 7240 `Prefer: respond-async`): an
+//! unsafe request is appended to its owner shard's durable log, answered
+//! `202 Accepted` with `Location: /_writes/{id}`, and delivered to the
+//! origin later by this shard's deliverers, in order per cache key, with
+//! retries, exponential backoff and full jitter.
+//!
+//! # Storage
+//! In gateway mode the key-value API is not served (every path goes to the
+//! origin), so the shard's key-value store and its log hold the queue under
+//! reserved keys that no client can name (they start with a NUL byte):
+//! - `\0q/{id}`: a queued write, the request encoded by [`encode`];
+//!   deleted once delivered or failed.
+//! - `\0s/{id}`: the final status, `delivered {status}` or
+//!   `failed {reason}`, kept for [`STATUS_TTL_MS`].
+//!
+//! They are ordinary log records: checksummed, group-committed (fdatasynced
+//! before the 202 under `--durability sync`), compacted and replayed at
+//! start, when [`recover`] queues every `\0q/` key again. A failed write
+//! is also appended to the shard's dead-letter segment,
+//! `{data-dir}/dead-letter/shard-{n}.log`, in the log record format.
+//!
+//! Delivery is at least once: a crash after the origin answered and before
+//! the queue record's deletion is durable delivers the write again. Every
+//! delivery carries `Idempotency-Key: {id}` so the origin can drop the repeat.
+//!
+//! The id is `{shard}-{sequence}` in hex: the shard names the owner of
+//! `GET /_writes/{id}`, the sequence continues past the largest id found
+//! at start.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hashbrown::{HashMap, HashSet};
+use shardgate_shards::kv::{Op, Outcome};
+use shardgate_shards::record::{Record, RecordOp};
+
+use super::{now_ms, send, ProxyRequest};
+use crate::core::Core;
+use crate::durable::DurableFuture;
+use crate::http::codec::Method;
+use crate::http::response::{Proxied, Response};
+use crate::log::Durability;
+use crate::reader::read_cold;
+
+const QUEUED_PREFIX: &[u8] = b"\0q/";
+const STATUS_PREFIX: &[u8] = b"\0s/";
+/// How long a final status stays readable at `/_writes/{id}`.
+pub const STATUS_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Writes delivered at once per shard (one key each).
+const DELIVERERS_MAX: usize = 32;
+/// First retry delay; doubles per try up to [`BACKOFF_MAX`].
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Content type of a queued write's record (for operators reading segments).
+const QUEUED_CONTENT_TYPE: &[u8] = b"application/x-shardgate-write";
+
+/// One shard's queue of writes awaiting delivery.
+#[derive(Default)]
+pub struct Queue {
+    /// Next sequence number to assign.
+    sequence: u64,
+    /// Queued ids per cache-key hash, oldest first.
+    by_key: HashMap<u64, VecDeque<u64>>,
+    /// Keys with queued writes and no deliverer on them.
+    ready: VecDeque<u64>,
+    /// Keys a deliverer is working on.
+    busy: HashSet<u64>,
+    queued: usize,
+    deliverers: usize,
+    idle: Vec<Waker>,
+}
+
+impl Queue {
+    fn push(&mut self, key_hash: u64, id: u64) {
+        let ids = self.by_key.entry(key_hash).or_default();
+        ids.push_back(id);
+        if ids.len() == 1 && !self.busy.contains(&key_hash) {
+            self.ready.push_back(key_hash);
+        }
+        self.queued += 1;
+        for waker in self.idle.drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+}
+
+/// `{shard:x}-{sequence:x}`.
+pub fn format_id(shard: u32, sequence: u64) -> String {
+    format!("{shard:x}-{sequence:x}")
+}
+
+/// The shard and sequence of an id; None when malformed.
+pub fn parse_id(text: &[u8]) -> Option<(u32, u64)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (shard, sequence) = text.split_once('-')?;
+    let hex = |s: &str| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(shard) || !hex(sequence) {
+        return None;
+    }
+    Some((u32::from_str_radix(shard, 16).ok()?, u64::from_str_radix(sequence, 16).ok()?))
+}
+
+fn queued_key(sequence: u64) -> Bytes {
+    Bytes::from([QUEUED_PREFIX, format!("{sequence:016x}").as_bytes()].concat())
+}
+
+fn status_key(sequence: u64) -> Bytes {
+    Bytes::from([STATUS_PREFIX, format!("{sequence:016x}").as_bytes()].concat())
+}
+
+/// Queues an unsafe request: logs it, answers 202 (after fdatasync when the
+/// write is to be durable), and wakes a deliverer.
+pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    if gateway.writes.borrow().queued >= gateway.config.write_queue_max {
+        core.metrics().shed();
+        return Response::overloaded("the asynchronous write queue of this shard is full");
+    }
+    if let Some(refusal) = core.write_refusal() {
+        return refusal;
+    }
+    let sequence = {
+        let mut queue = gateway.writes.borrow_mut();
+        queue.sequence += 1;
+        queue.sequence
+    };
+    let op = Op::Put {
+        key: queued_key(sequence),
+        value: encode(request),
+        content_type: Bytes::from_static(QUEUED_CONTENT_TYPE),
+        ttl_ms: None,
+        conditions: Default::default(),
+    };
+    let (_, logged_end) = core.apply(now_ms(), op);
+    let sync = match request.field(b"x-durability") {
+        Some(v) if v.eq_ignore_ascii_case(b"sync") => true,
+        Some(v) if v.eq_ignore_ascii_case(b"async") => false,
+        _ => core.log.borrow().durability == Durability::Sync,
+    };
+    if let Some(end) = logged_end.filter(|_| sync) {
+        DurableFuture { log: Rc::clone(&core.log), end }.await;
+    }
+    gateway.writes.borrow_mut().push(request.hash, sequence);
+    start_deliverer(core);
+    core.metrics().writes(gateway.writes.borrow().queued);
+    let id = format_id(core.id, sequence);
+    let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
+    let headers = format!("\r\nContent-Type: application/json\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
+    Response {
+        status: 202,
+        body: Bytes::from(body),
+        proxied: Some(Box::new(Proxied { reason: Bytes::from_static(b"Accepted"), headers: Bytes::from(headers) })),
+        ..Response::default()
+    }
+}
+
+/// `GET /_writes/{id}` on the owner shard.
+pub async fn status(core: &Rc<Core>, id_text: &[u8]) -> Response {
+    let Some((shard, sequence)) = parse_id(id_text).filter(|(shard, _)| *shard == core.id) else {
+        return Response::problem(404, "no such write");
+    };
+    let id = format_id(shard, sequence);
+    let json = |state: &str, extra: &str| {
+        let mut response = Response::text(200, "");
+        response.content_type = Some(Bytes::from_static(b"application/json"));
+        response.body = Bytes::from(format!("{{\"id\":\"{id}\",\"status\":\"{state}\"{extra}}}"));
+        response
+    };
+    if let Some(value) = read(core, queued_key(sequence)).await {
+        drop(value);
+        return json("queued", "");
+    }
+    let Some(value) = read(core, status_key(sequence)).await else {
+        return Response::problem(404, "no such write (or its status expired)");
+    };
+    let text = String::from_utf8_lossy(&value);
+    match text.split_once(' ') {
+        Some(("delivered", origin_status)) => json("delivered", &format!(",\"origin_status\":{origin_status}")),
+        Some(("failed", reason)) => json("failed", &format!(",\"reason\":\"{}\"", reason.replace('"', "'"))),
+        _ => Response::problem(500, "unreadable write status"),
+    }
+}
+
+/// A reserved key's value, from memory or read back from its segment.
+async fn read(core: &Rc<Core>, key: Bytes) -> Option<Bytes> {
+    match core.read(now_ms(), &key, &Default::default()) {
+        Outcome::Value { value, .. } => Some(value),
+        Outcome::Cold { location, content_type, etag } => {
+            match read_cold(Rc::clone(core), key, location, content_type, etag).await {
+                Ok(Outcome::Value { value, .. }) => Some(value),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Queues every write left in the log (called once the shard recovered).
+pub fn recover(core: &Rc<Core>) {
+    let Some(gateway) = core.gateway.as_ref() else {
+        return;
+    };
+    let now = now_ms();
+    let (mut queued, statuses) = {
+        let shard = core.shard.borrow();
+        (shard.keys_with_prefix(now, QUEUED_PREFIX), shard.keys_with_prefix(now, STATUS_PREFIX))
+    };
+    let sequence_of = |key: &Bytes| u64::from_str_radix(std::str::from_utf8(&key[QUEUED_PREFIX.len()..]).ok()?, 16).ok();
+    queued.sort();
+    let mut largest = statuses.iter().filter_map(sequence_of).max().unwrap_or(0);
+    // Zero-padded hex: sorted keys are sorted ids, so each key's writes queue in order.
+    let found: Vec<u64> = queued.iter().filter_map(sequence_of).collect();
+    largest = largest.max(found.last().copied().unwrap_or(0));
+    let mut queue = gateway.writes.borrow_mut();
+    queue.sequence = queue.sequence.max(largest);
+    drop(queue);
+    if found.is_empty() {
+        return;
+    }
+    let core = Rc::clone(core);
+    monoio::spawn(async move {
+        for sequence in found {
+            let key_hash = match read(&core, queued_key(sequence)).await.as_deref().and_then(decode) {
+                Some(write) => write.key_hash,
+                None => continue,
+            };
+            let gateway = core.gateway.as_ref().expect("gateway core");
+            gateway.writes.borrow_mut().push(key_hash, sequence);
+        }
+        start_deliverer(&core);
+        let gateway = core.gateway.as_ref().expect("gateway core");
+        core.metrics().writes(gateway.writes.borrow().queued);
+    });
+}
+
+/// Starts another deliverer while keys wait and fewer than the maximum run.
+fn start_deliverer(core: &Rc<Core>) {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let mut queue = gateway.writes.borrow_mut();
+    if queue.ready.is_empty() || queue.deliverers >= DELIVERERS_MAX {
+        return;
+    }
+    queue.deliverers += 1;
+    drop(queue);
+    monoio::spawn(deliverer(Rc::clone(core)));
+}
+
+/// Takes keys with queued writes and delivers each key's writes in order.
+/// Ends when no key is ready.
+async fn deliverer(core: Rc<Core>) {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let seed = Cell::new(now_ms() ^ u64::from(core.id) << 32 | 1);
+    loop {
+        let key_hash = {
+            let mut queue = gateway.writes.borrow_mut();
+            match queue.ready.pop_front() {
+                Some(key_hash) => {
+                    queue.busy.insert(key_hash);
+                    key_hash
+                }
+                None => {
+                    queue.deliverers -= 1;
+                    return;
+                }
+            }
+        };
+        loop {
+            let next = gateway.writes.borrow().by_key.get(&key_hash).and_then(|ids| ids.front().copied());
+            let Some(sequence) = next else {
+                break;
+            };
+            deliver(&core, sequence, &seed).await;
+            let mut queue = gateway.writes.borrow_mut();
+            if let Some(ids) = queue.by_key.get_mut(&key_hash) {
+                ids.pop_front();
+                if ids.is_empty() {
+                    queue.by_key.remove(&key_hash);
+                }
+            }
+            queue.queued -= 1;
+            core.metrics().writes(queue.queued);
+        }
+        gateway.writes.borrow_mut().busy.remove(&key_hash);
+    }
+}
+
+/// Delivers one write, retrying until the origin answers (any status below
+/// 500) or `--write-retries` tries failed; then records the final status
+/// and drops the queue record.
+async fn deliver(core: &Rc<Core>, sequence: u64, seed: &Cell<u64>) {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let Some(encoded) = read(core, queued_key(sequence)).await else {
+        return; // Already finished before a restart.
+    };
+    let Some(write) = decode(&encoded) else {
+        finish(core, sequence, "failed unreadable queue record".to_string(), &encoded);
+        return;
+    };
+    let id = format_id(core.id, sequence);
+    let tries = gateway.config.write_retries.max(1);
+    let mut last_error = String::new();
+    for attempt in 0..tries {
+        if attempt > 0 {
+            core.metrics().write_retried();
+            monoio::time::sleep(backoff(attempt, seed)).await;
+        }
+        let sent = send(core, |origin| write.request.encode_for_origin_with(origin, &id), true, true).await;
+        match sent {
+            Ok(response) if response.status < 500 => {
+                finish(core, sequence, format!("delivered {}", response.status), &encoded);
+                core.metrics().write_done(true);
+                return;
+            }
+            Ok(response) => last_error = format!("origin status {}", response.status),
+            Err(error) => last_error = error.to_string(),
+        }
+    }
+    finish(core, sequence, format!("failed after {tries} tries: {last_error}"), &encoded);
+    core.metrics().write_done(false);
+}
+
+/// Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"):
+/// uniform in [0, min(cap, base × 2^attempt)].
+fn backoff(attempt: u32, seed: &Cell<u64>) -> Duration {
+    let ceiling = BACKOFF_BASE.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    // xorshift64: jitter needs spread, not quality.
+    let mut x = seed.get();
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    seed.set(x);
+    ceiling.mul_f64((x % 10_000) as f64 / 10_000.0).max(Duration::from_millis(1))
+}
+
+/// Records the final status, dead-letters a failure, deletes the queue record.
+fn finish(core: &Rc<Core>, sequence: u64, status: String, encoded: &Bytes) {
+    let now = now_ms();
+    if status.starts_with("failed") {
+        if let Err(error) = dead_letter(core, sequence, now, encoded) {
+            crate::logging::warn("dead-letter append failed", &[("shard", &core.id), ("error", &error)]);
+        }
+    }
+    let put = Op::Put {
+        key: status_key(sequence),
+        value: Bytes::from(status),
+        content_type: Bytes::from_static(b"text/plain"),
+        ttl_ms: Some(STATUS_TTL_MS),
+        conditions: Default::default(),
+    };
+    core.apply(now, put);
+    core.apply(now, Op::Delete { key: queued_key(sequence), conditions: Default::default() });
+}
+
+/// Appends a failed write to `{data-dir}/dead-letter/shard-{n}.log` and
+/// fdatasyncs it. Failures are rare (after every retry), so the blocking
+/// append on the event loop is accepted.
+fn dead_letter(core: &Core, sequence: u64, now: u64, encoded: &Bytes) -> std::io::Result<()> {
+    let dir = core.config.log.data_dir.join("dead-letter");
+    std::fs::create_dir_all(&dir)?;
+    let key = queued_key(sequence);
+    let record =
+        Record { op: RecordOp::Put, sequence, timestamp_ms: now, expires_at_ms: None, key: &key, content_type: QUEUED_CONTENT_TYPE, value: encoded };
+    let mut bytes = Vec::new();
+    record.encode(&mut bytes);
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("shard-{}.log", core.id)))?;
+    file.write_all(&bytes)?;
+    file.sync_data()
+}
+
+/// A queued write as stored.
+struct Write {
+    key_hash: u64,
+    request: ProxyRequest,
+}
+
+/// Layout (little-endian): key hash u64, method token (u16 length + bytes),
+/// target (u32 + bytes), field count u16 then per field name (u16 + bytes)
+/// and value (u32 + bytes), peer (u16 + text, empty when unknown), body
+/// (u32 + bytes).
+pub fn encode(request: &ProxyRequest) -> Bytes {
+    let mut out = Vec::with_capacity(64 + request.target.len() + request.body.len() + request.fields.len() * 48);
+    out.extend_from_slice(&request.hash.to_le_bytes());
+    put(&mut out, &request.method_token, 2);
+    put(&mut out, &request.target, 4);
+    out.extend_from_slice(&(request.fields.len() as u16).to_le_bytes());
+    for (name, value) in &request.fields {
+        put(&mut out, name, 2);
+        put(&mut out, value, 4);
+    }
+    put(&mut out, request.peer.map(|p| p.to_string()).unwrap_or_default().as_bytes(), 2);
+    put(&mut out, &request.body, 4);
+    Bytes::from(out)
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8], width: usize) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes()[..width]);
+    out.extend_from_slice(bytes);
+}
+
+/// The inverse of [`encode`]; None for bytes it did not produce.
+fn decode(bytes: &[u8]) -> Option<Write> {
+    let mut cursor = Cursor { rest: bytes };
+    let key_hash = u64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
+    let method_token = cursor.sized(2)?;
+    let target = cursor.sized(4)?;
+    let count = u16::from_le_bytes(cursor.take(2)?.try_into().ok()?);
+    let mut fields = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        fields.push((cursor.sized(2)?, cursor.sized(4)?));
+    }
+    let peer = cursor.sized(2)?;
+    let body = cursor.sized(4)?;
+    if !cursor.rest.is_empty() {
+        return None;
+    }
+    let method = match &method_token[..] {
+        b"POST" => Method::Post,
+        b"PUT" => Method::Put,
+        b"PATCH" => Method::Patch,
+        b"DELETE" => Method::Delete,
+        _ => Method::Other,
+    };
+    let peer = std::str::from_utf8(&peer).ok().and_then(|p| p.parse().ok());
+    let key = Bytes::new();
+    let request = ProxyRequest { method, method_token, target, key, hash: key_hash, fields, peer, body };
+    Some(Write { key_hash, request })
+}
+
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (self.rest.get(..n)?, self.rest.get(n..)?);
+        self.rest = tail;
+        Some(head)
+    }
+
+    /// A length of `width` bytes, then that many bytes.
+    fn sized(&mut self, width: usize) -> Option<Bytes> {
+        let mut length = [0u8; 4];
+        length[..width].copy_from_slice(self.take(width)?);
+        self.take(u32::from_le_bytes(length) as usize).map(Bytes::copy_from_slice)
+    }
+}
+
+impl ProxyRequest {
+    /// The request as delivered: as sent by the client, plus `Idempotency-Key`.
+    fn encode_for_origin_with(&self, origin: &super::OriginAddress, id: &str) -> Bytes {
+        let encoded = self.encode_for_origin(origin, None);
+        // Insert the field after the request line.
+        let line_end = encoded.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let mut out = Vec::with_capacity(encoded.len() + 40);
+        out.extend_from_slice(&encoded[..line_end]);
+        out.extend_from_slice(b"Idempotency-Key: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&encoded[line_end..]);
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_garbage() {
+        assert_eq!(parse_id(format_id(3, 0x1f).as_bytes()), Some((3, 0x1f)));
+        for bad in [&b""[..], b"3", b"-1", b"3-", b"x-1", b"3-1-2", b"3-11111111111111111"] {
+            assert_eq!(parse_id(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn queued_writes_round_trip_and_truncation_is_refused() {
+        let request = ProxyRequest {
+            method: Method::Put,
+            method_token: Bytes::from_static(b"PUT"),
+            target: Bytes::from_static(b"/items/1?x=y"),
+            key: Bytes::new(),
+            hash: 42,
+            fields: vec![(Bytes::from_static(b"Host"), Bytes::from_static(b"api")), (Bytes::from_static(b"X-A"), Bytes::new())],
+            peer: Some("10.0.0.1".parse().unwrap()),
+            body: Bytes::from_static(b"{\"a\":1}"),
+        };
+        let encoded = encode(&request);
+        let write = decode(&encoded).expect("decodes");
+        assert_eq!(write.key_hash, 42);
+        assert_eq!(write.request, request);
+        for cut in 0..encoded.len() {
+            assert!(decode(&encoded[..cut]).is_none(), "truncated at {cut}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_full_jitter_under_the_cap() {
+        let seed = Cell::new(0x9e37_79b9_7f4a_7c15);
+        for attempt in 1..20u32 {
+            let ceiling = BACKOFF_BASE.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+            let delays: Vec<Duration> = (0..200).map(|_| backoff(attempt, &seed)).collect();
+            assert!(delays.iter().all(|d| *d <= ceiling));
+            let mean = delays.iter().sum::<Duration>() / 200;
+            assert!(mean > ceiling / 4 && mean < ceiling * 3 / 4, "attempt {attempt}: mean {mean:?} of {ceiling:?}");
+        }
+    }
+}
