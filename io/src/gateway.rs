@@ -493,10 +493,29 @@ fn stale_or(core: &Core, request: &ProxyRequest, error: Response) -> (Response, 
 }
 
 /// Sends a request to the next origin the balancer and breakers allow,
-/// recording the result with that origin's breaker.
+/// recording the result with that origin's breaker. A request whose
+/// connection could not be made was never sent: it tries the next origin
+/// (nginx's `proxy_next_upstream error`), at most once per origin.
 async fn send(
     core: &Core,
     encode: impl Fn(&OriginAddress) -> Bytes,
+    expect_body: bool,
+    idempotent: bool,
+) -> Result<OriginResponse, OriginError> {
+    let gateway = core.gateway.as_ref().expect("gateway core");
+    let mut result = Err(OriginError::CircuitOpen);
+    for _ in 0..gateway.origins.len() {
+        result = send_once(core, &encode, expect_body, idempotent).await;
+        if !matches!(result, Err(OriginError::Connect(_) | OriginError::ConnectTimeout)) {
+            break;
+        }
+    }
+    result
+}
+
+async fn send_once(
+    core: &Core,
+    encode: &impl Fn(&OriginAddress) -> Bytes,
     expect_body: bool,
     idempotent: bool,
 ) -> Result<OriginResponse, OriginError> {

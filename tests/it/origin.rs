@@ -1,0 +1,206 @@
+//! A scriptable origin for the gateway tests: a thread per connection,
+//! keep-alive, a handler the test sets, and a record of what arrived.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One request as the origin received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the origin answers.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok(cache_control: &str, body: &str) -> Reply {
+        let mut headers = vec![("Content-Type".to_string(), "text/plain".to_string())];
+        if !cache_control.is_empty() {
+            headers.push(("Cache-Control".to_string(), cache_control.to_string()));
+        }
+        Reply { status: 200, headers, body: body.as_bytes().to_vec(), delay: Duration::ZERO }
+    }
+
+    pub fn status(status: u16) -> Reply {
+        Reply { status, headers: Vec::new(), body: format!("status {status}").into_bytes(), delay: Duration::ZERO }
+    }
+
+    pub fn with(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+type Handler = Box<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+struct State {
+    handler: Mutex<Handler>,
+    seen: Mutex<Vec<Seen>>,
+    in_flight: AtomicUsize,
+    in_flight_max: AtomicUsize,
+    stop: AtomicBool,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Origin {
+    pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        Origin::start_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// Starts on `addr` (to bring an origin back on the port it had).
+    pub fn start_on(addr: SocketAddr, handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind(addr).expect("bind origin");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            handler: Mutex::new(Box::new(handler)),
+            seen: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            in_flight_max: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let accept_state = Arc::clone(&state);
+        std::thread::spawn(move || {
+            while !accept_state.stop.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let state = Arc::clone(&accept_state);
+                        std::thread::spawn(move || serve(stream, state));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Origin { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Requests received for `path`.
+    pub fn count(&self, path: &str) -> usize {
+        self.state.seen.lock().unwrap().iter().filter(|s| s.path == path).count()
+    }
+
+    /// Most requests the origin was answering at once.
+    pub fn concurrency_max(&self) -> usize {
+        self.state.in_flight_max.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting and answers nothing more (open connections close).
+    pub fn stop(&self) {
+        self.state.stop.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(mut stream: TcpStream, state: Arc<State>) {
+    stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut input = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        if state.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let parsed = {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut request = httparse::Request::new(&mut fields);
+            match request.parse(&input) {
+                Ok(httparse::Status::Complete(head)) => {
+                    let headers: Vec<(String, String)> = request
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                        .collect();
+                    let length = headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.trim().parse::<usize>().unwrap());
+                    (input.len() >= head + length).then(|| {
+                        let seen = Seen {
+                            method: request.method.unwrap().to_string(),
+                            path: request.path.unwrap().to_string(),
+                            headers,
+                            body: input[head..head + length].to_vec(),
+                        };
+                        (seen, head + length)
+                    })
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(error) => panic!("origin got a malformed request: {error}"),
+            }
+        };
+        let Some((seen, used)) = parsed else {
+            match stream.read(&mut buffer) {
+                Ok(0) => return,
+                Ok(n) => input.extend_from_slice(&buffer[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+            continue;
+        };
+        input.drain(..used);
+        let now = state.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        state.in_flight_max.fetch_max(now, Ordering::AcqRel);
+        state.seen.lock().unwrap().push(seen.clone());
+        let reply = (state.handler.lock().unwrap())(&seen);
+        std::thread::sleep(reply.delay);
+        state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if state.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let mut out = format!("HTTP/1.1 {} Whatever\r\n", reply.status);
+        for (name, value) in &reply.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let bodyless = reply.status == 304 || reply.status == 204 || seen.method == "HEAD";
+        if !bodyless {
+            out.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if !bodyless {
+            bytes.extend_from_slice(&reply.body);
+        }
+        if stream.write_all(&bytes).is_err() {
+            return;
+        }
+    }
+}
