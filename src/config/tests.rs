@@ -150,3 +150,63 @@ fn the_deploy_file_names_every_flag() {
         assert!(present, "deploy/shardgate.toml lacks {key}");
     }
 }
+
+#[test]
+fn gateway_flags_and_their_errors() {
+    assert!(resolve_args(&[], "").unwrap().gateway.is_none(), "no origin: no gateway");
+    let args = [
+        "--origin",
+        "http://127.0.0.1:9001",
+        "--origin",
+        "http://localhost:9002/",
+        "--origin-connect-timeout",
+        "250ms",
+        "--origin-timeout",
+        "3s",
+        "--origin-pool",
+        "8",
+        "--default-ttl",
+        "30s",
+        "--breaker",
+        "5/2s",
+        "--async-writes",
+        "--admin-token",
+        "t0k",
+        "--write-retries",
+        "3",
+        "--write-queue-max",
+        "10",
+    ];
+    let gateway = resolve_args(&args, "").unwrap().gateway.expect("gateway mode");
+    assert_eq!(gateway.origins.len(), 2);
+    assert_eq!(gateway.origins[0].address, "127.0.0.1:9001".parse().unwrap());
+    assert_eq!(gateway.origins[1].address.port(), 9002);
+    assert_eq!((gateway.connect_timeout, gateway.timeout), (Duration::from_millis(250), Duration::from_secs(3)));
+    assert_eq!((gateway.pool, gateway.default_ttl_ms), (8, 30_000));
+    assert_eq!((gateway.breaker_failures, gateway.breaker_open_ms), (5, 2_000));
+    assert!(gateway.async_writes);
+    assert_eq!(gateway.admin_token.as_deref(), Some("t0k"));
+    assert_eq!((gateway.write_retries, gateway.write_queue_max), (3, 10));
+    // Defaults (SPEC §7), and the file's array form.
+    let gateway = resolve_args(&[], "origin = [\"http://127.0.0.1:1\"]").unwrap().gateway.unwrap();
+    assert_eq!((gateway.connect_timeout, gateway.timeout, gateway.pool), (Duration::from_secs(1), Duration::from_secs(10), 64));
+    assert_eq!((gateway.default_ttl_ms, gateway.breaker_failures, gateway.breaker_open_ms), (0, 20, 10_000));
+    assert_eq!((gateway.async_writes, gateway.write_retries, gateway.write_queue_max), (false, 8, 100_000));
+    assert_eq!(gateway.admin_token, None);
+
+    for (bad, expect) in [
+        (&["--origin", "https://127.0.0.1:1"][..], "https origins are not supported"),
+        (&["--origin", "http://127.0.0.1:1/api"], "no path"),
+        (&["--origin", "127.0.0.1:1"], "expected http://HOST:PORT"),
+        (&["--breaker", "5"], "expected N/DURATION"),
+        (&["--breaker", "0/1s"], "invalid --breaker"),
+        (&["--write-retries", "0"], "invalid --write-retries"),
+        (&["--origin-timeout", "forever"], "invalid --origin-timeout"),
+        (&["--admin-token", ""], "invalid --admin-token"),
+        (&["--async-writes", "maybe"], "invalid --async-writes"),
+    ] {
+        let error = resolve_args(bad, "").unwrap_err();
+        assert!(error.contains(expect), "{bad:?}: {error}");
+        assert_eq!(error.lines().count(), 1, "{error}");
+    }
+}

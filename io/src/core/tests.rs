@@ -35,6 +35,7 @@ fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
             full_disk_switch: None,
         },
         rate_limits: RateLimits { state_bytes: 1 << 20, ..RateLimits::default() },
+        gateway: None,
     };
     // A log nobody flushes: these tests only read.
     let (jobs, _unserviced) = std::sync::mpsc::sync_channel(1);
