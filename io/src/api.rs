@@ -10,7 +10,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use shardgate_shards::conditions::{Conditions, TagList};
 use shardgate_shards::kv::{Op, Outcome, CONTENT_TYPE_DEFAULT, KEY_BYTES_MAX};
-use shardgate_shards::route::shard_for_key;
+use shardgate_shards::route::shard_for_stored_key;
 
 use crate::core::{Core, ReplyFuture};
 use crate::gateway::{self, ProxyRequest};
@@ -144,7 +144,7 @@ fn kv(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[u8], now_
         Err(response) => return Step::Ready(response),
     };
     let shard_count = core.shard_count();
-    let owner = shard_for_key(&key, shard_count);
+    let owner = shard_for_stored_key(&key, shard_count);
     let conditions = Conditions {
         if_match: request.if_match.map(TagList::parse),
         if_none_match: request.if_none_match.map(TagList::parse),

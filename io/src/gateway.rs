@@ -260,8 +260,8 @@ pub const WRITES_PREFIX: &[u8] = b"/_writes/";
 pub fn owner(request: &ProxyRequest, shard_count: u32) -> u32 {
     if request.method == Method::Get {
         if let Some(id) = request.target.strip_prefix(WRITES_PREFIX) {
-            if let Some((shard, _)) = writes::parse_id(id).filter(|(shard, _)| *shard < shard_count) {
-                return shard;
+            if let Some((key_hash, _)) = writes::parse_id(id) {
+                return writes::owner_of_id(key_hash, shard_count);
             }
         }
     }
@@ -468,10 +468,15 @@ async fn cached(core: &Rc<Core>, request: &Rc<ProxyRequest>) -> (Response, Cache
             Lookup::Miss => None,
         };
         let (flight, first) = join_flight(core, request, stale);
-        let (response, result, shared) = FlightWait { flight }.await;
         if first {
+            let (response, result, _) = FlightWait { flight }.await;
             return (response, result);
         }
+        // Waiters wait at most --origin-timeout (SPEC §7), whatever the fetch does.
+        let Ok((_, _, shared)) = monoio::time::timeout(gateway.config.timeout, FlightWait { flight }).await else {
+            let error = OriginError::Timeout.response();
+            return (error_response(error, CacheResult::Miss), CacheResult::Miss);
+        };
         match shared {
             Shared::Lookup if !waited => waited = true,
             Shared::Lookup => return pass(core, request).await,

@@ -30,7 +30,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use shardgate_shards::record;
-use shardgate_shards::route::shard_for_key;
+use shardgate_shards::route::shard_for_stored_key;
 
 use crate::log::{segment_name, segments, shard_dir, shards_file_write, sync_dir};
 
@@ -79,7 +79,7 @@ fn stage(data_dir: &Path, from: u32, to: u32, segment_bytes: u64, now_ms: u64) -
         for located in live {
             encoded.clear();
             located.record.encode(&mut encoded);
-            let owner = shard_for_key(located.record.key, to);
+            let owner = shard_for_stored_key(located.record.key, to);
             writers[owner as usize].append(&encoded)?;
             rehomed.keys += 1;
             rehomed.bytes += encoded.len() as u64;

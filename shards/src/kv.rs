@@ -528,14 +528,15 @@ impl KvShard {
         }
     }
 
-    /// The live keys starting with `prefix`, unordered (a full scan: for
-    /// start-up, where the gateway finds its queued writes).
-    pub fn keys_with_prefix(&self, now_ms: u64, prefix: &[u8]) -> Vec<Bytes> {
+    /// The live keys starting with `prefix` with their content types,
+    /// unordered (a full scan: for start-up, where the gateway finds its
+    /// queued writes).
+    pub fn keys_with_prefix(&self, now_ms: u64, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
         self.partitions
             .iter()
             .flat_map(|table| table.iter())
             .filter(|(key, entry)| key.starts_with(prefix) && !entry.is_expired(now_ms))
-            .map(|(key, _)| key.clone())
+            .map(|(key, entry)| (key.clone(), entry.content_type.clone()))
             .collect()
     }
 

@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -131,7 +132,7 @@ impl Origin {
         limits: ExchangeLimits,
     ) -> Result<OriginResponse, OriginError> {
         for _attempt in 0..2 {
-            let pooled = self.idle.borrow_mut().pop();
+            let pooled = self.pooled();
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(stream) => stream,
@@ -154,6 +155,25 @@ impl Origin {
             }
         }
         Err(OriginError::Io(std::io::Error::other("the origin closed two connections in a row")))
+    }
+
+    /// An idle pooled connection the origin has not closed. A closed one
+    /// is readable (end of file): found with a non-blocking peek, which
+    /// keeps a POST from being sent on it and failing after the fact.
+    fn pooled(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some(stream) = idle.pop() {
+            let mut byte = 0u8;
+            // SAFETY: the fd is open while `stream` lives; one byte of our own buffer.
+            let peeked = unsafe {
+                libc::recv(stream.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            };
+            let would_block = peeked < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+            if would_block {
+                return Some(stream);
+            }
+        }
+        None
     }
 
     async fn connect(&self, timeout: Duration) -> Result<TcpStream, OriginError> {

@@ -53,10 +53,13 @@ fn prefer_respond_async_is_found_among_preferences() {
 
 #[test]
 fn write_status_requests_route_to_the_shard_in_their_id() {
-    let status = proxy_request(b"GET /_writes/3-1f HTTP/1.1\r\nHost: h\r\n\r\n");
-    assert_eq!(owner(&status, 4), 3);
-    let out_of_range = proxy_request(b"GET /_writes/9-1 HTTP/1.1\r\nHost: h\r\n\r\n");
-    assert_eq!(owner(&out_of_range, 4), shard_for_hash(out_of_range.hash, 4));
+    let write = proxy_request(b"PUT /items/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+    let status = format!("GET /_writes/{} HTTP/1.1\r\nHost: h\r\n\r\n", writes::format_id(write.hash, 0x1f));
+    for shards in [2, 3, 8] {
+        assert_eq!(owner(&proxy_request(status.as_bytes()), shards), owner(&write, shards));
+    }
+    let malformed = proxy_request(b"GET /_writes/9-1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(owner(&malformed, 4), shard_for_hash(malformed.hash, 4));
 }
 
 #[test]

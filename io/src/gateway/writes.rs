@@ -7,25 +7,30 @@
 //! # Storage
 //! In gateway mode the key-value API is not served (every path goes to the
 //! origin), so the shard's key-value store and its log hold the queue under
-//! reserved keys that no client can name (they start with a NUL byte):
-//! - `\0q/{id}`: a queued write, the request encoded by [`encode`];
-//!   deleted once delivered or failed.
-//! - `\0s/{id}`: the final status, `delivered {status}` or
-//!   `failed {reason}`, kept for [`STATUS_TTL_MS`].
+//! reserved keys no client can name, one per write:
+//! `\0w/{cache key hash:016x}-{sequence:016x}` ([`WRITE_KEY_PREFIX`]). Its
+//! value is first the request, encoded by [`encode`] (content type
+//! [`QUEUED_CONTENT_TYPE`]), then its final status, `delivered {status}`
+//! or `failed {reason}`, kept for [`STATUS_TTL_MS`]: one record replaces
+//! the other, so a write is never both queued and finished.
 //!
 //! They are ordinary log records: checksummed, group-committed (fdatasynced
 //! before the 202 under `--durability sync`), compacted and replayed at
-//! start, when [`recover`] queues every `\0q/` key again. A failed write
-//! is also appended to the shard's dead-letter segment,
+//! start, when [`recover`] queues every write still queued. The key embeds
+//! the cache key's hash, so the write lives on that key's owner shard, also
+//! after re-homing to another `--shards` ([`shard_for_stored_key`]): a
+//! key's writes stay together and in sequence order. A failed write is also
+//! appended to the shard's dead-letter segment,
 //! `{data-dir}/dead-letter/shard-{n}.log`, in the log record format.
 //!
 //! Delivery is at least once: a crash after the origin answered and before
-//! the queue record's deletion is durable delivers the write again. Every
-//! delivery carries `Idempotency-Key: {id}` so the origin can drop the repeat.
+//! the status record is durable delivers the write again. Every delivery
+//! carries `Idempotency-Key: {id}` so the origin can drop the repeat.
 //!
-//! The id is `{shard}-{sequence}` in hex: the shard names the owner of
-//! `GET /_writes/{id}`, the sequence continues past the largest id found
-//! at start.
+//! The id is `{cache key hash:016x}-{sequence:x}`: the hash names the owner
+//! of `GET /_writes/{id}`. Sequences start at the start-up time in
+//! milliseconds × 1024 (or past the largest found, if larger), so ids are
+//! not reused across restarts.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -38,6 +43,7 @@ use bytes::Bytes;
 use hashbrown::{HashMap, HashSet};
 use shardgate_shards::kv::{Op, Outcome};
 use shardgate_shards::record::{Record, RecordOp};
+use shardgate_shards::route::{shard_for_hash, WRITE_KEY_PREFIX};
 
 use super::{now_ms, send, ProxyRequest};
 use crate::core::Core;
@@ -47,8 +53,6 @@ use crate::http::response::{Proxied, Response};
 use crate::log::Durability;
 use crate::reader::read_cold;
 
-const QUEUED_PREFIX: &[u8] = b"\0q/";
-const STATUS_PREFIX: &[u8] = b"\0s/";
 /// How long a final status stays readable at `/_writes/{id}`.
 pub const STATUS_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Writes delivered at once per shard (one key each).
@@ -57,14 +61,16 @@ const DELIVERERS_MAX: usize = 32;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Content type of a queued write's record (for operators reading segments).
-const QUEUED_CONTENT_TYPE: &[u8] = b"application/x-shardgate-write";
+pub const QUEUED_CONTENT_TYPE: &[u8] = b"application/x-shardgate-write";
+/// Sequence numbers per millisecond of start-up time (see the module doc).
+const SEQUENCES_PER_MS: u64 = 1024;
 
 /// One shard's queue of writes awaiting delivery.
 #[derive(Default)]
 pub struct Queue {
     /// Next sequence number to assign.
     sequence: u64,
-    /// Queued ids per cache-key hash, oldest first.
+    /// Queued sequences per cache-key hash, oldest first.
     by_key: HashMap<u64, VecDeque<u64>>,
     /// Keys with queued writes and no deliverer on them.
     ready: VecDeque<u64>,
@@ -76,9 +82,9 @@ pub struct Queue {
 }
 
 impl Queue {
-    fn push(&mut self, key_hash: u64, id: u64) {
+    fn push(&mut self, key_hash: u64, sequence: u64) {
         let ids = self.by_key.entry(key_hash).or_default();
-        ids.push_back(id);
+        ids.push_back(sequence);
         if ids.len() == 1 && !self.busy.contains(&key_hash) {
             self.ready.push_back(key_hash);
         }
@@ -93,28 +99,36 @@ impl Queue {
     }
 }
 
-/// `{shard:x}-{sequence:x}`.
-pub fn format_id(shard: u32, sequence: u64) -> String {
-    format!("{shard:x}-{sequence:x}")
+/// `{key_hash:016x}-{sequence:x}`.
+pub fn format_id(key_hash: u64, sequence: u64) -> String {
+    format!("{key_hash:016x}-{sequence:x}")
 }
 
-/// The shard and sequence of an id; None when malformed.
-pub fn parse_id(text: &[u8]) -> Option<(u32, u64)> {
+/// The cache key hash and sequence of an id; None when malformed.
+pub fn parse_id(text: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(text).ok()?;
-    let (shard, sequence) = text.split_once('-')?;
+    let (hash, sequence) = text.split_once('-')?;
     let hex = |s: &str| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(shard) || !hex(sequence) {
+    if hash.len() != 16 || !hex(hash) || !hex(sequence) {
         return None;
     }
-    Some((u32::from_str_radix(shard, 16).ok()?, u64::from_str_radix(sequence, 16).ok()?))
+    Some((u64::from_str_radix(hash, 16).ok()?, u64::from_str_radix(sequence, 16).ok()?))
 }
 
-fn queued_key(sequence: u64) -> Bytes {
-    Bytes::from([QUEUED_PREFIX, format!("{sequence:016x}").as_bytes()].concat())
+/// The owner shard of a write id.
+pub fn owner_of_id(key_hash: u64, shard_count: u32) -> u32 {
+    shard_for_hash(key_hash, shard_count)
 }
 
-fn status_key(sequence: u64) -> Bytes {
-    Bytes::from([STATUS_PREFIX, format!("{sequence:016x}").as_bytes()].concat())
+fn write_key(key_hash: u64, sequence: u64) -> Bytes {
+    Bytes::from([WRITE_KEY_PREFIX, format!("{key_hash:016x}-{sequence:016x}").as_bytes()].concat())
+}
+
+/// The cache key hash and sequence in a write key.
+fn parse_write_key(key: &[u8]) -> Option<(u64, u64)> {
+    let rest = std::str::from_utf8(key.strip_prefix(WRITE_KEY_PREFIX)?).ok()?;
+    let (hash, sequence) = rest.split_once('-')?;
+    Some((u64::from_str_radix(hash, 16).ok()?, u64::from_str_radix(sequence, 16).ok()?))
 }
 
 /// Queues an unsafe request: logs it, answers 202 (after fdatasync when the
@@ -130,11 +144,11 @@ pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
     }
     let sequence = {
         let mut queue = gateway.writes.borrow_mut();
-        queue.sequence += 1;
+        queue.sequence = (queue.sequence + 1).max(now_ms() * SEQUENCES_PER_MS);
         queue.sequence
     };
     let op = Op::Put {
-        key: queued_key(sequence),
+        key: write_key(request.hash, sequence),
         value: encode(request),
         content_type: Bytes::from_static(QUEUED_CONTENT_TYPE),
         ttl_ms: None,
@@ -152,7 +166,7 @@ pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
     gateway.writes.borrow_mut().push(request.hash, sequence);
     start_deliverer(core);
     core.metrics().writes(gateway.writes.borrow().queued);
-    let id = format_id(core.id, sequence);
+    let id = format_id(request.hash, sequence);
     let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
     let headers = format!("\r\nContent-Type: application/json\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
     Response {
@@ -165,23 +179,22 @@ pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
 
 /// `GET /_writes/{id}` on the owner shard.
 pub async fn status(core: &Rc<Core>, id_text: &[u8]) -> Response {
-    let Some((shard, sequence)) = parse_id(id_text).filter(|(shard, _)| *shard == core.id) else {
+    let Some((key_hash, sequence)) = parse_id(id_text) else {
         return Response::problem(404, "no such write");
     };
-    let id = format_id(shard, sequence);
+    let id = format_id(key_hash, sequence);
     let json = |state: &str, extra: &str| {
         let mut response = Response::text(200, "");
         response.content_type = Some(Bytes::from_static(b"application/json"));
         response.body = Bytes::from(format!("{{\"id\":\"{id}\",\"status\":\"{state}\"{extra}}}"));
         response
     };
-    if let Some(value) = read(core, queued_key(sequence)).await {
-        drop(value);
-        return json("queued", "");
-    }
-    let Some(value) = read(core, status_key(sequence)).await else {
+    let Some((value, content_type)) = read(core, write_key(key_hash, sequence)).await else {
         return Response::problem(404, "no such write (or its status expired)");
     };
+    if content_type == QUEUED_CONTENT_TYPE {
+        return json("queued", "");
+    }
     let text = String::from_utf8_lossy(&value);
     match text.split_once(' ') {
         Some(("delivered", origin_status)) => json("delivered", &format!(",\"origin_status\":{origin_status}")),
@@ -190,13 +203,14 @@ pub async fn status(core: &Rc<Core>, id_text: &[u8]) -> Response {
     }
 }
 
-/// A reserved key's value, from memory or read back from its segment.
-async fn read(core: &Rc<Core>, key: Bytes) -> Option<Bytes> {
+/// A reserved key's value and content type, from memory or read back from
+/// its segment.
+async fn read(core: &Rc<Core>, key: Bytes) -> Option<(Bytes, Bytes)> {
     match core.read(now_ms(), &key, &Default::default()) {
-        Outcome::Value { value, .. } => Some(value),
+        Outcome::Value { value, content_type, .. } => Some((value, content_type)),
         Outcome::Cold { location, content_type, etag } => {
             match read_cold(Rc::clone(core), key, location, content_type, etag).await {
-                Ok(Outcome::Value { value, .. }) => Some(value),
+                Ok(Outcome::Value { value, content_type, .. }) => Some((value, content_type)),
                 _ => None,
             }
         }
@@ -204,42 +218,36 @@ async fn read(core: &Rc<Core>, key: Bytes) -> Option<Bytes> {
     }
 }
 
-/// Queues every write left in the log (called once the shard recovered).
+/// Queues every write left in the log (called once the shard recovered),
+/// each key's writes in sequence order.
 pub fn recover(core: &Rc<Core>) {
     let Some(gateway) = core.gateway.as_ref() else {
         return;
     };
-    let now = now_ms();
-    let (mut queued, statuses) = {
-        let shard = core.shard.borrow();
-        (shard.keys_with_prefix(now, QUEUED_PREFIX), shard.keys_with_prefix(now, STATUS_PREFIX))
-    };
-    let sequence_of = |key: &Bytes| u64::from_str_radix(std::str::from_utf8(&key[QUEUED_PREFIX.len()..]).ok()?, 16).ok();
-    queued.sort();
-    let mut largest = statuses.iter().filter_map(sequence_of).max().unwrap_or(0);
-    // Zero-padded hex: sorted keys are sorted ids, so each key's writes queue in order.
-    let found: Vec<u64> = queued.iter().filter_map(sequence_of).collect();
-    largest = largest.max(found.last().copied().unwrap_or(0));
+    let stored = core.shard.borrow().keys_with_prefix(now_ms(), WRITE_KEY_PREFIX);
+    let mut queued: Vec<(u64, u64)> = Vec::new();
+    let mut largest = 0;
+    for (key, content_type) in &stored {
+        let Some((key_hash, sequence)) = parse_write_key(key) else {
+            continue;
+        };
+        largest = largest.max(sequence);
+        if content_type == QUEUED_CONTENT_TYPE {
+            queued.push((sequence, key_hash));
+        }
+    }
+    queued.sort_unstable();
     let mut queue = gateway.writes.borrow_mut();
     queue.sequence = queue.sequence.max(largest);
-    drop(queue);
-    if found.is_empty() {
-        return;
+    for &(sequence, key_hash) in &queued {
+        queue.push(key_hash, sequence);
     }
-    let core = Rc::clone(core);
-    monoio::spawn(async move {
-        for sequence in found {
-            let key_hash = match read(&core, queued_key(sequence)).await.as_deref().and_then(decode) {
-                Some(write) => write.key_hash,
-                None => continue,
-            };
-            let gateway = core.gateway.as_ref().expect("gateway core");
-            gateway.writes.borrow_mut().push(key_hash, sequence);
-        }
-        start_deliverer(&core);
-        let gateway = core.gateway.as_ref().expect("gateway core");
-        core.metrics().writes(gateway.writes.borrow().queued);
-    });
+    core.metrics().writes(queue.queued);
+    drop(queue);
+    if !queued.is_empty() {
+        crate::logging::info("queued writes recovered", &[("shard", &core.id), ("writes", &queued.len())]);
+        start_deliverer(core);
+    }
 }
 
 /// Starts another deliverer while keys wait and fewer than the maximum run.
@@ -278,7 +286,7 @@ async fn deliverer(core: Rc<Core>) {
             let Some(sequence) = next else {
                 break;
             };
-            deliver(&core, sequence, &seed).await;
+            deliver(&core, key_hash, sequence, &seed).await;
             let mut queue = gateway.writes.borrow_mut();
             if let Some(ids) = queue.by_key.get_mut(&key_hash) {
                 ids.pop_front();
@@ -296,16 +304,21 @@ async fn deliverer(core: Rc<Core>) {
 /// Delivers one write, retrying until the origin answers (any status below
 /// 500) or `--write-retries` tries failed; then records the final status
 /// and drops the queue record.
-async fn deliver(core: &Rc<Core>, sequence: u64, seed: &Cell<u64>) {
+async fn deliver(core: &Rc<Core>, key_hash: u64, sequence: u64, seed: &Cell<u64>) {
     let gateway = core.gateway.as_ref().expect("gateway core");
-    let Some(encoded) = read(core, queued_key(sequence)).await else {
-        return; // Already finished before a restart.
-    };
-    let Some(write) = decode(&encoded) else {
-        finish(core, sequence, "failed unreadable queue record".to_string(), &encoded);
+    let key = write_key(key_hash, sequence);
+    let Some((encoded, content_type)) = read(core, key.clone()).await else {
         return;
     };
-    let id = format_id(core.id, sequence);
+    if content_type != QUEUED_CONTENT_TYPE {
+        return; // Finished already.
+    }
+    let Some(write) = decode(&encoded) else {
+        finish(core, key, "failed unreadable queue record".to_string(), &encoded);
+        core.metrics().write_done(false);
+        return;
+    };
+    let id = format_id(key_hash, sequence);
     let tries = gateway.config.write_retries.max(1);
     let mut last_error = String::new();
     for attempt in 0..tries {
@@ -313,10 +326,10 @@ async fn deliver(core: &Rc<Core>, sequence: u64, seed: &Cell<u64>) {
             core.metrics().write_retried();
             monoio::time::sleep(backoff(attempt, seed)).await;
         }
-        let sent = send(core, |origin| write.request.encode_for_origin_with(origin, &id), true, true).await;
+        let sent = send(core, |origin| write.encode_for_origin_with(origin, &id), true, true).await;
         match sent {
             Ok(response) if response.status < 500 => {
-                finish(core, sequence, format!("delivered {}", response.status), &encoded);
+                finish(core, key, format!("delivered {}", response.status), &encoded);
                 core.metrics().write_done(true);
                 return;
             }
@@ -324,7 +337,7 @@ async fn deliver(core: &Rc<Core>, sequence: u64, seed: &Cell<u64>) {
             Err(error) => last_error = error.to_string(),
         }
     }
-    finish(core, sequence, format!("failed after {tries} tries: {last_error}"), &encoded);
+    finish(core, key, format!("failed after {tries} tries: {last_error}"), &encoded);
     core.metrics().write_done(false);
 }
 
@@ -341,45 +354,45 @@ fn backoff(attempt: u32, seed: &Cell<u64>) -> Duration {
     ceiling.mul_f64((x % 10_000) as f64 / 10_000.0).max(Duration::from_millis(1))
 }
 
-/// Records the final status, dead-letters a failure, deletes the queue record.
-fn finish(core: &Rc<Core>, sequence: u64, status: String, encoded: &Bytes) {
+/// Records the final status in place of the queued request (one record),
+/// after appending a failure to the dead-letter segment.
+fn finish(core: &Rc<Core>, key: Bytes, status: String, encoded: &Bytes) {
     let now = now_ms();
     if status.starts_with("failed") {
-        if let Err(error) = dead_letter(core, sequence, now, encoded) {
+        if let Err(error) = dead_letter(core, &key, now, encoded) {
             crate::logging::warn("dead-letter append failed", &[("shard", &core.id), ("error", &error)]);
         }
     }
     let put = Op::Put {
-        key: status_key(sequence),
+        key,
         value: Bytes::from(status),
         content_type: Bytes::from_static(b"text/plain"),
         ttl_ms: Some(STATUS_TTL_MS),
         conditions: Default::default(),
     };
     core.apply(now, put);
-    core.apply(now, Op::Delete { key: queued_key(sequence), conditions: Default::default() });
 }
 
 /// Appends a failed write to `{data-dir}/dead-letter/shard-{n}.log` and
 /// fdatasyncs it. Failures are rare (after every retry), so the blocking
 /// append on the event loop is accepted.
-fn dead_letter(core: &Core, sequence: u64, now: u64, encoded: &Bytes) -> std::io::Result<()> {
+fn dead_letter(core: &Core, key: &[u8], now: u64, encoded: &Bytes) -> std::io::Result<()> {
     let dir = core.config.log.data_dir.join("dead-letter");
     std::fs::create_dir_all(&dir)?;
-    let key = queued_key(sequence);
-    let record =
-        Record { op: RecordOp::Put, sequence, timestamp_ms: now, expires_at_ms: None, key: &key, content_type: QUEUED_CONTENT_TYPE, value: encoded };
+    let record = Record {
+        op: RecordOp::Put,
+        sequence: 0,
+        timestamp_ms: now,
+        expires_at_ms: None,
+        key,
+        content_type: QUEUED_CONTENT_TYPE,
+        value: encoded,
+    };
     let mut bytes = Vec::new();
     record.encode(&mut bytes);
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("shard-{}.log", core.id)))?;
     file.write_all(&bytes)?;
     file.sync_data()
-}
-
-/// A queued write as stored.
-struct Write {
-    key_hash: u64,
-    request: ProxyRequest,
 }
 
 /// Layout (little-endian): key hash u64, method token (u16 length + bytes),
@@ -407,7 +420,7 @@ fn put(out: &mut Vec<u8>, bytes: &[u8], width: usize) {
 }
 
 /// The inverse of [`encode`]; None for bytes it did not produce.
-fn decode(bytes: &[u8]) -> Option<Write> {
+fn decode(bytes: &[u8]) -> Option<ProxyRequest> {
     let mut cursor = Cursor { rest: bytes };
     let key_hash = u64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
     let method_token = cursor.sized(2)?;
@@ -431,8 +444,7 @@ fn decode(bytes: &[u8]) -> Option<Write> {
     };
     let peer = std::str::from_utf8(&peer).ok().and_then(|p| p.parse().ok());
     let key = Bytes::new();
-    let request = ProxyRequest { method, method_token, target, key, hash: key_hash, fields, peer, body };
-    Some(Write { key_hash, request })
+    Some(ProxyRequest { method, method_token, target, key, hash: key_hash, fields, peer, body })
 }
 
 struct Cursor<'a> {
@@ -477,7 +489,8 @@ mod tests {
     #[test]
     fn ids_round_trip_and_reject_garbage() {
         assert_eq!(parse_id(format_id(3, 0x1f).as_bytes()), Some((3, 0x1f)));
-        for bad in [&b""[..], b"3", b"-1", b"3-", b"x-1", b"3-1-2", b"3-11111111111111111"] {
+        assert_eq!(parse_write_key(&write_key(u64::MAX, 9)), Some((u64::MAX, 9)));
+        for bad in [&b""[..], b"3", b"-1", b"3-1", b"000000000000000x-1", b"0000000000000003-", b"0000000000000003-1-2"] {
             assert_eq!(parse_id(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
@@ -495,9 +508,7 @@ mod tests {
             body: Bytes::from_static(b"{\"a\":1}"),
         };
         let encoded = encode(&request);
-        let write = decode(&encoded).expect("decodes");
-        assert_eq!(write.key_hash, 42);
-        assert_eq!(write.request, request);
+        assert_eq!(decode(&encoded), Some(request));
         for cut in 0..encoded.len() {
             assert!(decode(&encoded[..cut]).is_none(), "truncated at {cut}");
         }

@@ -62,3 +62,15 @@ fn growth_moves_keys_only_to_the_new_shard() {
         }
     }
 }
+
+#[test]
+fn queued_writes_live_with_the_cache_key_they_write_to() {
+    let hash = key_hash(b"api.test/items/1");
+    let key = format!("\0w/{hash:016x}-{:016x}", 7);
+    for shards in [1, 2, 3, 8, 64] {
+        assert_eq!(shard_for_stored_key(key.as_bytes(), shards), shard_for_hash(hash, shards));
+        assert_eq!(shard_for_stored_key(b"user:42", shards), shard_for_key(b"user:42", shards));
+        // A malformed embedded hash falls back to the key's own hash.
+        assert_eq!(shard_for_stored_key(b"\0w/zz", shards), shard_for_key(b"\0w/zz", shards));
+    }
+}
