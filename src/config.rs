@@ -447,11 +447,14 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
             Some(toml::Value::String(url)) => urls.push(url),
             Some(toml::Value::Array(values)) => {
                 for value in values {
-                    let url = value.as_str().ok_or("shardgate: invalid --origin (config file): expected URL strings")?;
+                    let url =
+                        value.as_str().ok_or("shardgate: invalid --origin (config file): expected URL strings")?;
                     urls.push(url.to_string());
                 }
             }
-            Some(_) => return Err("shardgate: invalid --origin (config file): expected a URL or an array of URLs".into()),
+            Some(_) => {
+                return Err("shardgate: invalid --origin (config file): expected a URL or an array of URLs".into())
+            }
         }
     }
     if urls.len() > ORIGINS_MAX {
@@ -461,9 +464,8 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
         .iter()
         .map(|url| parse_origin(url.trim()).map_err(|why| format!("shardgate: invalid --origin '{url}': {why}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let duration_within = |min: Duration, max: Duration| {
-        move |v: &str| parse_duration(v).and_then(|d| within_duration(d, min, max))
-    };
+    let duration_within =
+        |min: Duration, max: Duration| move |v: &str| parse_duration(v).and_then(|d| within_duration(d, min, max));
     let (breaker_failures, breaker_open) =
         setting("breaker", cli.breaker.take(), file.breaker.take(), (20, Duration::from_secs(10)), parse_breaker)?;
     let config = GatewayConfig {
@@ -489,7 +491,8 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
             if v == "0" {
                 return Ok(0);
             }
-            parse_duration(v).and_then(|d| within_duration(d, Duration::ZERO, Duration::from_secs(365 * 86400)))
+            parse_duration(v)
+                .and_then(|d| within_duration(d, Duration::ZERO, Duration::from_secs(365 * 86400)))
                 .map(|d| d.as_millis() as u64)
         })?,
         breaker_failures,
@@ -505,9 +508,13 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
         write_retries: setting("write-retries", cli.write_retries.take(), file.write_retries.take(), 8, |v| {
             parse_count(v, 1, 100).map(|n| n as u32)
         })?,
-        write_queue_max: setting("write-queue-max", cli.write_queue_max.take(), file.write_queue_max.take(), 100_000, |v| {
-            parse_count(v, 1, 10_000_000).map(|n| n as usize)
-        })?,
+        write_queue_max: setting(
+            "write-queue-max",
+            cli.write_queue_max.take(),
+            file.write_queue_max.take(),
+            100_000,
+            |v| parse_count(v, 1, 10_000_000).map(|n| n as usize),
+        )?,
     };
     Ok((!config.origins.is_empty()).then_some(config))
 }

@@ -24,6 +24,7 @@ enum ApiArg {
     Shardgate,
     Webdis,
     Static,
+    Gateway,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +155,7 @@ fn main() -> Result<()> {
                 ApiArg::Shardgate => Api::Shardgate,
                 ApiArg::Webdis => Api::Webdis,
                 ApiArg::Static => Api::Static,
+                ApiArg::Gateway => Api::Gateway,
             };
             let target = Target { addr, api, server_pids: server_pid };
             let options = Options { threads, cpus, progress: true, seed };

@@ -685,13 +685,18 @@ pub fn preload(target: &Target, workload: &Workload, connections: usize) -> Resu
                 let mut conn = Conn::connect(target.addr).await?;
                 let mut generator = RequestGen::new(workload, target.api, 0, index);
                 let ids: Vec<u64> = (index as u64..workload.preload).step_by(connections).collect();
+                let api = target.api;
                 let failed = Rc::clone(&failed);
                 handles.push(monoio::spawn(async move {
                     for chunk in ids.chunks(16) {
                         let mut batch = Vec::new();
                         for &id in chunk {
-                            let length = generator.value_len();
-                            generator.write(id, length, &mut batch);
+                            if api == Api::Gateway {
+                                generator.read(id, &mut batch); // A cache is filled by reading.
+                            } else {
+                                let length = generator.value_len();
+                                generator.write(id, length, &mut batch);
+                            }
                         }
                         match conn.send_batch(&batch, chunk.len()).await {
                             Ok(statuses) if statuses.iter().all(|s| (200..300).contains(s)) => {}

@@ -16,6 +16,10 @@ pub enum Api {
     Webdis,
     /// A server answering any path (nginx `return 200`): the method follows the mix, the path is `/`.
     Static,
+    /// A caching proxy in front of the origin simulator (shardgate's
+    /// gateway mode, Varnish): `GET|PUT /item/key-{id}`; preloading GETs
+    /// every key once, which fills the cache.
+    Gateway,
 }
 
 /// Value sizes of writes, in bytes.
@@ -152,6 +156,7 @@ impl RequestGen {
     fn target(&self, id: u64, webdis_command: &[u8], out: &mut Vec<u8>) {
         let prefix: &[u8] = match self.api {
             Api::Shardgate => b"/v1/kv/key-",
+            Api::Gateway => b"/item/key-",
             Api::Webdis => webdis_command,
             Api::Static => {
                 out.push(b'/');

@@ -13,13 +13,13 @@ use shardgate_shards::kv::{Op, Outcome, CONTENT_TYPE_DEFAULT, KEY_BYTES_MAX};
 use shardgate_shards::route::shard_for_stored_key;
 
 use crate::core::{Core, ReplyFuture};
-use crate::gateway::{self, ProxyRequest};
-use crate::mesh::Answer;
 use crate::durable::DurableFuture;
+use crate::gateway::{self, ProxyRequest};
 use crate::http::codec::{Method, Request};
-use crate::http::response::{RateHeaders, Response};
+use crate::http::response::{Extra, RateHeaders, Response};
 use crate::limit::{self, LeaseWait, Verdict};
 use crate::log::Durability;
+use crate::mesh::Answer;
 use crate::metrics::Route;
 use crate::reader::read_cold;
 
@@ -121,7 +121,7 @@ fn gateway(core: &Rc<Core>, request: &Request<'_>, peer: Option<IpAddr>) -> Step
 /// Answers a service endpoint (never rate limited).
 fn service(core: &Core, method: Method, route: Route) -> Response {
     if !matches!(method, Method::Get | Method::Head) {
-        return Response { allow: Some(SERVICE_ALLOW), ..Response::problem(405, "use GET or HEAD") };
+        return Response { extra: Extra::Allow(&SERVICE_ALLOW), ..Response::problem(405, "use GET or HEAD") };
     }
     match route {
         Route::Healthz => Response::text(200, "ok\n"),
@@ -179,7 +179,8 @@ fn kv(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[u8], now_
             }
         }
         _ => {
-            let response = Response { allow: Some(KV_ALLOW), ..Response::problem(405, "use GET, HEAD, PUT or DELETE") };
+            let response =
+                Response { extra: Extra::Allow(&KV_ALLOW), ..Response::problem(405, "use GET, HEAD, PUT or DELETE") };
             return Step::Ready(with_shard(response, owner, shard_count));
         }
     };

@@ -242,7 +242,11 @@ impl Core {
     }
 
     /// Sends a gateway request to the owner of its cache key.
-    pub fn forward_gateway(self: &Rc<Self>, owner: u32, request: gateway::ProxyRequest) -> Result<ReplyFuture, Response> {
+    pub fn forward_gateway(
+        self: &Rc<Self>,
+        owner: u32,
+        request: gateway::ProxyRequest,
+    ) -> Result<ReplyFuture, Response> {
         self.send(owner, Message::Gateway(Box::new(request)))
     }
 

@@ -36,7 +36,7 @@ use shardgate_shards::route::{key_hash, shard_for_hash};
 
 use crate::core::{unix_ms, Core};
 use crate::http::codec::{Method, Request, HEADERS_MAX};
-use crate::http::response::{Proxied, Response};
+use crate::http::response::{Extra, Proxied, Response};
 use crate::metrics::CacheResult;
 use origin::{named_by_connection, ExchangeLimits, Origin, OriginAddress, OriginError, OriginResponse};
 
@@ -86,7 +86,11 @@ impl Gateway {
     }
 
     fn limits(&self) -> ExchangeLimits {
-        ExchangeLimits { connect_timeout: self.config.connect_timeout, timeout: self.config.timeout, pool: self.config.pool }
+        ExchangeLimits {
+            connect_timeout: self.config.connect_timeout,
+            timeout: self.config.timeout,
+            pool: self.config.pool,
+        }
     }
 }
 
@@ -122,7 +126,7 @@ impl ProxyRequest {
             .collect();
         let host = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"host")).map(|(_, v)| v.to_ascii_lowercase());
         let target = origin_form(request.target);
-        let key = Bytes::from([host.as_deref().unwrap_or_default(), &target].concat());
+        let key = Bytes::from([host.as_deref().unwrap_or_default(), target].concat());
         Ok(ProxyRequest {
             method: request.method,
             method_token,
@@ -146,7 +150,9 @@ impl ProxyRequest {
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"prefer"))
             .flat_map(|(_, v)| v.split(|&b| b == b','))
-            .any(|p| p.split(|&b| b == b';').next().unwrap_or_default().trim_ascii().eq_ignore_ascii_case(b"respond-async"))
+            .any(|p| {
+                p.split(|&b| b == b';').next().unwrap_or_default().trim_ascii().eq_ignore_ascii_case(b"respond-async")
+            })
     }
 
     pub fn is_unsafe(&self) -> bool {
@@ -324,7 +330,14 @@ fn serve_variant(variant: &Variant, now_ms: u64, result: CacheResult) -> Respons
     relay(variant.status, &variant.reason, &variant.headers, variant.body.clone(), Some(age_s), result)
 }
 
-fn relay(status: u16, reason: &Bytes, headers: &Bytes, body: Bytes, age_s: Option<u64>, result: CacheResult) -> Response {
+fn relay(
+    status: u16,
+    reason: &Bytes,
+    headers: &Bytes,
+    body: Bytes,
+    age_s: Option<u64>,
+    result: CacheResult,
+) -> Response {
     let mut all = Vec::with_capacity(headers.len() + 48);
     all.extend_from_slice(headers);
     if let Some(age_s) = age_s {
@@ -336,7 +349,7 @@ fn relay(status: u16, reason: &Bytes, headers: &Bytes, body: Bytes, age_s: Optio
     Response {
         status,
         body,
-        proxied: Some(Box::new(Proxied { reason: reason.clone(), headers: Bytes::from(all) })),
+        extra: Extra::Proxied(Box::new(Proxied { reason: reason.clone(), headers: Bytes::from(all) })),
         ..Response::default()
     }
 }
@@ -361,7 +374,7 @@ fn error_response(error: Response, result: CacheResult) -> Response {
     Response {
         status: error.status,
         body: error.body,
-        proxied: Some(Box::new(Proxied { reason, headers: Bytes::from(headers) })),
+        extra: Extra::Proxied(Box::new(Proxied { reason, headers: Bytes::from(headers) })),
         ..Response::default()
     }
 }
@@ -374,7 +387,8 @@ fn not_modified(request: &ProxyRequest, variant: &Variant) -> bool {
     };
     let weak = |tag: &[u8]| tag.strip_prefix(b"W/").unwrap_or(tag).to_vec();
     let stored = weak(etag);
-    variant.status == 200 && tags.split(|&b| b == b',').any(|t| t.trim_ascii() == b"*" || weak(t.trim_ascii()) == stored)
+    variant.status == 200
+        && tags.split(|&b| b == b',').any(|t| t.trim_ascii() == b"*" || weak(t.trim_ascii()) == stored)
 }
 
 fn serve_hit(request: &ProxyRequest, variant: &Variant, now_ms: u64, result: CacheResult) -> Response {
@@ -382,7 +396,7 @@ fn serve_hit(request: &ProxyRequest, variant: &Variant, now_ms: u64, result: Cac
     if not_modified(request, variant) {
         response.status = 304;
         response.body = Bytes::new();
-        if let Some(proxied) = response.proxied.as_mut() {
+        if let Extra::Proxied(proxied) = &mut response.extra {
             proxied.reason = Bytes::from_static(b"Not Modified");
         }
     }
@@ -426,7 +440,7 @@ impl Future for FlightWait {
 
 /// Starts the fetch of `request`'s key unless one runs. Returns the flight
 /// and whether this call started it.
-fn join_flight(core: &Rc<Core>, request: &Rc<ProxyRequest>, stale: Option<Variant>) -> (Rc<Flight>, bool) {
+fn join_flight(core: &Rc<Core>, request: &Rc<ProxyRequest>, stale: Option<Rc<Variant>>) -> (Rc<Flight>, bool) {
     let gateway = core.gateway.as_ref().expect("gateway core");
     if let Some(flight) = gateway.flights.borrow().get(&request.hash) {
         return (Rc::clone(flight), false);
@@ -458,7 +472,7 @@ async fn cached(core: &Rc<Core>, request: &Rc<ProxyRequest>) -> (Response, Cache
                 return (serve_hit(request, &variant, now, CacheResult::Hit), CacheResult::Hit);
             }
             Lookup::Hit { variant, state: State::Stale { revalidate_in_background: true, .. } } => {
-                join_flight(core, request, Some(variant.clone()));
+                join_flight(core, request, Some(Rc::clone(&variant)));
                 return (serve_hit(request, &variant, now, CacheResult::Stale), CacheResult::Stale);
             }
             Lookup::HitForMiss => return pass(core, request).await,
@@ -602,47 +616,67 @@ fn store(core: &Core, request: &ProxyRequest, response: &OriginResponse, request
 
 /// One fetch for the cache: a miss, or a revalidation of `stale`. Returns
 /// the first requester's answer and what the waiters share.
-async fn fill(core: &Rc<Core>, request: &Rc<ProxyRequest>, stale: Option<Variant>) -> (Response, CacheResult, Shared) {
-    let validators = stale.as_ref().map(|v| Validators { etag: v.etag.clone(), last_modified: v.last_modified.clone() });
+async fn fill(
+    core: &Rc<Core>,
+    request: &Rc<ProxyRequest>,
+    stale: Option<Rc<Variant>>,
+) -> (Response, CacheResult, Shared) {
+    let validators =
+        stale.as_ref().map(|v| Validators { etag: v.etag.clone(), last_modified: v.last_modified.clone() });
     let request_ms = now_ms();
-    let result = send(core, |origin| request.encode_for_origin(origin, Some(&validators.clone().unwrap_or_default())), true, true).await;
+    let result = send(
+        core,
+        |origin| request.encode_for_origin(origin, Some(&validators.clone().unwrap_or_default())),
+        true,
+        true,
+    )
+    .await;
     let now = now_ms();
-    let stale_on_error = stale.as_ref().filter(|v| matches!(v.freshness.state(now), State::Stale { on_error: true, .. }));
+    let stale_on_error =
+        stale.as_ref().filter(|v| matches!(v.freshness.state(now), State::Stale { on_error: true, .. }));
     match result {
         Err(error) => {
             let error = error_response(error.response(), CacheResult::Miss);
             match stale_on_error {
-                Some(variant) => (serve_hit(request, variant, now, CacheResult::Stale), CacheResult::Stale, Shared::Failed(error)),
+                Some(variant) => {
+                    (serve_hit(request, variant, now, CacheResult::Stale), CacheResult::Stale, Shared::Failed(error))
+                }
                 None => (error.clone(), CacheResult::Miss, Shared::Failed(error)),
             }
         }
         Ok(response) if response.status >= 500 => {
             let error = relay_origin(&response, CacheResult::Miss);
             match stale_on_error {
-                Some(variant) => (serve_hit(request, variant, now, CacheResult::Stale), CacheResult::Stale, Shared::Failed(error)),
+                Some(variant) => {
+                    (serve_hit(request, variant, now, CacheResult::Stale), CacheResult::Stale, Shared::Failed(error))
+                }
                 None => (error.clone(), CacheResult::Miss, Shared::Failed(error)),
             }
         }
         Ok(response) if response.status == 304 && stale.is_some() => {
             let variant = stale.expect("checked");
             match revalidated(core, request, &variant, &response, request_ms) {
-                Some(fresh) => {
-                    (serve_hit(request, &fresh, now, CacheResult::Revalidated), CacheResult::Revalidated, Shared::Lookup)
-                }
-                None => (serve_hit(request, &variant, now, CacheResult::Revalidated), CacheResult::Revalidated, Shared::Lookup),
+                Some(fresh) => (
+                    serve_hit(request, &fresh, now, CacheResult::Revalidated),
+                    CacheResult::Revalidated,
+                    Shared::Lookup,
+                ),
+                None => (
+                    serve_hit(request, &variant, now, CacheResult::Revalidated),
+                    CacheResult::Revalidated,
+                    Shared::Lookup,
+                ),
             }
         }
         Ok(response) => {
-            let age_s = store(core, request, &response, request_ms);
-            let mut relayed = relay_origin(&response, CacheResult::Miss);
-            if let (Some(age_s), Some(proxied)) = (age_s, relayed.proxied.as_mut()) {
-                // A stored response carries its age; a relayed one keeps the origin's.
-                let mut headers = response.headers.to_vec();
-                headers.extend_from_slice(b"\r\nAge: ");
-                headers.extend_from_slice(itoa::Buffer::new().format(age_s).as_bytes());
-                headers.extend_from_slice(b"\r\nX-Cache: MISS");
-                proxied.headers = Bytes::from(headers);
-            }
+            // A stored response carries its computed age; a relayed one keeps the origin's.
+            let relayed = match store(core, request, &response, request_ms) {
+                Some(age_s) => {
+                    let OriginResponse { status, reason, headers, body, .. } = &response;
+                    relay(*status, reason, headers, body.clone(), Some(age_s), CacheResult::Miss)
+                }
+                None => relay_origin(&response, CacheResult::Miss),
+            };
             (relayed, CacheResult::Miss, Shared::Lookup)
         }
     }
@@ -656,7 +690,7 @@ fn revalidated(
     variant: &Variant,
     response: &OriginResponse,
     request_ms: u64,
-) -> Option<Variant> {
+) -> Option<Rc<Variant>> {
     let gateway = core.gateway.as_ref().expect("gateway core");
     let headers = merge_fields(&variant.headers, &response.headers);
     let merged = OriginResponse {

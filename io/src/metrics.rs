@@ -497,7 +497,8 @@ impl Metrics {
         for (shard, metrics) in self.shards.iter().enumerate() {
             for (result, name) in CACHE_RESULTS {
                 let count = metrics.gateway_results[result as usize].load(Relaxed);
-                let _ = writeln!(out, "shardgate_gateway_responses_total{{shard=\"{shard}\",x_cache=\"{name}\"}} {count}");
+                let _ =
+                    writeln!(out, "shardgate_gateway_responses_total{{shard=\"{shard}\",x_cache=\"{name}\"}} {count}");
             }
         }
         header(
@@ -509,7 +510,8 @@ impl Metrics {
         for (shard, metrics) in self.shards.iter().enumerate() {
             for (index, origin) in self.origins.iter().enumerate() {
                 let state = metrics.breaker_states[index].load(Relaxed);
-                let _ = writeln!(out, "shardgate_origin_breaker_state{{shard=\"{shard}\",origin=\"{origin}\"}} {state}");
+                let _ =
+                    writeln!(out, "shardgate_origin_breaker_state{{shard=\"{shard}\",origin=\"{origin}\"}} {state}");
             }
         }
         header(&mut out, "shardgate_ready", "gauge", "1 when every shard is serving.");

@@ -96,7 +96,8 @@ impl Breaker {
             return;
         }
         self.failures = self.failures.saturating_add(1);
-        let trips = probe || (self.state == BreakerState::Closed && self.threshold > 0 && self.failures >= self.threshold);
+        let trips =
+            probe || (self.state == BreakerState::Closed && self.threshold > 0 && self.failures >= self.threshold);
         if trips {
             self.state = BreakerState::Open;
             self.opened_at_ms = now_ms;

@@ -10,6 +10,8 @@
 //! response's `Vary` names. Objects are evicted whole by S3-FIFO
 //! ([`crate::evict`]) within the byte budget.
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 use hashbrown::HashMap;
 
@@ -118,7 +120,10 @@ pub enum State {
     Fresh,
     /// Stale; `revalidate_in_background` when stale-while-revalidate
     /// still covers it, `on_error` when stale-if-error does.
-    Stale { revalidate_in_background: bool, on_error: bool },
+    Stale {
+        revalidate_in_background: bool,
+        on_error: bool,
+    },
 }
 
 impl Freshness {
@@ -268,21 +273,26 @@ pub struct Object {
     key: Bytes,
     /// The lower-cased field names of the latest stored response's `Vary`.
     vary: Vec<Bytes>,
-    variants: Vec<Variant>,
+    /// Shared with the responses being served from them: a hit costs a
+    /// reference count, not a copy.
+    variants: Vec<Rc<Variant>>,
     slot: Slot,
     bytes: u64,
 }
 
 impl Object {
-    fn bytes_of(key: &Bytes, variants: &[Variant]) -> u64 {
-        key.len() as u64 + variants.iter().map(Variant::bytes).sum::<u64>()
+    fn bytes_of(key: &Bytes, variants: &[Rc<Variant>]) -> u64 {
+        key.len() as u64 + variants.iter().map(|v| v.bytes()).sum::<u64>()
     }
 }
 
 /// What a lookup found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    Hit { variant: Variant, state: State },
+    Hit {
+        variant: Rc<Variant>,
+        state: State,
+    },
     /// A recent answer for this key was uncacheable: go to the origin
     /// without waiting for other requests of the key.
     HitForMiss,
@@ -360,7 +370,7 @@ impl HttpCache {
         match found {
             Some(variant) => {
                 object.slot.touch();
-                Lookup::Hit { variant: variant.clone(), state: variant.freshness.state(now_ms) }
+                Lookup::Hit { variant: Rc::clone(variant), state: variant.freshness.state(now_ms) }
             }
             None => Lookup::Miss,
         }
@@ -394,7 +404,7 @@ impl HttpCache {
         if variants.len() == VARIANTS_MAX {
             variants.remove(0);
         }
-        variants.push(variant);
+        variants.push(Rc::new(variant));
         let bytes = Object::bytes_of(&key, &variants);
         let slot = if slot.is_held() {
             self.fifo.resize(&slot, old_bytes, bytes);
@@ -419,14 +429,15 @@ impl HttpCache {
         vary_values: &[Option<Bytes>],
         freshness: Freshness,
         headers: Option<Bytes>,
-    ) -> Option<Variant> {
+    ) -> Option<Rc<Variant>> {
         let object = self.objects.get_mut(&hash).filter(|o| o.key == key)?;
-        let variant = object.variants.iter_mut().find(|v| v.vary_values == vary_values)?;
+        let stored = object.variants.iter_mut().find(|v| v.vary_values == vary_values)?;
+        let variant = Rc::make_mut(stored);
         variant.freshness = freshness;
         if let Some(headers) = headers {
             variant.headers = headers;
         }
-        let variant = variant.clone();
+        let variant = Rc::clone(stored);
         let bytes = Object::bytes_of(&object.key, &object.variants);
         self.fifo.resize(&object.slot, object.bytes, bytes);
         object.bytes = bytes;

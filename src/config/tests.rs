@@ -189,7 +189,10 @@ fn gateway_flags_and_their_errors() {
     assert_eq!((gateway.write_retries, gateway.write_queue_max), (3, 10));
     // Defaults (SPEC §7), and the file's array form.
     let gateway = resolve_args(&[], "origin = [\"http://127.0.0.1:1\"]").unwrap().gateway.unwrap();
-    assert_eq!((gateway.connect_timeout, gateway.timeout, gateway.pool), (Duration::from_secs(1), Duration::from_secs(10), 64));
+    assert_eq!(
+        (gateway.connect_timeout, gateway.timeout, gateway.pool),
+        (Duration::from_secs(1), Duration::from_secs(10), 64)
+    );
     assert_eq!((gateway.default_ttl_ms, gateway.breaker_failures, gateway.breaker_open_ms), (0, 20, 10_000));
     assert_eq!((gateway.async_writes, gateway.write_retries, gateway.write_queue_max), (false, 8, 100_000));
     assert_eq!(gateway.admin_token, None);

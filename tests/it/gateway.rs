@@ -53,10 +53,13 @@ fn concurrently(server: &Server, count: usize, request: &str) -> Vec<Response> {
 #[test]
 fn miss_then_hit_with_age_and_proxy_fields() {
     let origin = Origin::start(|seen| {
-        Reply::ok("max-age=60", &format!("hello {}", seen.path)).with("Connection", "X-Origin-Hop").with("X-Origin-Hop", "1")
+        Reply::ok("max-age=60", &format!("hello {}", seen.path))
+            .with("Connection", "X-Origin-Hop")
+            .with("X-Origin-Hop", "1")
     });
     let server = gateway(&origin, &[]);
-    let request = "GET /a?x=1 HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, X-Client-Hop\r\nX-Client-Hop: 1\r\n\
+    let request =
+        "GET /a?x=1 HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, X-Client-Hop\r\nX-Client-Hop: 1\r\n\
                    X-Forwarded-For: 10.0.0.9\r\nX-Keep: yes\r\n\r\n";
     let first = server.send(request);
     assert_eq!((first.status, x_cache(&first), first.text().as_str()), (200, "MISS", "hello /a?x=1"));
@@ -93,7 +96,9 @@ fn storage_follows_rfc_9111() {
         "/public" => Reply::ok("public, max-age=60", "x"),
         "/star" => Reply::ok("max-age=60", "x").with("Vary", "*"),
         "/expires" => Reply::ok("", "x").with("Expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
-        "/vary" => Reply::ok("max-age=60", &format!("for {}", seen.header("accept").unwrap_or("-"))).with("Vary", "Accept"),
+        "/vary" => {
+            Reply::ok("max-age=60", &format!("for {}", seen.header("accept").unwrap_or("-"))).with("Vary", "Accept")
+        }
         _ => Reply::ok("max-age=60", "x"),
     });
     let server = gateway(&origin, &[]);
@@ -105,7 +110,9 @@ fn storage_follows_rfc_9111() {
     get(&server, "/expires");
     assert_eq!(x_cache(&get(&server, "/expires")), "HIT", "Expires gives freshness");
     // With Authorization only `public` (or s-maxage) responses are stored.
-    let authorized = |path: &str| server.send(&format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic eA==\r\n\r\n"));
+    let authorized = |path: &str| {
+        server.send(&format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic eA==\r\n\r\n"))
+    };
     authorized("/auth");
     assert_eq!(x_cache(&authorized("/auth")), "MISS");
     authorized("/public");
@@ -115,7 +122,10 @@ fn storage_follows_rfc_9111() {
     assert_eq!(accept("text/a").text(), "for text/a");
     assert_eq!(accept("text/b").text(), "for text/b");
     let (a, b) = (accept("text/a"), accept("text/b"));
-    assert_eq!((x_cache(&a), a.text().as_str(), x_cache(&b), b.text().as_str()), ("HIT", "for text/a", "HIT", "for text/b"));
+    assert_eq!(
+        (x_cache(&a), a.text().as_str(), x_cache(&b), b.text().as_str()),
+        ("HIT", "for text/a", "HIT", "for text/b")
+    );
     assert_eq!(origin.count("/vary"), 2);
 }
 
@@ -160,7 +170,8 @@ fn stale_while_revalidate_serves_at_once_and_refreshes_in_the_background() {
     let seen_version = Arc::clone(&version);
     let origin = Origin::start(move |_| {
         let v = seen_version.load(Ordering::Acquire);
-        Reply::ok("max-age=1, stale-while-revalidate=60", &format!("v{v}")).after(Duration::from_millis(100 * (v as u64 - 1)))
+        Reply::ok("max-age=1, stale-while-revalidate=60", &format!("v{v}"))
+            .after(Duration::from_millis(100 * (v as u64 - 1)))
     });
     let server = gateway(&origin, &[]);
     assert_eq!(get(&server, "/swr").text(), "v1");
@@ -246,9 +257,16 @@ fn origin_errors_map_to_502_and_504() {
 fn breaker_opens_after_n_failures_and_a_half_open_probe_closes_it() {
     let healthy = Arc::new(AtomicUsize::new(0));
     let state = Arc::clone(&healthy);
-    let origin = Origin::start(move |_| {
-        if state.load(Ordering::Acquire) == 1 { Reply::ok("", "fine") } else { Reply::status(503) }
-    });
+    let origin =
+        Origin::start(
+            move |_| {
+                if state.load(Ordering::Acquire) == 1 {
+                    Reply::ok("", "fine")
+                } else {
+                    Reply::status(503)
+                }
+            },
+        );
     let url = origin.url();
     let server = Server::start(&["--origin", &url, "--shards", "1", "--breaker", "3/1s"]);
     for _ in 0..3 {
@@ -273,7 +291,11 @@ fn open_circuit_serves_stale_if_error() {
     let failing = Arc::new(AtomicUsize::new(0));
     let mode = Arc::clone(&failing);
     let origin = Origin::start(move |_| {
-        if mode.load(Ordering::Acquire) == 0 { Reply::ok("max-age=1, stale-if-error=600", "kept") } else { Reply::status(500) }
+        if mode.load(Ordering::Acquire) == 0 {
+            Reply::ok("max-age=1, stale-if-error=600", "kept")
+        } else {
+            Reply::status(500)
+        }
     });
     let url = origin.url();
     let server = Server::start(&["--origin", &url, "--shards", "1", "--breaker", "2/60s"]);
@@ -298,12 +320,49 @@ fn round_robin_skips_a_dead_origin() {
     let server = Server::start(&["--origin", &url_a, "--origin", &url_b, "--shards", "1"]);
     let bodies: Vec<String> = (0..10).map(|i| get(&server, &format!("/rr{i}")).text()).collect();
     assert!(bodies.iter().any(|b| b == "a") && bodies.iter().any(|b| b == "b"), "{bodies:?}");
+    let a_addr = a.addr;
     a.stop();
+    drop(a);
     thread::sleep(Duration::from_millis(50));
     for i in 0..10 {
         let r = get(&server, &format!("/after{i}"));
         assert_eq!((r.status, r.text().as_str()), (200, "b"), "request {i}");
     }
+    // The health check (a connect each second) brings the origin back.
+    let _a = Origin::start_on(a_addr, |_| Reply::ok("", "a again"));
+    eventually("the revived origin gets requests again", || {
+        (0..4).any(|i| get(&server, &format!("/back{i}")).text() == "a again")
+    });
+}
+
+#[test]
+fn concurrent_revalidations_reach_the_origin_once() {
+    let origin = Origin::start(|seen| {
+        let reply = if seen.header("if-none-match").is_some() { Reply::status(304) } else { Reply::ok("", "body") };
+        reply.with("ETag", "\"e\"").with("Cache-Control", "max-age=1").after(Duration::from_millis(300))
+    });
+    let server = gateway(&origin, &[]);
+    get(&server, "/reval");
+    thread::sleep(Duration::from_millis(1100));
+    let responses = concurrently(&server, 30, "GET /reval HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert!(responses.iter().all(|r| r.status == 200 && r.text() == "body"));
+    assert_eq!(origin.count("/reval"), 2, "one fill and one revalidation for 30 concurrent stale requests");
+    assert!(responses.iter().any(|r| x_cache(r) == "REVALIDATED"));
+}
+
+#[test]
+fn stored_responses_stay_within_the_cache_budget() {
+    let origin = Origin::start(|_| Reply::ok("max-age=600", &"z".repeat(4096)));
+    let url = origin.url();
+    // 1 MiB over 1 shard: the HTTP cache gets 15/16 of it.
+    let server = Server::start(&["--origin", &url, "--shards", "1", "--cache-bytes", "1MiB"]);
+    for i in 0..600 {
+        assert_eq!(get(&server, &format!("/big/{i}")).status, 200);
+    }
+    let held = server.metric("shardgate_gateway_cache_bytes", &[]);
+    assert!(held > 0.0 && held <= (15 << 16) as f64, "{held} bytes held");
+    assert!(server.metric("shardgate_gateway_cache_objects", &[]) < 600.0);
+    assert_eq!(x_cache(&get(&server, "/big/599")), "HIT", "recent entries stay");
 }
 
 #[test]
@@ -326,7 +385,8 @@ fn unsafe_methods_invalidate_and_purge_needs_the_token() {
 
 fn write(server: &Server, path: &str, body: &str, prefer: bool) -> Response {
     let prefer = if prefer { "Prefer: respond-async\r\n" } else { "" };
-    server.send(&format!("PUT {path} HTTP/1.1\r\nHost: api.test\r\n{prefer}Content-Length: {}\r\n\r\n{body}", body.len()))
+    server
+        .send(&format!("PUT {path} HTTP/1.1\r\nHost: api.test\r\n{prefer}Content-Length: {}\r\n\r\n{body}", body.len()))
 }
 
 fn write_status(server: &Server, location: &str) -> String {

@@ -138,7 +138,8 @@ impl Origin {
                 Some(stream) => stream,
                 None => self.connect(limits.connect_timeout).await?,
             };
-            let exchanged = monoio::time::timeout(limits.timeout, round_trip(stream, request.clone(), expect_body)).await;
+            let exchanged =
+                monoio::time::timeout(limits.timeout, round_trip(stream, request.clone(), expect_body)).await;
             match exchanged {
                 Err(_) => return Err(OriginError::Timeout),
                 Ok(Ok((response, reusable))) => {
@@ -249,7 +250,8 @@ async fn round_trip(
                     BodyFraming::Chunked(_) => Bytes::from(std::mem::take(&mut chunked_body)),
                     _ => Bytes::copy_from_slice(&input[head.length..end]),
                 };
-                let reusable = head.keep_alive && end == input.len() && !matches!(head.framing, BodyFraming::UntilClose);
+                let reusable =
+                    head.keep_alive && end == input.len() && !matches!(head.framing, BodyFraming::UntilClose);
                 let response = head.take_response(body);
                 return Ok((response, reusable.then_some(stream)));
             }
@@ -300,10 +302,12 @@ impl Head {
         match &mut self.framing {
             BodyFraming::None => Ok(Some(self.length)),
             BodyFraming::Length(length) => Ok((input.len() >= self.length + *length).then_some(self.length + *length)),
-            BodyFraming::Chunked(chunked) => chunked.advance(input, chunked_body, limits).map_err(|error| match error {
-                crate::http::codec::HttpError::BodyTooLarge => OriginError::TooLarge,
-                _ => OriginError::Malformed("bad chunked framing"),
-            }),
+            BodyFraming::Chunked(chunked) => {
+                chunked.advance(input, chunked_body, limits).map_err(|error| match error {
+                    crate::http::codec::HttpError::BodyTooLarge => OriginError::TooLarge,
+                    _ => OriginError::Malformed("bad chunked framing"),
+                })
+            }
             BodyFraming::UntilClose if input.len() - self.length > RESPONSE_BYTES_MAX => Err(OriginError::TooLarge),
             BodyFraming::UntilClose => Ok(None),
         }

@@ -36,18 +36,25 @@ fn requests_to_the_origin_drop_hop_by_hop_and_add_proxy_fields() {
 #[test]
 fn cache_fills_are_gets_with_the_caches_validators_only() {
     let request = proxy_request(b"HEAD /r HTTP/1.0\r\nIf-None-Match: \"client\"\r\nRange: bytes=0-1\r\n\r\n");
-    let validators = Validators { etag: Some(Bytes::from_static(b"\"stored\"")), last_modified: None };
+    let validators = Validators {
+        etag: Some(Bytes::from_static(b"\"stored\"")),
+        last_modified: Some(Bytes::from_static(b"Sun, 06 Nov 1994 08:49:37 GMT")),
+    };
     let sent = request.encode_for_origin(&origin(), Some(&validators));
     assert_eq!(
         std::str::from_utf8(&sent).unwrap(),
-        "GET /r HTTP/1.1\r\nHost: 127.0.0.1:9\r\nX-Forwarded-For: 192.0.2.7\r\nVia: 1.1 shardgate\r\nIf-None-Match: \"stored\"\r\n\r\n"
+        "GET /r HTTP/1.1\r\nHost: 127.0.0.1:9\r\nX-Forwarded-For: 192.0.2.7\r\nVia: 1.1 shardgate\r\nIf-None-Match: \"stored\"\r\n\
+         If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
     );
 }
 
 #[test]
 fn prefer_respond_async_is_found_among_preferences() {
-    assert!(proxy_request(b"PUT / HTTP/1.1\r\nHost: h\r\nPrefer: return=minimal, Respond-Async\r\n\r\n").prefers_async());
-    assert!(proxy_request(b"PUT / HTTP/1.1\r\nHost: h\r\nPrefer: wait=5\r\nPrefer: respond-async; x=1\r\n\r\n").prefers_async());
+    assert!(
+        proxy_request(b"PUT / HTTP/1.1\r\nHost: h\r\nPrefer: return=minimal, Respond-Async\r\n\r\n").prefers_async()
+    );
+    assert!(proxy_request(b"PUT / HTTP/1.1\r\nHost: h\r\nPrefer: wait=5\r\nPrefer: respond-async; x=1\r\n\r\n")
+        .prefers_async());
     assert!(!proxy_request(b"PUT / HTTP/1.1\r\nHost: h\r\nPrefer: respond-asynchronously\r\n\r\n").prefers_async());
 }
 

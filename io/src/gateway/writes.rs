@@ -49,7 +49,7 @@ use super::{now_ms, send, ProxyRequest};
 use crate::core::Core;
 use crate::durable::DurableFuture;
 use crate::http::codec::Method;
-use crate::http::response::{Proxied, Response};
+use crate::http::response::{Extra, Proxied, Response};
 use crate::log::Durability;
 use crate::reader::read_cold;
 
@@ -168,11 +168,15 @@ pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
     core.metrics().writes(gateway.writes.borrow().queued);
     let id = format_id(request.hash, sequence);
     let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
-    let headers = format!("\r\nContent-Type: application/json\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
+    let headers =
+        format!("\r\nContent-Type: application/json\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
     Response {
         status: 202,
         body: Bytes::from(body),
-        proxied: Some(Box::new(Proxied { reason: Bytes::from_static(b"Accepted"), headers: Bytes::from(headers) })),
+        extra: Extra::Proxied(Box::new(Proxied {
+            reason: Bytes::from_static(b"Accepted"),
+            headers: Bytes::from(headers),
+        })),
         ..Response::default()
     }
 }
@@ -390,7 +394,8 @@ fn dead_letter(core: &Core, key: &[u8], now: u64, encoded: &Bytes) -> std::io::R
     };
     let mut bytes = Vec::new();
     record.encode(&mut bytes);
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("shard-{}.log", core.id)))?;
+    let mut file =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("shard-{}.log", core.id)))?;
     file.write_all(&bytes)?;
     file.sync_data()
 }
@@ -490,7 +495,8 @@ mod tests {
     fn ids_round_trip_and_reject_garbage() {
         assert_eq!(parse_id(format_id(3, 0x1f).as_bytes()), Some((3, 0x1f)));
         assert_eq!(parse_write_key(&write_key(u64::MAX, 9)), Some((u64::MAX, 9)));
-        for bad in [&b""[..], b"3", b"-1", b"3-1", b"000000000000000x-1", b"0000000000000003-", b"0000000000000003-1-2"] {
+        for bad in [&b""[..], b"3", b"-1", b"3-1", b"000000000000000x-1", b"0000000000000003-", b"0000000000000003-1-2"]
+        {
             assert_eq!(parse_id(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
@@ -503,7 +509,10 @@ mod tests {
             target: Bytes::from_static(b"/items/1?x=y"),
             key: Bytes::new(),
             hash: 42,
-            fields: vec![(Bytes::from_static(b"Host"), Bytes::from_static(b"api")), (Bytes::from_static(b"X-A"), Bytes::new())],
+            fields: vec![
+                (Bytes::from_static(b"Host"), Bytes::from_static(b"api")),
+                (Bytes::from_static(b"X-A"), Bytes::new()),
+            ],
             peer: Some("10.0.0.1".parse().unwrap()),
             body: Bytes::from_static(b"{\"a\":1}"),
         };

@@ -300,9 +300,7 @@ impl Decoder {
                     return Ok(Some(end));
                 }
                 Some(Framing::Length(_)) => State::Body { chunked: None },
-                Some(Framing::Chunked) => State::Body {
-                    chunked: Some(Chunked::new(end)),
-                },
+                Some(Framing::Chunked) => State::Body { chunked: Some(Chunked::new(end)) },
             };
             self.head = Some(head);
         }
@@ -529,7 +527,12 @@ impl Chunked {
 
     /// Parses as far as `input` allows. Returns the end offset of the whole
     /// message once the last chunk and the trailer section are in.
-    pub(crate) fn advance(&mut self, input: &[u8], body: &mut Vec<u8>, limits: Limits) -> Result<Option<usize>, HttpError> {
+    pub(crate) fn advance(
+        &mut self,
+        input: &[u8],
+        body: &mut Vec<u8>,
+        limits: Limits,
+    ) -> Result<Option<usize>, HttpError> {
         loop {
             let rest = &input[self.position..];
             match self.phase {

@@ -25,14 +25,24 @@ pub struct Response {
     pub etag: Option<Etag>,
     /// `X-Shard: owner/count` on key-value responses.
     pub shard: Option<(u32, u32)>,
-    pub allow: Option<&'static str>,
+    /// `Allow` on a 405, or a relayed origin response's fields.
+    pub extra: Extra,
     pub retry_after_s: Option<u32>,
     /// Close the connection after this response, whatever the request asked.
     pub close: bool,
     pub body: Bytes,
-    /// A response relayed from an origin (gateway mode): its reason phrase
-    /// and header fields. Boxed: key-value responses stay small to move.
-    pub proxied: Option<Box<Proxied>>,
+}
+
+/// What only some responses carry, in one field: every response is moved
+/// a few times on the hot path, so [`Response`] is kept small.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Extra {
+    #[default]
+    None,
+    /// `Allow` (on a 405). A reference to the list, so the enum stays two words.
+    Allow(&'static &'static str),
+    /// A response relayed from an origin (gateway mode).
+    Proxied(Box<Proxied>),
 }
 
 /// What a relayed origin response adds to [`Response`].
@@ -165,9 +175,9 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
     let status = response.status;
     let content_type = response.content_type.as_deref().unwrap_or_default();
     out.reserve(HEAD_FIXED_BYTES_MAX + content_type.len() + response.body.len());
-    match &response.proxied {
-        None => out.extend_from_slice(status_line(status)),
-        Some(proxied) => {
+    match &response.extra {
+        Extra::None | Extra::Allow(_) => out.extend_from_slice(status_line(status)),
+        Extra::Proxied(proxied) => {
             // Any status an origin sends, with its own reason phrase.
             out.extend_from_slice(b"HTTP/1.1 ");
             out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
@@ -197,12 +207,13 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
         out.push(b'/');
         out.extend_from_slice(numbers.format(count).as_bytes());
     }
-    if let Some(allow) = response.allow {
-        out.extend_from_slice(b"\r\nAllow: ");
-        out.extend_from_slice(allow.as_bytes());
-    }
-    if let Some(proxied) = &response.proxied {
-        out.extend_from_slice(&proxied.headers);
+    match &response.extra {
+        Extra::None => {}
+        Extra::Allow(allow) => {
+            out.extend_from_slice(b"\r\nAllow: ");
+            out.extend_from_slice(allow.as_bytes());
+        }
+        Extra::Proxied(proxied) => out.extend_from_slice(&proxied.headers),
     }
     if let Some(rate) = rate.filter(|r| r.items.iter().any(Option::is_some)) {
         rate.encode(out);

@@ -3,8 +3,8 @@ use std::collections::BTreeMap;
 use shardgate_shards::record::{Record, RecordOp};
 
 use super::*;
-use shardgate_shards::route::shard_for_key;
 use crate::log::shards_file_read;
+use shardgate_shards::route::shard_for_key;
 
 const NOW_MS: u64 = 1_800_000_000_000;
 

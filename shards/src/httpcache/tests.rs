@@ -26,7 +26,10 @@ fn storage_rules() {
     assert_eq!(check(authorized, fields("max-age=60"), 0), Err(NotStored::Authorization));
     assert_eq!(check(authorized, fields("public, max-age=60"), 0), Ok(60_000));
     assert_eq!(check(authorized, fields("s-maxage=60"), 0), Ok(60_000));
-    assert_eq!(check(GET, ResponseFields { vary: Some(b"Accept, *"), ..fields("max-age=60") }, 0), Err(NotStored::VaryStar));
+    assert_eq!(
+        check(GET, ResponseFields { vary: Some(b"Accept, *"), ..fields("max-age=60") }, 0),
+        Err(NotStored::VaryStar)
+    );
     assert_eq!(check(GET, ResponseFields { status: 206, ..fields("max-age=60") }, 0), Err(NotStored::Status));
     assert_eq!(check(GET, ResponseFields::default_ok(), 0), Err(NotStored::NoFreshness));
     assert_eq!(check(GET, ResponseFields::default_ok(), 30_000), Ok(30_000), "--default-ttl");
@@ -60,7 +63,8 @@ fn expires_is_relative_to_date_and_malformed_means_expired() {
 
 #[test]
 fn age_freshness_and_stale_windows() {
-    let response = ResponseFields { age: Some(b"3"), ..fields("max-age=10, stale-while-revalidate=5, stale-if-error=20") };
+    let response =
+        ResponseFields { age: Some(b"3"), ..fields("max-age=10, stale-while-revalidate=5, stale-if-error=20") };
     let freshness = storable(GET, &response, 1_000, 1_200, 0).unwrap();
     assert_eq!(freshness.initial_age_ms, 3_200, "Age plus the response delay");
     assert_eq!(freshness.age_ms(2_200), 4_200);
@@ -76,15 +80,16 @@ fn age_freshness_and_stale_windows() {
 
 #[test]
 fn cache_control_parsing() {
-    let control = CacheControl::parse(b" MAX-AGE=10 ,, no-cache=\"Set-Cookie, X\", stale-if-error=99999999999999999999999");
+    let control =
+        CacheControl::parse(b" MAX-AGE=10 ,, no-cache=\"Set-Cookie, X\", stale-if-error=99999999999999999999999");
     assert_eq!(control.max_age_s, Some(10));
     assert!(control.no_cache);
     assert_eq!(control.stale_if_error_s, Some(u64::MAX));
     assert_eq!(CacheControl::parse(b""), CacheControl::default());
-    assert_eq!(vary_names(b"Accept-Encoding, accept-encoding ,X-Tenant"), Ok(vec![
-        Bytes::from_static(b"accept-encoding"),
-        Bytes::from_static(b"x-tenant")
-    ]));
+    assert_eq!(
+        vary_names(b"Accept-Encoding, accept-encoding ,X-Tenant"),
+        Ok(vec![Bytes::from_static(b"accept-encoding"), Bytes::from_static(b"x-tenant")])
+    );
     assert_eq!(vary_names(b"*"), Err(NotStored::VaryStar));
 }
 
@@ -115,8 +120,9 @@ fn lookup_store_refresh_remove() {
     assert_eq!((hit.body.as_ref(), state), (&b"one"[..], State::Fresh));
     assert!(matches!(cache.lookup(1_000, 1, &key, no_fields), Lookup::Hit { state: State::Stale { .. }, .. }));
     assert_eq!(cache.lookup(0, 1, b"h/other", no_fields), Lookup::Miss, "a hash collision is a miss");
-    let refreshed = cache.refresh(1, &key, &[], Freshness { response_ms: 1_000, lifetime_ms: 1_000, ..Freshness::default() }, None);
-    assert_eq!(refreshed.map(|v| v.body), Some(Bytes::from_static(b"one")));
+    let refreshed =
+        cache.refresh(1, &key, &[], Freshness { response_ms: 1_000, lifetime_ms: 1_000, ..Freshness::default() }, None);
+    assert_eq!(refreshed.map(|v| v.body.clone()), Some(Bytes::from_static(b"one")));
     assert!(matches!(cache.lookup(1_500, 1, &key, no_fields), Lookup::Hit { state: State::Fresh, .. }));
     assert!(cache.remove(1));
     assert!(!cache.remove(1));
@@ -135,7 +141,7 @@ fn vary_selects_variants_and_a_new_vary_replaces_them() {
     assert_eq!(cache.lookup(0, 2, &key, text), Lookup::Miss);
     cache.store(2, key.clone(), vary.clone(), variant(HttpCache::vary_values(&vary, text), "text", 1_000));
     let body = |lookup: Lookup| match lookup {
-        Lookup::Hit { variant, .. } => variant.body,
+        Lookup::Hit { variant, .. } => variant.body.clone(),
         other => panic!("{other:?}"),
     };
     assert_eq!(body(cache.lookup(0, 2, &key, json)), "json");

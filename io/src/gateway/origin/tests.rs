@@ -25,7 +25,10 @@ fn content_length_and_end_to_end_fields() {
                 Date: Sat, 28 Nov 2026 07:00:00 GMT\r\nAge: 7\r\nCache-Control: max-age=5\r\nCache-Control: public\r\n\
                 ETag: \"e\"\r\nX-End: 2\r\n\r\nabc";
     let (response, reusable) = check(raw, true).unwrap().unwrap();
-    assert_eq!((response.status, &response.reason[..], &response.body[..], reusable), (201, &b"Made"[..], &b"abc"[..], true));
+    assert_eq!(
+        (response.status, &response.reason[..], &response.body[..], reusable),
+        (201, &b"Made"[..], &b"abc"[..], true)
+    );
     assert_eq!(
         std::str::from_utf8(&response.headers).unwrap(),
         "\r\nCache-Control: max-age=5\r\nCache-Control: public\r\nETag: \"e\"\r\nX-End: 2"
@@ -75,7 +78,8 @@ fn errors_map_to_their_statuses() {
 
 #[test]
 fn pick_rotates_over_healthy_admitted_origins() {
-    let address = |port| OriginAddress { url: format!("http://127.0.0.1:{port}"), address: ([127, 0, 0, 1], port).into() };
+    let address =
+        |port| OriginAddress { url: format!("http://127.0.0.1:{port}"), address: ([127, 0, 0, 1], port).into() };
     let origins: Vec<Origin> = (1..=3).map(|p| Origin::new(address(p), Breaker::new(1, 1000))).collect();
     let next = Cell::new(0);
     let picks: Vec<usize> = (0..6).map(|_| pick(&origins, &next, 0).unwrap().0).collect();

@@ -47,7 +47,7 @@ fn bodyless_statuses_have_no_content_length() {
 
 #[test]
 fn problem_details() {
-    let response = Response { allow: Some("GET, HEAD"), ..Response::problem(405, "say \"hi\"\n") };
+    let response = Response { extra: Extra::Allow(&"GET, HEAD"), ..Response::problem(405, "say \"hi\"\n") };
     let body = "{\"type\":\"about:blank\",\"title\":\"Method Not Allowed\",\"status\":405,\"detail\":\"say \\\"hi\\\"\\u000a\"}";
     check(
         &response,
