@@ -395,18 +395,25 @@ fn write_status(server: &Server, location: &str) -> String {
 
 #[test]
 fn async_writes_are_accepted_delivered_and_reported() {
-    let origin = Origin::start(|_| Reply::ok("", "stored").with("X-Ok", "1"));
+    let origin = Origin::start(|seen| match seen.method.as_str() {
+        "GET" => Reply::ok("max-age=600", "cached"),
+        _ => Reply::ok("", "stored"),
+    });
     let server = gateway(&origin, &[]);
+    get(&server, "/items/1");
+    assert_eq!(x_cache(&get(&server, "/items/1")), "HIT");
     let accepted = write(&server, "/items/1", "one", true);
-    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    assert_eq!((accepted.status, x_cache(&accepted)), (202, "BYPASS"), "{}", accepted.text());
+    assert_eq!(accepted.header("preference-applied"), Some("respond-async"));
     let location = accepted.header("location").expect("Location").to_string();
     assert!(location.starts_with("/_writes/"));
     eventually("delivered", || write_status(&server, &location).contains("\"status\":\"delivered\""));
     assert!(write_status(&server, &location).contains("\"origin_status\":200"));
     let seen = origin.seen();
-    let delivered = seen.iter().find(|s| s.path == "/items/1").expect("delivered");
+    let delivered = seen.iter().find(|s| s.path == "/items/1" && s.method == "PUT").expect("delivered");
     assert_eq!((delivered.method.as_str(), delivered.body.as_slice()), ("PUT", &b"one"[..]));
     assert_eq!(delivered.header("idempotency-key"), Some(&location["/_writes/".len()..]));
+    assert_eq!(x_cache(&get(&server, "/items/1")), "MISS", "an accepted write invalidates the path");
     // Without Prefer the write goes through synchronously.
     let direct = write(&server, "/items/2", "two", false);
     assert_eq!((direct.status, x_cache(&direct)), (200, "BYPASS"));

@@ -164,12 +164,15 @@ pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
         DurableFuture { log: Rc::clone(&core.log), end }.await;
     }
     gateway.writes.borrow_mut().push(request.hash, sequence);
+    // Invalidated on acceptance (RFC 9111 §4.4: a 202 is a non-error
+    // answer) and again on delivery, so a copy fetched in between goes too.
+    gateway.cache.borrow_mut().remove(request.hash);
     start_deliverer(core);
     core.metrics().writes(gateway.writes.borrow().queued);
     let id = format_id(request.hash, sequence);
     let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
     let headers =
-        format!("\r\nContent-Type: application/json\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
+        format!("\r\nContent-Type: application/json\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async\r\nX-Cache: BYPASS");
     Response {
         status: 202,
         body: Bytes::from(body),
@@ -333,6 +336,9 @@ async fn deliver(core: &Rc<Core>, key_hash: u64, sequence: u64, seed: &Cell<u64>
         let sent = send(core, |origin| write.encode_for_origin_with(origin, &id), true, true).await;
         match sent {
             Ok(response) if response.status < 500 => {
+                if response.status < 400 {
+                    gateway.cache.borrow_mut().remove(key_hash);
+                }
                 finish(core, key, format!("delivered {}", response.status), &encoded);
                 core.metrics().write_done(true);
                 return;
