@@ -48,6 +48,12 @@ with open(os.path.join(out, "stampede-origin.txt")) as f:
         server, _, count = line.split()
         origin.setdefault(server, []).append(int(count))
 
+ratios = {}
+with open(os.path.join(out, "hit-ratio.txt")) as f:
+    for line in f:
+        server, _, ratio = line.split()
+        ratios.setdefault(server, []).append(ratio)
+
 s, v = summary["shardgate"], summary["varnish"]
 print(f"Rounds: {s['rounds']} (medians). Each server on one core; generator and origin on the other.\n")
 print("| | shardgate | Varnish | ratio |")
@@ -58,6 +64,7 @@ print(f"| hits per core-second (1e6 / CPU per hit) | {s['hits_per_core_s']:,.0f}
 print(f"| p50 at 20,000/s | {s['p50_us']} µs | {v['p50_us']} µs | {s['p50_us'] / v['p50_us']:.2f}x |")
 print(f"| p99 at 20,000/s | {s['p99_us']} µs | {v['p99_us']} µs | {s['p99_us'] / v['p99_us']:.2f}x |")
 print(f"| errors at 20,000/s | {s['fixed_errors']} | {v['fixed_errors']} | |")
+print(f"| hit ratio of both runs, as the server counts (per round) | {', '.join(ratios.get('shardgate', []))} | {', '.join(ratios.get('varnish', []))} | |")
 print()
 print("Stampede (one path, max-age=1 + stale-while-revalidate=30, 50 ms origin, 10,000/s for 30 s):\n")
 print("| | shardgate | Varnish |")

@@ -80,6 +80,22 @@ run() { # run SCENARIO SERVER ROUND PIDS ADDR
         --server-pid "$4" --out-dir "$out" >/dev/null
 }
 
+# hit_ratio SERVER ADDR: the share of cache lookups that were hits, as the
+# server itself counts them (shardgate's X-Cache counters, varnishstat).
+hit_ratio() {
+    case $1 in
+    shardgate)
+        curl -s "http://$2/metrics" | awk '/^shardgate_gateway_responses_total/ {
+            split($0, a, "x_cache=\""); split(a[2], b, "\""); count[b[1]] += $NF; total += $NF }
+            END { if (total) printf "%.4f\n", count["HIT"] / total; else print "nan" }'
+        ;;
+    varnish)
+        varnishstat -n "$work/varnish" -1 -f MAIN.cache_hit -f MAIN.cache_miss | awk '
+            /cache_hit/ {h=$2} /cache_miss/ {m=$2} END {if (h+m) printf "%.4f\n", h/(h+m); else print "nan"}'
+        ;;
+    esac
+}
+
 origin_stats() { curl -s "http://127.0.0.1:$1/_origin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])'; }
 
 hot=$(free_port)
@@ -88,12 +104,14 @@ stampede=$(free_port)
 start_origin "$stampede" "max-age=1, stale-while-revalidate=30" 50ms
 
 : >"$out/stampede-origin.txt"
+: >"$out/hit-ratio.txt"
 for round in $(seq "$ROUNDS"); do
     for server in shardgate varnish; do
         echo "== round $round: $server" >&2
         read -r server_pids addr < <(start "$server" "$hot")
         run gateway-hits "$server" "$round" "$server_pids" "$addr"
         run gateway-p99 "$server" "$round" "$server_pids" "$addr"
+        echo "$server $round $(hit_ratio "$server" "$addr")" >>"$out/hit-ratio.txt"
         stop "$server_pids"
         read -r server_pids addr < <(start "$server" "$stampede")
         before=$(origin_stats "$stampede")

@@ -480,3 +480,19 @@ fn queued_writes_survive_kill_9_and_are_delivered_once_in_order() {
     let next = write(&server, "/ordered", "3", false).header("location").unwrap().to_string();
     assert!(!locations.contains(&next), "{next} reused an id");
 }
+
+#[test]
+fn sigterm_stops_promptly_and_queued_writes_stay_queued() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--origin", url.as_str(), "--async-writes", "--durability", "sync", "--write-retries", "100"];
+    let mut server = Server::start_in(data.path(), &args, &[]);
+    let location = write(&server, "/later", "x", false).header("location").unwrap().to_string();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exits while a delivery is backing off");
+    assert!(status.success(), "{status:?}");
+    let server = Server::start_in(data.path(), &args, &[]);
+    assert!(write_status(&server, &location).contains("\"status\":\"queued\""));
+}
