@@ -130,7 +130,18 @@ fn a_data_set_many_times_the_cache_reads_back() {
                 assert_eq!(response.header("content-type"), Some("application/octet-stream"));
             }
         }
-        assert!(server.metric("shardgate_cache_bytes", &[]) <= 65536.0 + 2.0 * 1024.0);
+        // The gauge is published at writes and by the 250 ms ticker, and
+        // values may be evicted only once durable: poll (bounded) until it
+        // shows the budget kept.
+        let within = (0..300).any(|_| {
+            let held = server.metric("shardgate_cache_bytes", &[]);
+            let ok = held <= 65536.0 + 2.0 * 1024.0;
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            ok
+        });
+        assert!(within, "cache bytes {} over the budget", server.metric("shardgate_cache_bytes", &[]));
         assert!(server.metric("shardgate_cache_evictions_total", &[]) > 0.0);
         assert!(server.metric("shardgate_cache_disk_reads_total", &[]) > 0.0, "values came back from disk");
     };
