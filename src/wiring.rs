@@ -66,6 +66,10 @@ pub fn run(config: Config) -> Result<()> {
         },
         gateway: config.gateway.clone(),
     };
+    if let Some(gateway) = &config.gateway {
+        let origins: Vec<&str> = gateway.origins.iter().map(|o| o.url.as_str()).collect();
+        logging::info("gateway mode", &[("origins", &origins.join(",")), ("async_writes", &gateway.async_writes)]);
+    }
     let server = server::start(server_config)?;
     let mut stdout = std::io::stdout().lock();
     for info in &server.shards {
