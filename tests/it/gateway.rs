@@ -507,3 +507,39 @@ fn sigterm_stops_promptly_and_queued_writes_stay_queued() {
     let server = Server::start_in(data.path(), &args, &[]);
     assert!(write_status(&server, &location).contains("\"status\":\"queued\""));
 }
+
+#[test]
+fn queued_writes_follow_their_key_when_the_shard_count_changes() {
+    let placeholder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = placeholder.local_addr().unwrap();
+    drop(placeholder);
+    let url = format!("http://{origin_addr}");
+    let data = tempfile::tempdir().unwrap();
+    let with_shards = |shards: &'static str| {
+        ["--origin", url.as_str(), "--durability", "sync", "--async-writes", "--shards", shards].map(str::to_string)
+    };
+    let args = with_shards("2");
+    let server = Server::start_in(data.path(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let mut locations = Vec::new();
+    for key in 0..6 {
+        for i in 0..3 {
+            let location = write(&server, &format!("/moved/{key}"), &format!("{i}"), false)
+                .header("location")
+                .unwrap()
+                .to_string();
+            locations.push(location);
+        }
+    }
+    server.kill9();
+    let origin = Origin::start_on(origin_addr, |_| Reply::ok("", "ok"));
+    let args = with_shards("3");
+    let server = Server::start_in(data.path(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    eventually("every write delivered after re-homing", || {
+        locations.iter().all(|l| write_status(&server, l).contains("\"status\":\"delivered\""))
+    });
+    for key in 0..6 {
+        let bodies: Vec<Vec<u8>> =
+            origin.seen().iter().filter(|s| s.path == format!("/moved/{key}")).map(|s| s.body.clone()).collect();
+        assert_eq!(bodies, vec![b"0".to_vec(), b"1".to_vec(), b"2".to_vec()], "key {key}: once each, in order");
+    }
+}
