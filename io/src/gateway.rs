@@ -258,6 +258,9 @@ pub struct Validators {
     pub last_modified: Option<Bytes>,
 }
 
+/// `Allow` of a refused CONNECT or TRACE: what the gateway relays.
+const GATEWAY_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, PURGE";
+
 /// Where asynchronous writes report their state: `/_writes/{id}`.
 pub const WRITES_PREFIX: &[u8] = b"/_writes/";
 
@@ -284,6 +287,11 @@ pub async fn handle(core: Rc<Core>, request: ProxyRequest) -> Response {
     let request = Rc::new(request);
     let (response, result) = match request.method {
         Method::Purge => purge(&core, &request),
+        // A tunnel or a reflected trace is no business of an API gateway.
+        Method::Other if matches!(&request.method_token[..], b"CONNECT" | b"TRACE") => {
+            let response = Response::problem(405, "CONNECT and TRACE are not proxied");
+            (Response { extra: Extra::Allow(&GATEWAY_ALLOW), ..response }, CacheResult::Bypass)
+        }
         Method::Get if request.target.starts_with(WRITES_PREFIX) => {
             (writes::status(&core, &request.target[WRITES_PREFIX.len()..]).await, CacheResult::Bypass)
         }

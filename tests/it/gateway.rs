@@ -429,6 +429,9 @@ fn async_writes_are_accepted_delivered_and_reported() {
     let direct = write(&server, "/items/2", "two", false);
     assert_eq!((direct.status, x_cache(&direct)), (200, "BYPASS"));
     get(&server, "/_writes/0-ffff").assert_problem(404);
+    let trace = server.send("TRACE /items/1 HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    trace.assert_problem(405);
+    assert!(trace.header("allow").is_some_and(|a| a.contains("PURGE")));
     get(&server, "/_writes/garbage").assert_problem(404);
 }
 
