@@ -105,6 +105,9 @@ fn gateway(core: &Rc<Core>, request: &Request<'_>, peer: Option<IpAddr>) -> Step
     };
     let owner = gateway::owner(&proxy_request, core.shard_count());
     if owner == core.id {
+        if let Some(hit) = gateway::try_hit(core, &proxy_request) {
+            return Step::Ready(hit);
+        }
         return Step::Gateway(Box::pin(gateway::handle(Rc::clone(core), proxy_request)));
     }
     match core.forward_gateway(owner, proxy_request) {

@@ -336,6 +336,10 @@ impl Core {
                     continue;
                 }
                 Message::Gateway(request) => {
+                    if let Some(hit) = gateway::try_hit(self, &request) {
+                        self.mesh.reply(source, Reply { token, answer: Answer::Gateway(hit) });
+                        continue;
+                    }
                     let core = Rc::clone(self);
                     monoio::spawn(async move {
                         let response = gateway::handle(Rc::clone(&core), *request).await;

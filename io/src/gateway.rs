@@ -112,26 +112,35 @@ pub struct ProxyRequest {
 impl ProxyRequest {
     /// Copies what the gateway needs out of a decoded request.
     pub fn parse(request: &Request<'_>, peer: Option<IpAddr>) -> Result<ProxyRequest, Response> {
+        // One copy of the head; the method, target and fields are views of it.
+        let head = Bytes::copy_from_slice(request.head);
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut parsed = httparse::Request::new(&mut headers);
         // The codec parsed this head already; only its fields are wanted again.
-        if !matches!(parsed.parse(request.head), Ok(httparse::Status::Complete(_))) {
+        if !matches!(parsed.parse(&head), Ok(httparse::Status::Complete(_))) {
             return Err(Response::problem(400, "malformed request head"));
         }
-        let method_token = Bytes::copy_from_slice(parsed.method.unwrap_or("GET").as_bytes());
-        let fields: Vec<(Bytes, Bytes)> = parsed
-            .headers
-            .iter()
-            .map(|h| (Bytes::copy_from_slice(h.name.as_bytes()), Bytes::copy_from_slice(h.value.trim_ascii())))
-            .collect();
+        let range = head.as_ptr_range();
+        let view = |part: &[u8]| {
+            let inside = range.start <= part.as_ptr() && part.as_ptr_range().end <= range.end;
+            match part.is_empty() {
+                true => Bytes::new(),
+                false if inside => head.slice_ref(part),
+                // `origin_form` answers "/" for `http://host`, a static slice.
+                false => Bytes::copy_from_slice(part),
+            }
+        };
+        let method_token = view(parsed.method.unwrap_or_default().as_bytes());
+        let fields: Vec<(Bytes, Bytes)> =
+            parsed.headers.iter().map(|h| (view(h.name.as_bytes()), view(h.value.trim_ascii()))).collect();
         let host = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"host")).map(|(_, v)| v.to_ascii_lowercase());
-        let target = origin_form(request.target);
-        let key = Bytes::from([host.as_deref().unwrap_or_default(), target].concat());
+        let target = view(origin_form(parsed.path.unwrap_or_default().as_bytes()));
+        let key = Bytes::from([host.as_deref().unwrap_or_default(), &target[..]].concat());
         Ok(ProxyRequest {
             method: request.method,
             method_token,
             hash: key_hash(&key),
-            target: Bytes::copy_from_slice(target),
+            target,
             key,
             fields,
             peer,
@@ -281,6 +290,24 @@ fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
+/// Answers a GET or HEAD from a fresh stored response at once, on the
+/// owner core, without the task and future a fetch needs (most requests of
+/// a hit-heavy load end here). None: [`handle`] must serve it.
+pub fn try_hit(core: &Core, request: &ProxyRequest) -> Option<Response> {
+    let gateway = core.gateway.as_ref().expect("gateway requests reach gateway cores only");
+    let fetchable = matches!(request.method, Method::Get | Method::Head) && !request.target.starts_with(WRITES_PREFIX);
+    if !fetchable {
+        return None;
+    }
+    let now = now_ms();
+    let lookup = gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field(name));
+    let Lookup::Hit { variant, state: State::Fresh } = lookup else {
+        return None;
+    };
+    core.metrics().gateway_result(CacheResult::Hit);
+    Some(serve_hit(request, &variant, now, CacheResult::Hit))
+}
+
 /// Serves one gateway request on its owner core.
 pub async fn handle(core: Rc<Core>, request: ProxyRequest) -> Response {
     let gateway = core.gateway.as_ref().expect("gateway requests reach gateway cores only");
@@ -346,20 +373,8 @@ fn relay(
     age_s: Option<u64>,
     result: CacheResult,
 ) -> Response {
-    let mut all = Vec::with_capacity(headers.len() + 48);
-    all.extend_from_slice(headers);
-    if let Some(age_s) = age_s {
-        all.extend_from_slice(b"\r\nAge: ");
-        all.extend_from_slice(itoa::Buffer::new().format(age_s).as_bytes());
-    }
-    all.extend_from_slice(b"\r\nX-Cache: ");
-    all.extend_from_slice(result.name().as_bytes());
-    Response {
-        status,
-        body,
-        extra: Extra::Proxied(Box::new(Proxied { reason: reason.clone(), headers: Bytes::from(all) })),
-        ..Response::default()
-    }
+    let proxied = Proxied { reason: reason.clone(), headers: headers.clone(), age_s, x_cache: Some(result.name()) };
+    Response { status, body, extra: Extra::Proxied(Box::new(proxied)), ..Response::default() }
 }
 
 fn relay_origin(response: &OriginResponse, result: CacheResult) -> Response {
@@ -369,22 +384,9 @@ fn relay_origin(response: &OriginResponse, result: CacheResult) -> Response {
 
 /// An error response marked with its `X-Cache`.
 fn error_response(error: Response, result: CacheResult) -> Response {
-    let mut headers = b"\r\nX-Cache: ".to_vec();
-    headers.extend_from_slice(result.name().as_bytes());
-    let content_type = error.content_type.clone().unwrap_or_default();
-    headers.extend_from_slice(b"\r\nContent-Type: ");
-    headers.extend_from_slice(&content_type);
-    if let Some(seconds) = error.retry_after_s {
-        headers.extend_from_slice(b"\r\nRetry-After: ");
-        headers.extend_from_slice(itoa::Buffer::new().format(seconds).as_bytes());
-    }
     let reason = Bytes::from_static(crate::http::response::reason(error.status).as_bytes());
-    Response {
-        status: error.status,
-        body: error.body,
-        extra: Extra::Proxied(Box::new(Proxied { reason, headers: Bytes::from(headers) })),
-        ..Response::default()
-    }
+    let proxied = Proxied { reason, headers: Bytes::new(), age_s: None, x_cache: Some(result.name()) };
+    Response { extra: Extra::Proxied(Box::new(proxied)), ..error }
 }
 
 /// The client's `If-None-Match` matches the stored entity tag (weak

@@ -17,6 +17,8 @@ fn the_key_is_host_path_and_query_whatever_the_target_form() {
     let b = proxy_request(b"GET http://ignored/p?q=1 HTTP/1.1\r\nHost: api.test\r\n\r\n");
     assert_eq!((&a.key[..], a.hash), (&b"api.test/p?q=1"[..], b.hash));
     assert_eq!(&b.target[..], b"/p?q=1");
+    let bare = proxy_request(b"GET http://api.test HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert_eq!((&bare.target[..], &bare.key[..]), (&b"/"[..], &b"api.test/"[..]));
 }
 
 #[test]

@@ -51,6 +51,7 @@ use crate::durable::DurableFuture;
 use crate::http::codec::Method;
 use crate::http::response::{Extra, Proxied, Response};
 use crate::log::Durability;
+use crate::metrics::CacheResult;
 use crate::reader::read_cold;
 
 /// How long a final status stays readable at `/_writes/{id}`.
@@ -171,15 +172,18 @@ pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
     core.metrics().writes(gateway.writes.borrow().queued);
     let id = format_id(request.hash, sequence);
     let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
-    let headers =
-        format!("\r\nContent-Type: application/json\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async\r\nX-Cache: BYPASS");
+    let headers = format!("\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
+    let proxied = Proxied {
+        reason: Bytes::from_static(b"Accepted"),
+        headers: Bytes::from(headers),
+        age_s: None,
+        x_cache: Some(CacheResult::Bypass.name()),
+    };
     Response {
         status: 202,
+        content_type: Some(Bytes::from_static(b"application/json")),
         body: Bytes::from(body),
-        extra: Extra::Proxied(Box::new(Proxied {
-            reason: Bytes::from_static(b"Accepted"),
-            headers: Bytes::from(headers),
-        })),
+        extra: Extra::Proxied(Box::new(proxied)),
         ..Response::default()
     }
 }

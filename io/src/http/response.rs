@@ -51,7 +51,12 @@ pub struct Proxied {
     pub reason: Bytes,
     /// Header fields, each as `\r\nName: value` (the gateway removed the
     /// hop-by-hop and framing fields; `Content-Length` and `Date` are ours).
+    /// Shared with the stored response it comes from: not copied per hit.
     pub headers: Bytes,
+    /// `Age`, in seconds.
+    pub age_s: Option<u64>,
+    /// `X-Cache`.
+    pub x_cache: Option<&'static str>,
 }
 
 impl Response {
@@ -213,7 +218,17 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
             out.extend_from_slice(b"\r\nAllow: ");
             out.extend_from_slice(allow.as_bytes());
         }
-        Extra::Proxied(proxied) => out.extend_from_slice(&proxied.headers),
+        Extra::Proxied(proxied) => {
+            out.extend_from_slice(&proxied.headers);
+            if let Some(age_s) = proxied.age_s {
+                out.extend_from_slice(b"\r\nAge: ");
+                out.extend_from_slice(numbers.format(age_s).as_bytes());
+            }
+            if let Some(x_cache) = proxied.x_cache {
+                out.extend_from_slice(b"\r\nX-Cache: ");
+                out.extend_from_slice(x_cache.as_bytes());
+            }
+        }
     }
     if let Some(rate) = rate.filter(|r| r.items.iter().any(Option::is_some)) {
         rate.encode(out);
