@@ -444,6 +444,8 @@ fn async_writes_retry_then_fail_into_the_dead_letter_segment() {
     let location = write(&server, "/doomed", "x", false).header("location").unwrap().to_string();
     eventually("failed", || write_status(&server, &location).contains("\"status\":\"failed\""));
     assert_eq!(origin.count("/doomed"), 3);
+    let status: serde_json::Value = serde_json::from_str(&write_status(&server, &location)).expect("JSON");
+    assert!(status["reason"].as_str().is_some_and(|r| r.contains("3 tries") && r.contains("503")), "{status}");
     assert!(server.metric("shardgate_async_writes_retried_total", &[]) >= 2.0);
     let dead = std::fs::read_dir(data.path().join("dead-letter")).unwrap().count();
     assert_eq!(dead, 1, "the failed write is kept in a dead-letter segment");

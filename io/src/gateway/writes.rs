@@ -208,8 +208,15 @@ pub async fn status(core: &Rc<Core>, id_text: &[u8]) -> Response {
     }
     let text = String::from_utf8_lossy(&value);
     match text.split_once(' ') {
-        Some(("delivered", origin_status)) => json("delivered", &format!(",\"origin_status\":{origin_status}")),
-        Some(("failed", reason)) => json("failed", &format!(",\"reason\":\"{}\"", reason.replace('"', "'"))),
+        Some(("delivered", origin_status)) => match origin_status.parse::<u16>() {
+            Ok(origin_status) => json("delivered", &format!(",\"origin_status\":{origin_status}")),
+            Err(_) => Response::problem(500, "unreadable write status"),
+        },
+        Some(("failed", reason)) => {
+            let mut quoted = Vec::with_capacity(reason.len() + 2);
+            crate::http::response::json_string(&mut quoted, reason);
+            json("failed", &format!(",\"reason\":{}", String::from_utf8_lossy(&quoted)))
+        }
         _ => Response::problem(500, "unreadable write status"),
     }
 }

@@ -330,7 +330,7 @@ impl DateCache {
 }
 
 /// Appends `value` as a JSON string literal.
-fn json_string(out: &mut Vec<u8>, value: &str) {
+pub(crate) fn json_string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
     for c in value.chars() {
         match c {
