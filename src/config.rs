@@ -117,7 +117,8 @@ pub struct Cli {
     #[arg(long, env = "SHARDGATE_ASYNC_WRITES", num_args = 0..=1, default_missing_value = "true")]
     async_writes: Option<String>,
     /// Bearer token that PURGE requires [default: none: PURGE refused]
-    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ADMIN_TOKEN")]
+    // hide_env_values: `--help` must not print the secret from the environment.
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Delivery tries of an asynchronous write before it is marked failed [default: 8]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_WRITE_RETRIES")]
