@@ -59,7 +59,9 @@ impl Finding {
 /// Runs every check for `config` on `shard_count` shards over `cpus`.
 /// Returns the process exit code: 1 when any check failed.
 pub fn run(config: &Config, shard_count: u32, cpus: &[usize]) -> u8 {
-    let findings = [
+    // Gateway mode keeps up to --origin-pool idle connections per origin per shard.
+    let origin_fds = config.gateway.as_ref().map_or(0, |g| g.origins.len() * g.pool);
+    let mut findings = vec![
         judge_kernel(&read("/proc/sys/kernel/osrelease")),
         judge_io_uring(
             read_opt("/proc/sys/kernel/io_uring_disabled").as_deref(),
@@ -67,13 +69,24 @@ pub fn run(config: &Config, shard_count: u32, cpus: &[usize]) -> u8 {
             driver::probe_uring().map(|flags| driver::Driver::Uring(flags).to_string()),
         ),
         judge_memlock(rlimit(libc::RLIMIT_MEMLOCK), shard_count),
-        judge_nofile(rlimit(libc::RLIMIT_NOFILE), shard_count, config.max_connections),
+        judge_nofile(rlimit(libc::RLIMIT_NOFILE), shard_count, config.max_connections + origin_fds),
         judge_somaxconn(read_opt("/proc/sys/net/core/somaxconn").and_then(|t| t.trim().parse().ok()), config.backlog),
         judge_governor(&governors(cpus)),
         judge_thp(read_opt("/sys/kernel/mm/transparent_hugepage/enabled").as_deref()),
         judge_cpus(read_opt("/sys/devices/system/cpu/online").as_deref(), cpus, shard_count),
         judge_fdatasync(&config.data_dir, measure_fdatasync(&config.data_dir, FDATASYNC_SAMPLES)),
     ];
+    if let Some(gateway) = &config.gateway {
+        let reached = gateway
+            .origins
+            .iter()
+            .map(|o| {
+                let connected = std::net::TcpStream::connect_timeout(&o.address, gateway.connect_timeout);
+                (o.url.clone(), connected.map(drop).map_err(|e| e.to_string()))
+            })
+            .collect::<Vec<_>>();
+        findings.push(judge_origins(&reached));
+    }
     let mut stdout = std::io::stdout().lock();
     for finding in &findings {
         let _ = writeln!(stdout, "{}", finding.line());
@@ -229,6 +242,22 @@ pub fn judge_nofile(limit: Option<u64>, shard_count: u32, connections_max: usize
             ),
         ),
     }
+}
+
+/// Gateway mode: every `--origin` should accept a connection now. Not a
+/// failure of the host, so at worst a warning: the gateway serves stale
+/// copies and retries while an origin is down.
+pub fn judge_origins(reached: &[(String, Result<(), String>)]) -> Finding {
+    let down: Vec<String> =
+        reached.iter().filter_map(|(url, result)| result.as_ref().err().map(|e| format!("{url} ({e})"))).collect();
+    if down.is_empty() {
+        return Finding::pass("origins", format!("{} reachable", reached.len()));
+    }
+    Finding::warn(
+        "origins",
+        format!("{} of {} unreachable: {}", down.len(), reached.len(), down.join(", ")),
+        "start the origin, or check --origin and the firewall between this host and it",
+    )
 }
 
 /// The kernel silently caps a listen backlog at somaxconn.

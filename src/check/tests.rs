@@ -45,6 +45,11 @@ fn limits() {
     assert_eq!(low.status, Status::Fail);
     assert!(low.fix.as_deref().unwrap().contains("LimitNOFILE=32768"), "{low:?}");
     assert_eq!(judge_somaxconn(Some(4096), 4096).status, Status::Pass);
+    let reached = [("http://a:1".to_string(), Ok(())), ("http://b:2".to_string(), Err("refused".to_string()))];
+    assert_eq!(judge_origins(&reached[..1]).status, Status::Pass);
+    let down = judge_origins(&reached);
+    assert_eq!(down.status, Status::Warn);
+    assert!(down.found.contains("1 of 2 unreachable: http://b:2 (refused)"), "{down:?}");
     assert_eq!(judge_somaxconn(Some(128), 4096).status, Status::Warn);
     assert_eq!(judge_somaxconn(None, 4096).status, Status::Warn);
 }
