@@ -28,9 +28,9 @@
 //! carries `Idempotency-Key: {id}` so the origin can drop the repeat.
 //!
 //! The id is `{cache key hash:016x}-{sequence:x}`: the hash names the owner
-//! of `GET /_writes/{id}`. Sequences start at the start-up time in
-//! milliseconds × 1024 (or past the largest found, if larger), so ids are
-//! not reused across restarts.
+//! of `GET /_writes/{id}`. Each new sequence is above the previous one, above
+//! the largest found at start, and at least the current time in milliseconds
+//! × 1024, so ids are not reused across restarts.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
