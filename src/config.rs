@@ -388,11 +388,7 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
             cli.trust_forwarded_for,
             file.trust_forwarded_for,
             false,
-            |v| match v {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err("expected true or false".to_string()),
-            },
+            parse_bool,
         )?,
         io_driver: setting("io-driver", cli.io_driver, file.io_driver, DriverChoice::Auto, |v| match v {
             "auto" => Ok(DriverChoice::Auto),

@@ -211,7 +211,7 @@ fn kv(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[u8], now_
 
 /// Whether a write waits for fdatasync: `X-Durability: sync` asks for it
 /// whatever the server default, `async` waives a `sync` default.
-fn wants_sync(header: Option<&[u8]>, default: Durability) -> Result<bool, Response> {
+pub(crate) fn wants_sync(header: Option<&[u8]>, default: Durability) -> Result<bool, Response> {
     match header {
         None => Ok(default == Durability::Sync),
         Some(value) if value.eq_ignore_ascii_case(b"sync") => Ok(true),
@@ -252,16 +252,22 @@ pub fn kv_response(outcome: Outcome, owner: u32, shard_count: u32) -> Response {
 /// Splits a request-target into path and query; absolute-form targets
 /// (`http://host/path`) are reduced to their path.
 fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
-    let mut path = target;
-    for scheme in [&b"http://"[..], b"https://"] {
-        if let Some(rest) = target.strip_prefix(scheme) {
-            path = rest.iter().position(|&b| b == b'/').map_or(&b"/"[..], |i| &rest[i..]);
-        }
-    }
+    let path = origin_form(target);
     match path.iter().position(|&b| b == b'?') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (path, b""),
     }
+}
+
+/// An absolute-form target (`http://host/path?q`) reduced to origin form
+/// (`/path?q`); any other target as it is.
+pub(crate) fn origin_form(target: &[u8]) -> &[u8] {
+    for scheme in [&b"http://"[..], b"https://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            return rest.iter().position(|&b| b == b'/').map_or(b"/", |i| &rest[i..]);
+        }
+    }
+    target
 }
 
 /// Percent-decodes a key and checks its length (1 to 1024 bytes). Borrows

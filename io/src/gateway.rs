@@ -34,6 +34,7 @@ use shardgate_shards::breaker::Breaker;
 use shardgate_shards::httpcache::{self, HttpCache, Lookup, RequestFacts, ResponseFields, State, Variant};
 use shardgate_shards::route::{key_hash, shard_for_hash};
 
+use crate::api::origin_form;
 use crate::core::{unix_ms, Core};
 use crate::http::codec::{Method, Request, HEADERS_MAX};
 use crate::http::response::{Extra, Proxied, Response};
@@ -248,16 +249,6 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// An absolute-form target reduced to origin form (`/path?query`).
-fn origin_form(target: &[u8]) -> &[u8] {
-    for scheme in [&b"http://"[..], b"https://"] {
-        if let Some(rest) = target.strip_prefix(scheme) {
-            return rest.iter().position(|&b| b == b'/').map_or(b"/", |i| &rest[i..]);
-        }
-    }
-    target
 }
 
 /// The validators a revalidation sends.

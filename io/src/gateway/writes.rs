@@ -46,11 +46,11 @@ use shardgate_shards::record::{Record, RecordOp};
 use shardgate_shards::route::{shard_for_hash, WRITE_KEY_PREFIX};
 
 use super::{now_ms, send, ProxyRequest};
+use crate::api::wants_sync;
 use crate::core::Core;
 use crate::durable::DurableFuture;
 use crate::http::codec::Method;
 use crate::http::response::{Extra, Proxied, Response};
-use crate::log::Durability;
 use crate::metrics::CacheResult;
 use crate::reader::read_cold;
 
@@ -140,6 +140,11 @@ pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
         core.metrics().shed();
         return Response::overloaded("the asynchronous write queue of this shard is full");
     }
+    // Checked before anything is logged: a refused write must leave no record.
+    let sync = match wants_sync(request.field(b"x-durability"), core.log.borrow().durability) {
+        Ok(sync) => sync,
+        Err(response) => return response,
+    };
     if let Some(refusal) = core.write_refusal() {
         return refusal;
     }
@@ -156,11 +161,6 @@ pub async fn accept(core: &Rc<Core>, request: &ProxyRequest) -> Response {
         conditions: Default::default(),
     };
     let (_, logged_end) = core.apply(now_ms(), op);
-    let sync = match request.field(b"x-durability") {
-        Some(v) if v.eq_ignore_ascii_case(b"sync") => true,
-        Some(v) if v.eq_ignore_ascii_case(b"async") => false,
-        _ => core.log.borrow().durability == Durability::Sync,
-    };
     if let Some(end) = logged_end.filter(|_| sync) {
         DurableFuture { log: Rc::clone(&core.log), end }.await;
     }
