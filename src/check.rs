@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use shardgate_io::driver;
+use shardgate_io::runtime::driver;
 
 use crate::config::Config;
 
@@ -60,13 +60,13 @@ impl Finding {
 /// Returns the process exit code: 1 when any check failed.
 pub fn run(config: &Config, shard_count: u32, cpus: &[usize]) -> u8 {
     // Gateway mode keeps up to --origin-pool idle connections per origin per shard.
-    let origin_fds = config.gateway.as_ref().map_or(0, |g| g.origins.len() * g.pool);
+    let origin_fds = config.gateway.as_ref().map_or(0, |g| g.origins.len() * g.pool_connections_max);
     let mut findings = vec![
         judge_kernel(&read("/proc/sys/kernel/osrelease")),
         judge_io_uring(
             read_opt("/proc/sys/kernel/io_uring_disabled").as_deref(),
             parse_seccomp(&read("/proc/self/status")),
-            driver::probe_uring().map(|flags| driver::Driver::Uring(flags).to_string()),
+            driver::probe_uring().map(|flags| shardgate_io::config::Driver::Uring(flags).to_string()),
         ),
         judge_memlock(rlimit(libc::RLIMIT_MEMLOCK), shard_count),
         judge_nofile(rlimit(libc::RLIMIT_NOFILE), shard_count, config.max_connections + origin_fds),

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
-use shardgate_io::driver::DriverChoice;
-use shardgate_io::gateway::origin::OriginAddress;
-use shardgate_io::gateway::GatewayConfig;
-use shardgate_io::metrics::ORIGINS_MAX;
+pub use shardgate_io::config::Durability;
+use shardgate_io::config::{DriverChoice, GatewayConfig, OriginAddress};
+use shardgate_io::runtime::metrics::ORIGINS_MAX;
 use shardgate_shards::ratelimit::{Policy, WINDOW_MS_MAX};
 
 /// Flags as typed. Values stay strings so that flags, environment and file
@@ -172,13 +171,7 @@ struct File {
     write_queue_max: Option<toml::Value>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    Async,
-    Sync,
-}
-
-pub use shardgate_io::logging::Format as LogFormat;
+pub use shardgate_io::runtime::logging::Format as LogFormat;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -434,7 +427,7 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
     })
 }
 
-/// The gateway settings (SPEC §7), validated even without `--origin` so
+/// The gateway settings (docs/spec.md §7), validated even without `--origin` so
 /// that a typo is reported whatever the mode. None without an origin.
 fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, String> {
     let mut urls = std::mem::take(&mut cli.origin);
@@ -481,19 +474,17 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
             Duration::from_secs(10),
             duration_within(Duration::from_millis(1), Duration::from_secs(3600)),
         )?,
-        pool: setting("origin-pool", cli.origin_pool.take(), file.origin_pool.take(), 64, |v| {
+        pool_connections_max: setting("origin-pool", cli.origin_pool.take(), file.origin_pool.take(), 64, |v| {
             parse_count(v, 0, 100_000).map(|n| n as usize)
         })?,
-        default_ttl_ms: setting("default-ttl", cli.default_ttl.take(), file.default_ttl.take(), 0, |v| {
+        default_ttl: setting("default-ttl", cli.default_ttl.take(), file.default_ttl.take(), Duration::ZERO, |v| {
             if v == "0" {
-                return Ok(0);
+                return Ok(Duration::ZERO);
             }
-            parse_duration(v)
-                .and_then(|d| within_duration(d, Duration::ZERO, Duration::from_secs(365 * 86400)))
-                .map(|d| d.as_millis() as u64)
+            parse_duration(v).and_then(|d| within_duration(d, Duration::ZERO, Duration::from_secs(365 * 86400)))
         })?,
         breaker_failures,
-        breaker_open_ms: breaker_open.as_millis() as u64,
+        breaker_open,
         async_writes: setting("async-writes", cli.async_writes.take(), file.async_writes.take(), false, parse_bool)?,
         admin_token: setting("admin-token", cli.admin_token.take(), file.admin_token.take(), None, |v| {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
@@ -505,7 +496,7 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
         write_retries: setting("write-retries", cli.write_retries.take(), file.write_retries.take(), 8, |v| {
             parse_count(v, 1, 100).map(|n| n as u32)
         })?,
-        write_queue_max: setting(
+        write_queue_entries_max: setting(
             "write-queue-max",
             cli.write_queue_max.take(),
             file.write_queue_max.take(),

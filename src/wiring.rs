@@ -7,18 +7,14 @@ use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::Path;
 
-use shardgate_io::config::ServerConfig;
-use shardgate_io::driver;
-use shardgate_io::http::codec::Limits;
-use shardgate_io::limit::RateLimits;
-use shardgate_io::log::{self, LogConfig};
-use shardgate_io::logging;
-use shardgate_io::rehome;
+use shardgate_io::config::{Limits, LogConfig, RateLimits, ServerConfig};
+use shardgate_io::runtime::{driver, logging};
 use shardgate_io::server;
+use shardgate_io::storage::{rehome, segments};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::{Config, Durability};
+use crate::config::Config;
 
 pub fn run(config: Config) -> Result<()> {
     // Register before any thread starts, so an early signal drains too.
@@ -41,18 +37,15 @@ pub fn run(config: Config) -> Result<()> {
         limits: Limits { head_bytes_max: config.max_header, body_bytes_max: config.max_body },
         cache_bytes: config.cache_bytes,
         connections_max: config.max_connections,
-        header_timeout_s: config.header_timeout.as_secs(),
-        idle_timeout_s: config.idle_timeout.as_secs(),
-        body_timeout_s: config.body_timeout.as_secs(),
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        body_timeout: config.body_timeout,
         backlog: config.backlog,
         log: LogConfig {
             data_dir: config.data_dir.clone(),
-            durability: match config.durability {
-                Durability::Async => log::Durability::Async,
-                Durability::Sync => log::Durability::Sync,
-            },
+            durability: config.durability,
             flush_interval: config.flush_interval,
-            segment_bytes: config.segment_bytes,
+            segment_bytes_max: config.segment_bytes,
             backlog_bytes_max: config.log_backlog_bytes as usize,
             recovery_delay: recovery_delay_for_tests(),
             full_disk_switch: std::env::var_os("SHARDGATE_TEST_FULL_DISK_FILE").map(std::path::PathBuf::from),
@@ -92,7 +85,7 @@ pub fn run(config: Config) -> Result<()> {
 /// storage fault seam, `log::FullWhile`).
 ///
 /// `SHARDGATE_TEST_RECOVERY_DELAY_MS`: a test hook that makes recovery
-/// wait, so black-box tests can watch /readyz answer 503 (SPEC §3).
+/// wait, so black-box tests can watch /readyz answer 503 (docs/spec.md §3).
 fn recovery_delay_for_tests() -> std::time::Duration {
     let millis = std::env::var("SHARDGATE_TEST_RECOVERY_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     std::time::Duration::from_millis(millis)
@@ -125,7 +118,7 @@ fn check_data_dir(data_dir: &Path, shard_count: u32, segment_bytes: u64) -> Resu
     if rehome::finish(data_dir).context("completing an interrupted re-homing")? {
         logging::info("completed an interrupted re-homing", &[("data_dir", &data_dir.display())]);
     }
-    match log::shards_file_read(data_dir).with_context(|| format!("reading {}/shards", data_dir.display()))? {
+    match segments::shards_file_read(data_dir).with_context(|| format!("reading {}/shards", data_dir.display()))? {
         Some(recorded) if recorded == shard_count => Ok(()),
         Some(recorded) => {
             logging::info("re-homing keys to a new shard count", &[("from", &recorded), ("to", &shard_count)]);
@@ -147,7 +140,7 @@ fn check_data_dir(data_dir: &Path, shard_count: u32, segment_bytes: u64) -> Resu
             );
             Ok(())
         }
-        None => log::shards_file_write(data_dir, shard_count).context("recording the shard count"),
+        None => segments::shards_file_write(data_dir, shard_count).context("recording the shard count"),
     }
 }
 

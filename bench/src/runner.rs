@@ -315,7 +315,7 @@ impl Recorder {
 
 fn run_thread(spec: ThreadSpec) -> Result<ThreadResult> {
     if let Some(cpu) = spec.cpu {
-        shardgate_io::server::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
+        shardgate_io::runtime::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
     }
     let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
     runtime.block_on(thread_main(spec))

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Server CPU per request: shardgate GET of a stored 64-byte value versus
-nginx `return 200` with a 64-byte body, measured in the same run.
+"""Server CPU per request: shardgate GET of a stored 64-byte value and a
+gateway cache hit of a 64-byte origin response, versus nginx `return 200`
+with a 64-byte body, measured in the same run; optionally against a
+baseline build of shardgate (`--baseline PATH`, e.g. the previous commit's
+binary) in the same rounds.
 
 Every server is pinned to SERVER_CPU, wrk to CLIENT_CPU. CPU per request is
 the server's utime+stime (from /proc/PID/stat, all threads) over the run,
 divided by the requests wrk completed. Servers alternate within each round
 and ratios are taken within the round, because this host drifts between
-speed phases for minutes at a time (see shared/FACTS.md).
+speed phases for minutes at a time (tuning.md, "Measuring").
 
 Usage: python3 bench/wrk/compare.py [--rounds 3] [--duration 10] [--out FILE]
+                                    [--baseline PATH] [--driver uring|epoll|both]
 Needs: wrk and nginx (apt-get install wrk nginx-light), a release build.
 """
 import argparse
@@ -65,9 +69,9 @@ def start_nginx(cpu):
     return proc, f"http://127.0.0.1:{port}/"
 
 
-def start_shardgate(cpu, driver, shards=1, extra=()):
+def start_shardgate(cpu, driver, shards=1, extra=(), binary=BIN):
     data_dir = tempfile.mkdtemp(prefix="shardgate-compare-")
-    proc = subprocess.Popen(["taskset", "-c", str(cpu), BIN, "--listen", "127.0.0.1:0", "--shards", str(shards),
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), binary, "--listen", "127.0.0.1:0", "--shards", str(shards),
                              "--io-driver", driver, "--rate-limit", "off", "--data-dir", data_dir, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
@@ -99,6 +103,21 @@ def stop(procs):
         proc.send_signal(signal.SIGTERM)
     for proc in procs:
         proc.wait(timeout=10)
+
+
+def start_origin(cpu):
+    """The bench origin simulator: cacheable 64-byte answers."""
+    port = free_port()
+    bench = os.path.join(ROOT, "target", "release", "shardgate-bench")
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), bench, "origin", "--listen", f"127.0.0.1:{port}",
+                             "--cache-control", "max-age=86400", "--body-bytes", "64"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def fetch(url):
+    urllib.request.urlopen(url).read()
 
 
 def put(base, key):
@@ -139,6 +158,9 @@ def main():
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--out", help="also write the Markdown table here")
+    parser.add_argument("--baseline", help="another shardgate binary measured in the same rounds")
+    parser.add_argument("--driver", default="both", choices=["uring", "epoll", "both"])
+    parser.add_argument("--gateway", action="store_true", help="also measure gateway cache hits")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -151,11 +173,23 @@ def main():
         nginx, nginx_url = start_nginx(args.server_cpu)
         procs.append(nginx)
         servers = {"nginx return 200": (nginx.pid, nginx_url)}
-        for driver in ("uring", "epoll"):
-            proc, base = start_shardgate(args.server_cpu, driver)
-            procs.append(proc)
-            put(base, "bench")
-            servers[f"shardgate GET ({driver})"] = (proc.pid, f"{base}/v1/kv/bench")
+        builds = [("shardgate", BIN)] + ([("baseline", args.baseline)] if args.baseline else [])
+        drivers = ("uring", "epoll") if args.driver == "both" else (args.driver,)
+        origin_url = None
+        if args.gateway:
+            origin, origin_url = start_origin(args.client_cpu)
+            procs.append(origin)
+        for label, binary in builds:
+            for driver in drivers:
+                proc, base = start_shardgate(args.server_cpu, driver, binary=binary)
+                procs.append(proc)
+                put(base, "bench")
+                servers[f"{label} GET ({driver})"] = (proc.pid, f"{base}/v1/kv/bench")
+                if origin_url:
+                    proc, base = start_shardgate(args.server_cpu, driver, binary=binary, extra=("--origin", origin_url))
+                    procs.append(proc)
+                    fetch(f"{base}/item/1")
+                    servers[f"{label} gateway hit ({driver})"] = (proc.pid, f"{base}/item/1")
         cases = [(name, pipeline) for pipeline in (1, 16) for name in servers]
         results = {case: [] for case in cases}
         for round_number in range(args.rounds):
@@ -173,8 +207,8 @@ def main():
         f"({os.cpu_count()} CPUs, {os.uname().release}); servers on CPU {args.server_cpu}, "
         f"`wrk -t1 -c{args.connections}` on CPU {args.client_cpu}; {args.rounds} rounds × {args.duration} s, medians.",
         "",
-        "| server | pipeline | requests/s | p50 | p99 | CPU µs/request | ratio to nginx (paired median) |",
-        "|---|---|---|---|---|---|---|",
+        "| server | pipeline | requests/s | p50 | p99 | CPU µs/request | ratio to nginx (paired median) | ratio to baseline (paired median) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, pipeline in cases:
         runs = results[(name, pipeline)]
@@ -185,7 +219,13 @@ def main():
         # percentiles mean nothing per request there.
         p50 = f"{med('p50_us'):.0f} µs" if pipeline == 1 else "n/a"
         p99 = f"{med('p99_us'):.0f} µs" if pipeline == 1 else "n/a"
-        lines.append(f"| {name} | {pipeline} | {med('rps'):,.0f} | {p50} | {p99} | {med('cpu_us'):.2f} | {ratio:.2f} |")
+        against = name.replace("shardgate ", "baseline ", 1)
+        if name.startswith("shardgate ") and (against, pipeline) in results:
+            pairs = zip(runs, results[(against, pipeline)])
+            to_baseline = f"{statistics.median(r['cpu_us'] / b['cpu_us'] for r, b in pairs):.3f}"
+        else:
+            to_baseline = ""
+        lines.append(f"| {name} | {pipeline} | {med('rps'):,.0f} | {p50} | {p99} | {med('cpu_us'):.2f} | {ratio:.2f} | {to_baseline} |")
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardgate_io::http::codec::{Decoded, Decoder, HttpError, Limits};
+use shardgate_http::codec::{Decoded, Decoder, HttpError, Limits};
 
 const LIMITS: Limits = Limits { head_bytes_max: 1024, body_bytes_max: 512 };
 const REQUESTS_MAX: usize = 64;

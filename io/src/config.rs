@@ -1,14 +1,21 @@
-//! The server's plain configuration, validated by the binary and passed in.
-//! Library code never reads flags or the environment.
+//! Every configuration type of the server, in one place: the plain values
+//! the binary validates from flags, environment and file, and hands in.
+//! Nothing in this crate reads flags or the environment.
+//!
+//! Durations are `std::time::Duration` throughout; sizes are in bytes and
+//! named `*_bytes` or `*_bytes_max`.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::driver::Driver;
-use crate::gateway::GatewayConfig;
-use crate::http::codec::Limits;
-use crate::limit::RateLimits;
-use crate::log::LogConfig;
+pub use shardgate_http::codec::Limits;
+use shardgate_shards::quota;
+use shardgate_shards::ratelimit::Policy;
 
+/// The whole server's configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -21,16 +28,16 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     /// Open connections per shard; more are refused with 503.
     pub connections_max: usize,
-    /// Seconds a client may take to send a request head once it started.
-    pub header_timeout_s: u64,
-    /// Seconds an idle keep-alive connection stays open.
-    pub idle_timeout_s: u64,
-    /// Seconds without progress while a request body is arriving.
-    pub body_timeout_s: u64,
+    /// Time a client may take to send a request head once it started.
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection stays open.
+    pub idle_timeout: Duration,
+    /// Time without progress while a request body is arriving.
+    pub body_timeout: Duration,
     pub backlog: i32,
     pub log: LogConfig,
     pub rate_limits: RateLimits,
-    /// Gateway mode (SPEC §7): `Some` when `--origin` is given.
+    /// Gateway mode (docs/spec.md, "Gateway mode"): `Some` when `--origin` is given.
     pub gateway: Option<GatewayConfig>,
 }
 
@@ -53,4 +60,124 @@ impl ServerConfig {
     pub fn http_cache_bytes_per_shard(&self) -> u64 {
         self.cache_bytes / u64::from(self.shard_count) - self.kv_bytes_per_shard()
     }
+}
+
+/// What the operator asked for (`--io-driver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverChoice {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// io_uring set-up flags, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingFlags {
+    /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (Linux 6.1).
+    DeferTaskrun,
+    /// `IORING_SETUP_COOP_TASKRUN` (Linux 5.19).
+    CoopTaskrun,
+    Plain,
+}
+
+/// The driver every core runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    Uring(RingFlags),
+    Epoll,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Driver::Uring(RingFlags::DeferTaskrun) => f.write_str("io_uring (single_issuer+defer_taskrun)"),
+            Driver::Uring(RingFlags::CoopTaskrun) => f.write_str("io_uring (coop_taskrun)"),
+            Driver::Uring(RingFlags::Plain) => f.write_str("io_uring"),
+            Driver::Epoll => f.write_str("epoll"),
+        }
+    }
+}
+
+/// How writes are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// At append to the in-memory buffer; on disk within the flush interval.
+    Async,
+    /// After the fdatasync that covers the record.
+    Sync,
+}
+
+/// A shard's log: where, how durable, how large.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub flush_interval: Duration,
+    /// A segment is closed and a new one begun past this size.
+    pub segment_bytes_max: u64,
+    /// Bytes appended but not yet durable; past it, writes get 503.
+    pub backlog_bytes_max: usize,
+    /// Test hook: recovery waits this long first, so a test can see the
+    /// server while it recovers. Zero in production.
+    pub recovery_delay: Duration,
+    /// Test hook: while this file exists, log writes fail with ENOSPC
+    /// (`storage::segments::FullWhile`). None in production.
+    pub full_disk_switch: Option<PathBuf>,
+}
+
+/// The rate-limit configuration: policies and the state budget.
+#[derive(Clone, Debug, Default)]
+pub struct RateLimits {
+    /// Limit on every request of an identity (`--rate-limit`); None: off.
+    pub all: Option<Policy>,
+    /// Limit on unsafe methods (`--rate-limit-writes`); None: off.
+    pub writes: Option<Policy>,
+    /// Per-API-key replacements of `all` (`[rate_limit.keys]`); None: off for that key.
+    pub keys: HashMap<Vec<u8>, Option<Policy>>,
+    pub trust_forwarded_for: bool,
+    /// Memory for identities' windows across all shards.
+    pub state_bytes: u64,
+}
+
+impl RateLimits {
+    pub fn enabled(&self) -> bool {
+        self.all.is_some() || self.writes.is_some() || self.keys.values().any(Option::is_some)
+    }
+
+    /// Identity windows one shard may hold.
+    pub fn slots_per_shard(&self, shard_count: u32) -> usize {
+        quota::slots_per_shard(self.state_bytes, shard_count)
+    }
+
+    /// The longest window of any policy: idle longer, an identity holds nothing.
+    pub fn window_ms_max(&self) -> u64 {
+        let keyed = self.keys.values().flatten();
+        self.all.iter().chain(self.writes.iter()).chain(keyed).map(|p| p.window_ms).max().unwrap_or(1)
+    }
+}
+
+/// The gateway's settings (docs/spec.md, "Gateway mode").
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub origins: Vec<OriginAddress>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Idle keep-alive connections kept per origin per shard.
+    pub pool_connections_max: usize,
+    /// Freshness of cacheable responses without any; zero: not stored.
+    pub default_ttl: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+    pub async_writes: bool,
+    pub admin_token: Option<String>,
+    pub write_retries: u32,
+    pub write_queue_entries_max: usize,
+}
+
+/// One `--origin`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginAddress {
+    /// As configured, for logs and metric labels.
+    pub url: String,
+    pub address: SocketAddr,
 }

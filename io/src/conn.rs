@@ -3,12 +3,8 @@
 //! All complete requests in the input are decoded and dispatched before any
 //! reply is awaited, so the requests of a pipelined batch reach their owner
 //! shards together; their responses are then encoded in request order and
-//! written with one write.
-//!
-//! Deadlines cost nothing per read: the connection records its phase and
-//! deadline in the core's registry, and the core's ticker cuts the read side
-//! of a connection whose deadline passed (`shutdown(SHUT_RD)`), which ends
-//! the pending read with end-of-file.
+//! written with one write. Deadlines live in the core's registry
+//! (`core::conns`): the ticker cuts a connection that overstays its phase.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -18,14 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use shardgate_http::codec::{Decoded, Decoder, Method, Request};
+use shardgate_http::response::{encode, Framing, Persistence, RateHeaders, Response, CONTINUE};
 
-use crate::api::{dispatch, kv_response, Dispatched, Step};
-use crate::core::{unix_ms, Core, Phase};
-use crate::http::codec::{Decoded, Decoder, Method, Request};
-use crate::http::response::{encode, Framing, Persistence, RateHeaders, Response, CONTINUE};
+use crate::core::{Core, Phase};
+use crate::dispatch::{Dispatched, Dispatcher, Step};
 use crate::limit::LeaseWait;
-use crate::mesh::Answer;
-use crate::metrics::Route;
+use crate::runtime::metrics::Route;
 
 /// Initial size of a connection's input and output buffers; they grow for a
 /// large request or response and shrink back after it.
@@ -56,115 +51,144 @@ struct Pending {
     meta: Meta,
 }
 
-/// Serves one connection until it closes, then removes it from the registry.
-pub async fn serve(core: Rc<Core>, mut stream: TcpStream, conn_key: usize) {
-    let lingering = run(&core, &mut stream, conn_key).await;
-    if lingering {
-        linger(&mut stream).await;
-    }
-    let mut conns = core.conns.borrow_mut();
-    conns.remove(conn_key);
-    core.metrics().connections(conns.len());
+/// One connection's buffers and decoder.
+struct Connection {
+    stream: TcpStream,
+    key: usize,
+    peer: Option<IpAddr>,
+    decoder: Decoder,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    batch: Vec<Pending>,
+    input_bytes_max: usize,
 }
 
-/// Runs the request loop. Returns true when the connection closes after an
-/// error response and should linger.
-async fn run(core: &Rc<Core>, stream: &mut TcpStream, conn_key: usize) -> bool {
-    let limits = core.config.limits;
-    let input_bytes_max = limits.head_bytes_max + 2 * limits.body_bytes_max + BUFFER_BYTES;
-    let mut decoder = Decoder::new(limits);
-    let mut input: Vec<u8> = Vec::with_capacity(BUFFER_BYTES);
-    let mut output: Vec<u8> = Vec::with_capacity(BUFFER_BYTES);
-    let mut batch: Vec<Pending> = Vec::with_capacity(PIPELINE_BATCH_MAX);
+/// How one turn of the request loop ended.
+enum Turn {
+    /// Read more input.
+    Read,
+    /// Decode again without reading: more requests are buffered, or a
+    /// lease arrived for the request left unconsumed.
+    Again,
+    /// Close; `true` when after an error response, so the close lingers.
+    Close(bool),
+}
+
+/// Serves one connection until it closes, then removes it from the registry.
+pub async fn serve(dispatcher: Rc<Dispatcher>, stream: TcpStream, key: usize) {
+    let core = Rc::clone(dispatcher.core());
+    let limits = core.config().limits;
     let peer = stream.peer_addr().ok().map(|address| address.ip());
-    loop {
+    let mut connection = Connection {
+        stream,
+        key,
+        peer,
+        decoder: Decoder::new(limits),
+        input: Vec::with_capacity(BUFFER_BYTES),
+        output: Vec::with_capacity(BUFFER_BYTES),
+        batch: Vec::with_capacity(PIPELINE_BATCH_MAX),
+        input_bytes_max: limits.head_bytes_max + 2 * limits.body_bytes_max + BUFFER_BYTES,
+    };
+    let lingering = loop {
+        match connection.turn(&dispatcher).await {
+            Turn::Again => continue,
+            Turn::Close(lingering) => break lingering,
+            Turn::Read => {}
+        }
+        if let Some(lingering) = connection.read(&core).await {
+            break lingering;
+        }
+    };
+    if lingering {
+        linger(&mut connection.stream).await;
+    }
+    let open = core.conns().close(key);
+    core.metrics().connections(open);
+}
+
+impl Connection {
+    /// Decodes and answers every complete request buffered, then writes.
+    async fn turn(&mut self, dispatcher: &Dispatcher) -> Turn {
+        let core = dispatcher.core();
         let started = Instant::now();
-        let now = SystemTime::now();
-        core.date.borrow_mut().refresh(now);
-        core.now_ms.set(unix_ms(now));
-        set_phase(core, conn_key, Phase::Busy, 0);
+        let now_ms = core.tick(SystemTime::now());
+        core.conns().set_busy(self.key);
         let mut outcome = {
-            let _busy = core.metrics_all.heartbeats.busy(core.id, &core.metrics_all);
-            decode_batch(core, &mut decoder, &input, peer, unix_ms(now), &mut batch, &mut output)
+            let _busy = core.busy();
+            let batch = Batch { dispatcher, peer: self.peer, now_ms };
+            batch.decode(&mut self.decoder, &self.input, &mut self.batch, &mut self.output)
         };
-        let mut close = outcome.close || core.shutting_down.get();
-        for pending in batch.drain(..) {
+        let mut close = outcome.close || core.conns().shutting_down();
+        for pending in self.batch.drain(..) {
             let response = match pending.step {
                 Step::Ready(response) => response,
-                Step::Remote { reply, owner } => match reply.await {
-                    Answer::Kv(Ok(outcome)) => kv_response(outcome, owner, core.shard_count()),
-                    Answer::Kv(Err(refusal)) => Response { shard: Some((owner, core.shard_count())), ..refusal },
-                    Answer::Lease(_) | Answer::Gateway(_) => unreachable!("a key-value op is answered with an outcome"),
-                },
-                Step::Durable { wait, response } => {
-                    wait.await;
-                    response
-                }
-                Step::Disk { read, owner } => match read.await {
-                    Ok(outcome) => kv_response(outcome, owner, core.shard_count()),
-                    Err(refusal) => Response { shard: Some((owner, core.shard_count())), ..refusal },
-                },
+                Step::Kv(waiting) => waiting.response(core.shard_count()).await,
                 Step::Gateway(relay) => relay.await,
                 Step::Wait(_) => unreachable!("a request waiting for a lease is not in the batch"),
             };
-            close |= write_response(core, &mut output, &response, &pending.meta);
+            close |= write_response(core, &mut self.output, &response, &pending.meta);
         }
         if outcome.requests > 0 {
             core.metrics().duration(started.elapsed().as_micros() as u64, outcome.requests as u64);
         }
-        let (consumed, error) = (outcome.consumed, outcome.error);
-        input.drain(..consumed);
-        if decoder.take_continue() {
-            output.extend_from_slice(CONTINUE);
+        self.input.drain(..outcome.consumed);
+        if self.decoder.take_continue() {
+            self.output.extend_from_slice(CONTINUE);
         }
-        if !output.is_empty() {
-            let (result, written) = stream.write_all(output).await;
-            output = written;
-            output.clear();
+        if !self.output.is_empty() {
+            let (result, written) = self.stream.write_all(std::mem::take(&mut self.output)).await;
+            self.output = written;
+            self.output.clear();
             if result.is_err() {
-                return false;
+                return Turn::Close(false);
             }
         }
         if close {
-            return error;
+            return Turn::Close(outcome.error);
         }
         if let Some(wait) = outcome.lease_wait.take() {
             wait.finish().await;
-            continue; // The unconsumed request is decided again, lease in hand.
+            return Turn::Again; // The unconsumed request is decided again, lease in hand.
         }
         if outcome.requests == PIPELINE_BATCH_MAX {
-            continue; // More complete requests may be buffered: no read yet.
+            return Turn::Again; // More complete requests may be buffered: no read yet.
         }
-        shrink(&mut input);
-        shrink(&mut output);
-        if input.len() == input.capacity() {
-            if input.len() >= input_bytes_max {
+        Turn::Read
+    }
+
+    /// Reads more input, within the input limit and the phase's deadline.
+    /// Returns Some when the connection must close (`true`: lingering).
+    async fn read(&mut self, core: &Core) -> Option<bool> {
+        shrink(&mut self.input);
+        shrink(&mut self.output);
+        if self.input.len() == self.input.capacity() {
+            if self.input.len() >= self.input_bytes_max {
                 let response = Response::problem(413, "request framing exceeds the input buffer limit");
-                respond_and_close(core, stream, response).await;
-                return true;
+                respond_and_close(core, &mut self.stream, response).await;
+                return Some(true);
             }
-            input.reserve(input.capacity().min(input_bytes_max - input.len()));
+            self.input.reserve(self.input.capacity().min(self.input_bytes_max - self.input.len()));
         }
-        let phase = if decoder.in_body() {
+        let phase = if self.decoder.in_body() {
             Phase::Body
-        } else if input.is_empty() {
+        } else if self.input.is_empty() {
             Phase::Idle
         } else {
             Phase::Head
         };
-        arm_deadline(core, conn_key, phase);
-        let length = input.len();
-        let (result, filled) = stream.read(input.slice_mut(length..)).await;
-        input = filled.into_inner();
+        core.conns().arm(self.key, phase, core.now_ms());
+        let length = self.input.len();
+        let (result, filled) = self.stream.read(std::mem::take(&mut self.input).slice_mut(length..)).await;
+        self.input = filled.into_inner();
         match result {
             Ok(0) | Err(_) => {
-                let timed_out = core.conns.borrow()[conn_key].timed_out;
-                if timed_out && phase != Phase::Idle {
-                    respond_and_close(core, stream, Response::problem(408, "the request did not arrive in time")).await;
+                if core.conns().timed_out(self.key) && phase != Phase::Idle {
+                    let response = Response::problem(408, "the request did not arrive in time");
+                    respond_and_close(core, &mut self.stream, response).await;
                 }
-                return false;
+                Some(false)
             }
-            Ok(_) => {}
+            Ok(_) => None,
         }
     }
 }
@@ -183,55 +207,67 @@ struct BatchOutcome {
     lease_wait: Option<LeaseWait>,
 }
 
-/// Decodes and dispatches every complete request in `input` (up to the batch
-/// limits). Responses that are ready while nothing before them waits on
-/// another shard are encoded into `output` at once; the rest go to `batch`,
-/// to be encoded in order once their replies arrive.
-fn decode_batch(
-    core: &Rc<Core>,
-    decoder: &mut Decoder,
-    input: &[u8],
+/// One batch's context.
+struct Batch<'a> {
+    dispatcher: &'a Dispatcher,
     peer: Option<IpAddr>,
     now_ms: u64,
-    batch: &mut Vec<Pending>,
-    output: &mut Vec<u8>,
-) -> BatchOutcome {
-    let mut outcome = BatchOutcome { consumed: 0, requests: 0, close: false, error: false, lease_wait: None };
-    while outcome.requests < PIPELINE_BATCH_MAX && output.len() < OUTPUT_BATCH_BYTES_MAX {
-        let (step, meta) = match decoder.decode(&input[outcome.consumed..]) {
-            Ok(Decoded::Partial) => break,
-            Ok(Decoded::Complete { request, consumed }) => {
-                let head_only = request.method == Method::Head;
-                let persistence = persistence(&request, core.shutting_down.get());
-                let Dispatched { step, route, rate } = dispatch(core, &request, peer, now_ms);
-                if let Step::Wait(wait) = step {
-                    outcome.lease_wait = Some(wait);
-                    break;
+}
+
+impl Batch<'_> {
+    /// Decodes and dispatches every complete request in `input` (up to the
+    /// batch limits). Responses that are ready while nothing before them
+    /// waits on another shard are encoded into `output` at once; the rest go
+    /// to `batch`, to be encoded in order once their replies arrive. Kept in
+    /// one loop: it is the hot path of pipelined requests.
+    fn decode(
+        &self,
+        decoder: &mut Decoder,
+        input: &[u8],
+        batch: &mut Vec<Pending>,
+        output: &mut Vec<u8>,
+    ) -> BatchOutcome {
+        let core = self.dispatcher.core();
+        let mut outcome = BatchOutcome { consumed: 0, requests: 0, close: false, error: false, lease_wait: None };
+        while outcome.requests < PIPELINE_BATCH_MAX && output.len() < OUTPUT_BATCH_BYTES_MAX {
+            let (step, meta) = match decoder.decode(&input[outcome.consumed..]) {
+                Ok(Decoded::Partial) => break,
+                Ok(Decoded::Complete { request, consumed }) => {
+                    let head_only = request.method == Method::Head;
+                    let persistence = persistence(&request, core.conns().shutting_down());
+                    let Dispatched { step, route, rate } = self.dispatcher.dispatch(&request, self.peer, self.now_ms);
+                    if let Step::Wait(wait) = step {
+                        outcome.lease_wait = Some(wait);
+                        break;
+                    }
+                    outcome.consumed += consumed;
+                    (step, Meta { route, head_only, persistence, rate })
                 }
-                outcome.consumed += consumed;
-                (step, Meta { route, head_only, persistence, rate })
+                Err(error) => {
+                    let response = Response { close: true, ..Response::problem(error.status(), &error.to_string()) };
+                    outcome.consumed = input.len();
+                    outcome.error = true;
+                    let meta =
+                        Meta { route: Route::Other, head_only: false, persistence: Persistence::Close, rate: None };
+                    (Step::Ready(response), meta)
+                }
+            };
+            outcome.requests += 1;
+            let closing = meta.persistence == Persistence::Close;
+            // Encoded in place while nothing before it waits; moved only otherwise.
+            match &step {
+                Step::Ready(response) if batch.is_empty() => {
+                    outcome.close |= write_response(core, output, response, &meta)
+                }
+                _ => batch.push(Pending { step, meta }),
             }
-            Err(error) => {
-                let response = Response { close: true, ..Response::problem(error.status(), &error.to_string()) };
-                outcome.consumed = input.len();
-                outcome.error = true;
-                let meta = Meta { route: Route::Other, head_only: false, persistence: Persistence::Close, rate: None };
-                (Step::Ready(response), meta)
+            if closing {
+                outcome.close = true;
+                break;
             }
-        };
-        outcome.requests += 1;
-        let closing = meta.persistence == Persistence::Close;
-        // Encoded in place while nothing before it waits; moved only otherwise.
-        match &step {
-            Step::Ready(response) if batch.is_empty() => outcome.close |= write_response(core, output, response, &meta),
-            _ => batch.push(Pending { step, meta }),
         }
-        if closing {
-            outcome.close = true;
-            break;
-        }
+        outcome
     }
-    outcome
 }
 
 /// Encodes one response and counts it. Returns true when the connection
@@ -239,7 +275,7 @@ fn decode_batch(
 fn write_response(core: &Core, output: &mut Vec<u8>, response: &Response, meta: &Meta) -> bool {
     let persistence = if response.close { Persistence::Close } else { meta.persistence };
     let framing = Framing { head_only: meta.head_only, persistence, rate: meta.rate.as_ref() };
-    encode(output, response, &core.date.borrow(), framing);
+    encode(output, response, &core.date(), framing);
     core.metrics().request(meta.route, response.status);
     persistence == Persistence::Close
 }
@@ -252,37 +288,6 @@ fn persistence(request: &Request<'_>, shutting_down: bool) -> Persistence {
     }
 }
 
-fn set_phase(core: &Core, conn_key: usize, phase: Phase, deadline_ms: u64) {
-    let mut conns = core.conns.borrow_mut();
-    let conn = &mut conns[conn_key];
-    conn.phase = phase;
-    conn.deadline_ms = deadline_ms;
-}
-
-/// Records the phase a read waits in and, unless the phase continues, its deadline.
-fn arm_deadline(core: &Core, conn_key: usize, phase: Phase) {
-    let config = &core.config;
-    let now_ms = core.now_ms.get();
-    let mut conns = core.conns.borrow_mut();
-    let conn = &mut conns[conn_key];
-    let deadline_ms = match phase {
-        Phase::Idle => now_ms + config.idle_timeout_s * 1000,
-        // The head deadline runs from its first byte, not from each read.
-        Phase::Head if conn.head_started_ms != 0 => conn.head_started_ms + config.header_timeout_s * 1000,
-        Phase::Head => {
-            conn.head_started_ms = now_ms;
-            now_ms + config.header_timeout_s * 1000
-        }
-        Phase::Body => now_ms + config.body_timeout_s * 1000,
-        Phase::Busy => 0,
-    };
-    if phase != Phase::Head {
-        conn.head_started_ms = 0;
-    }
-    conn.phase = phase;
-    conn.deadline_ms = deadline_ms;
-}
-
 fn shrink(buffer: &mut Vec<u8>) {
     if buffer.capacity() > BUFFER_BYTES_KEPT_MAX && buffer.len() <= BUFFER_BYTES {
         buffer.shrink_to(BUFFER_BYTES);
@@ -291,13 +296,9 @@ fn shrink(buffer: &mut Vec<u8>) {
 
 async fn respond_and_close(core: &Core, stream: &mut TcpStream, response: Response) {
     let mut output = Vec::with_capacity(256 + response.body.len());
-    core.date.borrow_mut().refresh(SystemTime::now());
-    encode(
-        &mut output,
-        &response,
-        &core.date.borrow(),
-        Framing { head_only: false, persistence: Persistence::Close, rate: None },
-    );
+    core.tick(SystemTime::now());
+    let framing = Framing { head_only: false, persistence: Persistence::Close, rate: None };
+    encode(&mut output, &response, &core.date(), framing);
     core.metrics().request(Route::Other, response.status);
     let _ = stream.write_all(output).await;
 }
@@ -328,12 +329,8 @@ async fn linger(stream: &mut TcpStream) {
 pub fn refuse(core: &Core, stream: &TcpStream) {
     let mut output = Vec::with_capacity(256);
     let response = Response::overloaded("this shard is at its connection limit");
-    encode(
-        &mut output,
-        &response,
-        &core.date.borrow(),
-        Framing { head_only: false, persistence: Persistence::Close, rate: None },
-    );
+    let framing = Framing { head_only: false, persistence: Persistence::Close, rate: None };
+    encode(&mut output, &response, &core.date(), framing);
     // SAFETY: the fd is open for the duration of the call; the buffer is ours.
     unsafe {
         libc::send(stream.as_raw_fd(), output.as_ptr().cast(), output.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);

@@ -12,10 +12,16 @@
 //!   recovery from hints and whole segments.
 //! - [`httpcache`]: the gateway's shared HTTP cache: RFC 9111 storage and
 //!   freshness, RFC 5861 stale rules, `Vary` variants, hit-for-miss.
+//! - [`kvapi`]: the key-value API's request rules (keys, `?ttl=`,
+//!   `X-Durability`), answering values or a status and a detail.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
 //! - [`ratelimit`]: sliding-window counters per client identity on its
 //!   owner shard, and the leases other cores spend locally.
+//! - [`quota`]: the rate limiter's arithmetic: client identities, lease
+//!   sizes and lifetimes, state budgets.
+//! - [`queued`]: the gateway's queued writes as records: reserved keys,
+//!   ids, the request encoding and the final status.
 //! - [`record`]: the durable log's record format (`encode`/`decode`), the
 //!   segment scan and recovery of a shard's state from its segments.
 //!
@@ -30,6 +36,9 @@ pub mod evict;
 pub mod hint;
 pub mod httpcache;
 pub mod kv;
+pub mod kvapi;
+pub mod queued;
+pub mod quota;
 pub mod ratelimit;
 pub mod record;
 pub mod route;

@@ -42,21 +42,12 @@ pub fn shard_for_key(key: &[u8], shard_count: u32) -> u32 {
     shard_for_hash(key_hash(key), shard_count)
 }
 
-/// Keys of the gateway's queued writes: `\0w/` then the 16 hex digits of
-/// the hash of the cache key they write to, then `-` and a sequence.
-pub const WRITE_KEY_PREFIX: &[u8] = b"\0w/";
-
 /// Returns the owner shard of a stored key: [`shard_for_key`], except that
-/// a queued write (see [`WRITE_KEY_PREFIX`]) belongs to the owner of the
+/// a queued write (see [`crate::queued`]) belongs to the owner of the
 /// cache key it writes to, so that re-homing keeps a key's writes together
 /// and in order.
 pub fn shard_for_stored_key(key: &[u8], shard_count: u32) -> u32 {
-    let embedded = key
-        .strip_prefix(WRITE_KEY_PREFIX)
-        .and_then(|rest| rest.get(..16))
-        .and_then(|hex| std::str::from_utf8(hex).ok())
-        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
-    match embedded {
+    match crate::queued::embedded_hash(key) {
         Some(hash) => shard_for_hash(hash, shard_count),
         None => shard_for_key(key, shard_count),
     }

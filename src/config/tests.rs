@@ -182,19 +182,22 @@ fn gateway_flags_and_their_errors() {
     assert_eq!(gateway.origins[0].address, "127.0.0.1:9001".parse().unwrap());
     assert_eq!(gateway.origins[1].address.port(), 9002);
     assert_eq!((gateway.connect_timeout, gateway.timeout), (Duration::from_millis(250), Duration::from_secs(3)));
-    assert_eq!((gateway.pool, gateway.default_ttl_ms), (8, 30_000));
-    assert_eq!((gateway.breaker_failures, gateway.breaker_open_ms), (5, 2_000));
+    assert_eq!((gateway.pool_connections_max, gateway.default_ttl), (8, Duration::from_secs(30)));
+    assert_eq!((gateway.breaker_failures, gateway.breaker_open), (5, Duration::from_secs(2)));
     assert!(gateway.async_writes);
     assert_eq!(gateway.admin_token.as_deref(), Some("t0k"));
-    assert_eq!((gateway.write_retries, gateway.write_queue_max), (3, 10));
+    assert_eq!((gateway.write_retries, gateway.write_queue_entries_max), (3, 10));
     // Defaults (SPEC §7), and the file's array form.
     let gateway = resolve_args(&[], "origin = [\"http://127.0.0.1:1\"]").unwrap().gateway.unwrap();
     assert_eq!(
-        (gateway.connect_timeout, gateway.timeout, gateway.pool),
+        (gateway.connect_timeout, gateway.timeout, gateway.pool_connections_max),
         (Duration::from_secs(1), Duration::from_secs(10), 64)
     );
-    assert_eq!((gateway.default_ttl_ms, gateway.breaker_failures, gateway.breaker_open_ms), (0, 20, 10_000));
-    assert_eq!((gateway.async_writes, gateway.write_retries, gateway.write_queue_max), (false, 8, 100_000));
+    assert_eq!(
+        (gateway.default_ttl, gateway.breaker_failures, gateway.breaker_open),
+        (Duration::ZERO, 20, Duration::from_secs(10))
+    );
+    assert_eq!((gateway.async_writes, gateway.write_retries, gateway.write_queue_entries_max), (false, 8, 100_000));
     assert_eq!(gateway.admin_token, None);
 
     for (bad, expect) in [

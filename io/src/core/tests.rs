@@ -1,86 +1,76 @@
-use std::net::SocketAddr;
+//! The forwarding protocol between cores, driven by hand: a mesh, the
+//! metrics and `Forwards` on each side; no server, log or thread.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use shardgate_shards::route::shard_for_key;
+use shardgate_shards::conditions::Conditions;
+use shardgate_shards::kv::{Op, Outcome};
+use shardgate_shards::ratelimit::{Class, LeaseCheck, Leases, Limiter, Policy, Unused};
+use shardgate_shards::route::shard_for_hash;
 
-use super::*;
-use crate::driver::Driver;
-use crate::http::codec::Limits;
-use crate::limit::RateLimits;
-use crate::log::{Durability, LogConfig};
-use crate::mesh::{Answer, FORWARD_QUEUE_ENTRIES};
-use shardgate_shards::ratelimit::{Class, Decision, LeaseCheck, Policy, Unused};
-use std::time::Duration;
+use super::forwards::{Answer, CoreMesh, Forward, Forwards, LeaseTicket, Message, Reply};
+use crate::runtime::mesh::{FORWARD_QUEUE_ENTRIES, REPLY_QUEUE_ENTRIES};
+use crate::runtime::metrics::Metrics;
 
-fn core(id: u32, mesh: &Arc<Mesh>) -> Rc<Core> {
-    let config = ServerConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        shard_count: 2,
-        cpus: vec![0, 0],
-        driver: Driver::Epoll,
-        limits: Limits { head_bytes_max: 1024, body_bytes_max: 1024 },
-        cache_bytes: 1 << 20,
-        connections_max: 16,
-        header_timeout_s: 10,
-        idle_timeout_s: 60,
-        body_timeout_s: 60,
-        backlog: 16,
-        log: LogConfig {
-            data_dir: std::path::PathBuf::from("/nonexistent"),
-            durability: Durability::Async,
-            flush_interval: Duration::from_millis(5),
-            segment_bytes: 1 << 20,
-            backlog_bytes_max: 1 << 20,
-            recovery_delay: Duration::ZERO,
-            full_disk_switch: None,
-        },
-        rate_limits: RateLimits { state_bytes: 1 << 20, ..RateLimits::default() },
-        gateway: None,
-    };
-    // A log nobody flushes: these tests only read.
-    let (jobs, _unserviced) = std::sync::mpsc::sync_channel(1);
-    let book = shardgate_shards::compaction::SegmentBook::new(1 << 20, 0);
-    let log = CoreLog::new(Durability::Async, Duration::from_millis(5), 1 << 20, book, 0, jobs, Arc::default());
-    let shard = KvShard::new(1 << 20);
-    let reader = crate::reader::Reader::spawn(id).expect("reader thread");
-    Rc::new(Core::new(id, Arc::new(config), Arc::clone(mesh), Arc::new(Metrics::new(2)), shard, log, reader))
+fn side(id: u32, mesh: &Arc<CoreMesh>, metrics: &Arc<Metrics>) -> Rc<Forwards> {
+    Forwards::new(id, Arc::clone(mesh), Arc::clone(metrics))
 }
 
-fn get(key: &str) -> Op {
-    Op::Get { key: Bytes::copy_from_slice(key.as_bytes()), conditions: Conditions::default() }
+fn get() -> Message {
+    Message::Kv { op: Op::Get { key: Bytes::from_static(b"k"), conditions: Conditions::default() }, sync: false }
 }
 
-fn key_of(owner: u32) -> String {
-    (0..).map(|i| format!("k{i}")).find(|k| shard_for_key(k.as_bytes(), 2) == owner).unwrap()
+/// The owner's side: answers every key-value op with NotFound and serves
+/// lease requests and give-backs from `limiter`. Returns how many it served.
+fn serve(mesh: &CoreMesh, owner: u32, limiter: &mut Limiter, now_ms: u64) -> usize {
+    let mut served = 0;
+    while let Some(Forward { source, token, message }) = mesh.pop_forward(owner) {
+        served += 1;
+        let answer = match message {
+            Message::Kv { .. } => Answer::Kv(Ok(Outcome::NotFound)),
+            Message::Lease { identity, class, policy, want } => {
+                Answer::Lease(limiter.acquire(now_ms, identity, class, policy, want))
+            }
+            Message::GiveBack(unused) => {
+                limiter.give_back(now_ms, unused);
+                continue;
+            }
+            Message::Gateway(_) => unreachable!("no gateway here"),
+        };
+        mesh.reply(source, Reply { token, answer });
+    }
+    served
 }
 
 #[test]
 fn a_full_inbound_queue_answers_503() {
-    let mesh = Arc::new(Mesh::new(2));
-    let sender = core(0, &mesh);
-    let key = key_of(1);
+    let (mesh, metrics) = (Arc::new(CoreMesh::new(2)), Arc::new(Metrics::new(2)));
+    let sender = side(0, &mesh, &metrics);
     let mut replies = Vec::new();
     for _ in 0..FORWARD_QUEUE_ENTRIES {
-        let reply = sender.forward(1, get(&key), false).unwrap_or_else(|r| panic!("refused with {}", r.status));
-        replies.push(reply);
+        replies.push(sender.send(1, get()).unwrap_or_else(|r| panic!("refused with {}", r.status)));
     }
-    let refused = sender.forward(1, get(&key), false).err().expect("queue full");
+    let refused = sender.send(1, get()).err().expect("queue full");
     assert_eq!((refused.status, refused.retry_after_s), (503, Some(1)));
-    assert_eq!(sender.metrics_all.shard(0).shed_count(), 1);
+    assert_eq!(metrics.shard(0).shed_count(), 1);
     assert_eq!(sender.in_flight(), FORWARD_QUEUE_ENTRIES, "the refused request holds no slot");
 }
 
 #[test]
 fn in_flight_forwards_are_bounded_and_answered() {
-    let mesh = Arc::new(Mesh::new(2));
-    let sender = core(0, &mesh);
-    let owner = core(1, &mesh);
-    let key = key_of(1);
+    let (mesh, metrics) = (Arc::new(CoreMesh::new(2)), Arc::new(Metrics::new(2)));
+    let sender = side(0, &mesh, &metrics);
+    let mut limiter = Limiter::new(16, 1000);
     let mut replies = Vec::new();
     // The owner drains its queue as it fills, but nobody collects replies:
     // the sender's in-flight bound is what stops it.
     loop {
-        match sender.forward(1, get(&key), false) {
+        match sender.send(1, get()) {
             Ok(reply) => replies.push(reply),
             Err(refused) => {
                 assert_eq!((refused.status, refused.retry_after_s), (503, Some(1)));
@@ -88,18 +78,21 @@ fn in_flight_forwards_are_bounded_and_answered() {
             }
         }
         if mesh.forward_depth(1) == FORWARD_QUEUE_ENTRIES {
-            owner.drain_mailbox(usize::MAX);
+            serve(&mesh, 1, &mut limiter, 0);
         }
     }
-    owner.drain_mailbox(usize::MAX);
+    serve(&mesh, 1, &mut limiter, 0);
     assert_eq!(replies.len(), REPLY_QUEUE_ENTRIES);
     // Dropping a waiting future abandons its slot; the reply frees it.
     replies.truncate(10);
-    assert_eq!(sender.drain_mailbox(usize::MAX), REPLY_QUEUE_ENTRIES);
-    assert_eq!(sender.in_flight(), 10);
+    let mut delivered = 0;
+    while let Some(reply) = mesh.pop_reply(0) {
+        assert!(sender.deliver(reply).is_none(), "no lease was asked");
+        delivered += 1;
+    }
+    assert_eq!((delivered, sender.in_flight()), (REPLY_QUEUE_ENTRIES, 10));
     // The remaining replies resolve with the owner's outcome.
-    let waker = std::task::Waker::noop();
-    let mut context = Context::from_waker(waker);
+    let mut context = Context::from_waker(std::task::Waker::noop());
     for mut reply in replies {
         let outcome = Pin::new(&mut reply).poll(&mut context);
         assert_eq!(outcome, Poll::Ready(Answer::Kv(Ok(Outcome::NotFound))));
@@ -109,23 +102,26 @@ fn in_flight_forwards_are_bounded_and_answered() {
 
 #[test]
 fn leases_are_charged_by_the_owner_and_given_back() {
-    let mesh = Arc::new(Mesh::new(2));
-    let (owner, asker) = (core(0, &mesh), core(1, &mesh));
-    // A day-long window: buckets of three hours, so the owner's clock and
-    // the test's stay in one bucket.
+    let (mesh, metrics) = (Arc::new(CoreMesh::new(2)), Arc::new(Metrics::new(2)));
+    let asker = side(1, &mesh, &metrics);
+    let (mut owner_limiter, mut leases) = (Limiter::new(16, 86_400_000), Leases::new(16));
+    // A day-long window: buckets of three hours, so every step stays in one bucket.
     let policy = Policy::new(10, 86_400_000).expect("valid");
-    let identity = (0..).find(|&i| shardgate_shards::route::shard_for_hash(i, 2) == 0).expect("some hash");
-    let now_ms = asker.now_ms.get();
-    // Asks for `want` permits as limit::check does; returns how many the
-    // asking core can then spend, and what it says after.
-    let ask = |want| {
+    let identity = (0..).find(|&i| shard_for_hash(i, 2) == 0).expect("some hash");
+    let now_ms = 1_000_000;
+    // Asks for `want` permits as the rate limiter does; returns how many
+    // the asking core can then spend, and what it says after.
+    let mut ask = |want| {
         let mut unused = Vec::new();
-        asker.leases.borrow_mut().ask(now_ms, identity, Class::All, policy, 64, &mut unused);
-        asker.ask_lease(0, identity, Class::All, policy, want).expect("queued");
-        assert!(asker.leases.borrow_mut().is_asking(identity, Class::All));
-        owner.drain_mailbox(usize::MAX);
-        asker.drain_mailbox(usize::MAX);
-        let mut leases = asker.leases.borrow_mut();
+        leases.ask(now_ms, identity, Class::All, policy, 64, &mut unused);
+        let ticket = LeaseTicket { identity, class: Class::All, policy };
+        asker.ask(0, ticket, want).expect("queued");
+        assert!(leases.is_asking(identity, Class::All));
+        serve(&mesh, 0, &mut owner_limiter, now_ms);
+        let reply = mesh.pop_reply(1).expect("the owner answered");
+        let (answered, decision) = asker.deliver(reply).expect("a lease answer is handed back");
+        assert_eq!(answered, ticket);
+        leases.grant(now_ms, identity, Class::All, decision, 1000);
         assert!(!leases.is_asking(identity, Class::All), "the answer was recorded on arrival");
         let mut spent = 0;
         loop {
@@ -138,9 +134,10 @@ fn leases_are_charged_by_the_owner_and_given_back() {
     assert_eq!(ask(6), (6, LeaseCheck::Ask));
     assert_eq!(ask(6), (4, LeaseCheck::Ask));
     assert!(matches!(ask(1), (0, LeaseCheck::Refused { .. })));
+    assert_eq!(asker.in_flight(), 0, "lease answers free their slots");
     // Unused permits come back through the mailbox and free the window.
-    asker.give_back(Unused { identity, class: Class::All, policy, permits: 3, charged_ms: owner.now_ms.get() });
-    owner.drain_mailbox(usize::MAX);
-    let after: Decision = owner.limiter.borrow_mut().acquire(now_ms, identity, Class::All, policy, 10);
-    assert_eq!(after.granted, 3);
+    let unused = Unused { identity, class: Class::All, policy, permits: 3, charged_ms: now_ms };
+    assert!(asker.notify(0, Message::GiveBack(unused), FORWARD_QUEUE_ENTRIES / 2));
+    serve(&mesh, 0, &mut owner_limiter, now_ms);
+    assert_eq!(owner_limiter.acquire(now_ms, identity, Class::All, policy, 10).granted, 3);
 }

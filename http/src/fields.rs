@@ -1,0 +1,90 @@
+//! Header field helpers shared by the request and response paths.
+
+use bytes::Bytes;
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the framing fields the gateway
+/// sets itself: never forwarded in either direction.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"proxy-authorization",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Whether `name` is listed in a `Connection` field value (also hop-by-hop).
+pub fn named_by_connection(connection: &[u8], name: &[u8]) -> bool {
+    connection.split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+}
+
+/// The value of a field in `\r\nName: value` lines.
+pub fn field_of<'a>(headers: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    headers.split(|&b| b == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon].eq_ignore_ascii_case(name).then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+/// `stored` with every field `update` has replaced by `update`'s lines
+/// (both as `\r\nName: value` lines).
+pub fn merge_fields(stored: &[u8], update: &[u8]) -> Bytes {
+    let names = |lines: &[u8]| -> Vec<Vec<u8>> {
+        lines
+            .split(|&b| b == b'\n')
+            .filter_map(|l| l.iter().position(|&b| b == b':').map(|c| l[..c].trim_ascii().to_ascii_lowercase()))
+            .collect()
+    };
+    let replaced = names(update);
+    let mut out = Vec::with_capacity(stored.len() + update.len());
+    for line in stored.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let name = line.iter().position(|&b| b == b':').map(|c| line[..c].to_ascii_lowercase());
+        if name.is_some_and(|n| replaced.contains(&n)) {
+            continue;
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(update);
+    Bytes::from(out)
+}
+
+/// Appends `Name: value\r\n`.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Splits a request-target into path and query; absolute-form targets
+/// (`http://host/path`) are reduced to their path.
+pub fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
+    let path = origin_form(target);
+    match path.iter().position(|&b| b == b'?') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (path, b""),
+    }
+}
+
+/// An absolute-form target (`http://host/path?q`) reduced to origin form
+/// (`/path?q`); any other target as it is.
+pub fn origin_form(target: &[u8]) -> &[u8] {
+    for scheme in [&b"http://"[..], b"https://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            return rest.iter().position(|&b| b == b'/').map_or(b"/", |i| &rest[i..]);
+        }
+    }
+    target
+}
+
+#[cfg(test)]
+mod tests;

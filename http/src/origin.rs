@@ -1,0 +1,205 @@
+//! Decoding an origin's response (RFC 9112 §4–§6), sans-IO.
+//!
+//! [`parse_head`] is fed the bytes read so far and answers `None` until the
+//! whole head is there; [`Head::body_end`] then says where the message ends
+//! once its body has arrived. Interim (1xx) responses are skipped; the
+//! response comes back with its hop-by-hop and framing fields removed, and
+//! with the fields cache decisions read ([`CacheFields`]) picked out.
+
+use bytes::Bytes;
+
+use crate::codec::{Chunked, HttpError, Limits};
+use crate::fields::{is_hop_by_hop, named_by_connection};
+
+/// Largest origin response body; larger is an error (the gateway buffers bodies).
+pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
+/// Largest origin response head.
+pub const RESPONSE_HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Header fields in one origin response; more is an error.
+const RESPONSE_HEADERS_MAX: usize = 96;
+
+/// Why an origin response cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("the origin sent a malformed response: {0}")]
+    Malformed(&'static str),
+    #[error("the origin response is larger than the gateway buffers")]
+    TooLarge,
+}
+
+/// A complete origin response.
+#[derive(Clone, Debug, Default)]
+pub struct OriginResponse {
+    pub status: u16,
+    pub reason: Bytes,
+    /// End-to-end fields, each as `\r\nName: value`; hop-by-hop, framing,
+    /// `Date` and `Age` removed (the gateway sends its own).
+    pub headers: Bytes,
+    pub body: Bytes,
+    pub fields: CacheFields,
+}
+
+/// The response fields cache decisions read.
+#[derive(Clone, Debug, Default)]
+pub struct CacheFields {
+    pub cache_control: Option<Bytes>,
+    pub expires: Option<Bytes>,
+    pub date: Option<Bytes>,
+    pub age: Option<Bytes>,
+    pub vary: Option<Bytes>,
+    pub etag: Option<Bytes>,
+    pub last_modified: Option<Bytes>,
+}
+
+/// How the body of a response is delimited.
+#[derive(Debug)]
+pub enum BodyFraming {
+    None,
+    Length(usize),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+/// A parsed response head, waiting for its body.
+#[derive(Debug)]
+pub struct Head {
+    /// Bytes of the head.
+    pub length: usize,
+    pub keep_alive: bool,
+    pub framing: BodyFraming,
+    response: OriginResponse,
+}
+
+impl Head {
+    /// The end offset of the message once its body is complete; None:
+    /// more input needed. A chunked body is de-chunked into `chunked_body`.
+    pub fn body_end(&mut self, input: &[u8], chunked_body: &mut Vec<u8>) -> Result<Option<usize>, ResponseError> {
+        let limits = Limits { head_bytes_max: RESPONSE_HEAD_BYTES_MAX, body_bytes_max: RESPONSE_BYTES_MAX };
+        match &mut self.framing {
+            BodyFraming::None => Ok(Some(self.length)),
+            BodyFraming::Length(length) => Ok((input.len() >= self.length + *length).then_some(self.length + *length)),
+            BodyFraming::Chunked(chunked) => {
+                chunked.advance(input, chunked_body, limits).map_err(|error| match error {
+                    HttpError::BodyTooLarge => ResponseError::TooLarge,
+                    _ => ResponseError::Malformed("bad chunked framing"),
+                })
+            }
+            BodyFraming::UntilClose if input.len() - self.length > RESPONSE_BYTES_MAX => Err(ResponseError::TooLarge),
+            BodyFraming::UntilClose => Ok(None),
+        }
+    }
+
+    /// The response with `body`; the head keeps an empty one.
+    pub fn take_response(&mut self, body: Bytes) -> OriginResponse {
+        OriginResponse { body, ..std::mem::take(&mut self.response) }
+    }
+}
+
+/// Parses the response head once it is in `input`, skipping interim (1xx)
+/// responses (their bytes are drained from `input`). None: more input needed.
+pub fn parse_head(input: &mut Vec<u8>, expect_body: bool) -> Result<Option<Head>, ResponseError> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; RESPONSE_HEADERS_MAX];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let length = match parsed.parse(input) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) if input.len() > RESPONSE_HEAD_BYTES_MAX => {
+                return Err(ResponseError::Malformed("response head too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(ResponseError::Malformed("unparsable response head")),
+        };
+        let status = parsed.code.expect("complete parse has a status");
+        if (100..200).contains(&status) && status != 101 {
+            input.drain(..length);
+            continue;
+        }
+        if status == 101 {
+            return Err(ResponseError::Malformed("the origin switched protocols"));
+        }
+        return head_of(&parsed, length, expect_body).map(Some);
+    }
+}
+
+fn head_of(parsed: &httparse::Response<'_, '_>, length: usize, expect_body: bool) -> Result<Head, ResponseError> {
+    let status = parsed.code.expect("complete parse has a status");
+    let connection: Vec<u8> = parsed
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.iter().copied().chain(*b","))
+        .collect();
+    let mut fields = CacheFields::default();
+    let mut headers = Vec::with_capacity(512);
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    for field in parsed.headers.iter() {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let value = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+            let value = value.ok_or(ResponseError::Malformed("bad Content-Length"))?;
+            if content_length.is_some_and(|c| c != value) {
+                return Err(ResponseError::Malformed("conflicting Content-Length"));
+            }
+            content_length = Some(value);
+        }
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = field.value.trim_ascii().to_ascii_lowercase().ends_with(b"chunked");
+        }
+        pick_cache_field(&mut fields, field);
+        let dropped = is_hop_by_hop(name)
+            || named_by_connection(&connection, name)
+            || name.eq_ignore_ascii_case(b"date")
+            || name.eq_ignore_ascii_case(b"age");
+        if !dropped {
+            headers.extend_from_slice(b"\r\n");
+            headers.extend_from_slice(name);
+            headers.extend_from_slice(b": ");
+            headers.extend_from_slice(field.value);
+        }
+    }
+    let bodyless = !expect_body || status == 204 || status == 304 || (100..200).contains(&status);
+    let framing = match (bodyless, chunked, content_length) {
+        (true, _, _) => BodyFraming::None,
+        (false, true, _) => BodyFraming::Chunked(Chunked::new(length)),
+        (false, false, Some(n)) if n > RESPONSE_BYTES_MAX => return Err(ResponseError::TooLarge),
+        (false, false, Some(n)) => BodyFraming::Length(n),
+        (false, false, None) => BodyFraming::UntilClose,
+    };
+    let version_minor = parsed.version.unwrap_or(1);
+    let keep_alive = version_minor == 1 && !named_by_connection(&connection, b"close");
+    let response = OriginResponse {
+        status,
+        reason: Bytes::copy_from_slice(parsed.reason.unwrap_or("").as_bytes()),
+        headers: Bytes::from(headers),
+        body: Bytes::new(),
+        fields,
+    };
+    Ok(Head { length, keep_alive, framing, response })
+}
+
+/// Records `field` in `fields` when a cache decision reads it.
+fn pick_cache_field(fields: &mut CacheFields, field: &httparse::Header<'_>) {
+    let value = || Some(Bytes::copy_from_slice(field.value.trim_ascii()));
+    match field.name.to_ascii_lowercase().as_str() {
+        "cache-control" => fields.cache_control = join(fields.cache_control.take(), field.value),
+        "expires" => fields.expires = value(),
+        "date" => fields.date = value(),
+        "age" => fields.age = value(),
+        "vary" => fields.vary = join(fields.vary.take(), field.value),
+        "etag" => fields.etag = value(),
+        "last-modified" => fields.last_modified = value(),
+        _ => {}
+    }
+}
+
+/// Joins repeated list field lines with ", " (RFC 9110 §5.3).
+fn join(existing: Option<Bytes>, value: &[u8]) -> Option<Bytes> {
+    match existing {
+        None => Some(Bytes::copy_from_slice(value)),
+        Some(first) => Some(Bytes::from([&first[..], b", ", value].concat())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

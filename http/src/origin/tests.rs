@@ -1,0 +1,70 @@
+use bytes::Bytes;
+
+use super::*;
+
+/// Feeds `response` to the head parser and the body framing in one piece;
+/// returns the response and whether its connection may be reused.
+fn check(response: &[u8], expect_body: bool) -> Result<Option<(OriginResponse, bool)>, ResponseError> {
+    let mut input = response.to_vec();
+    let Some(mut head) = parse_head(&mut input, expect_body)? else {
+        return Ok(None);
+    };
+    let mut chunked_body = Vec::new();
+    let Some(end) = head.body_end(&input, &mut chunked_body)? else {
+        return Ok(None);
+    };
+    let body = match head.framing {
+        BodyFraming::Chunked(_) => Bytes::from(chunked_body),
+        _ => Bytes::copy_from_slice(&input[head.length..end]),
+    };
+    let reusable = head.keep_alive && !matches!(head.framing, BodyFraming::UntilClose);
+    Ok(Some((head.take_response(body), reusable)))
+}
+
+#[test]
+fn content_length_and_end_to_end_fields() {
+    let raw = b"HTTP/1.1 201 Made\r\nContent-Length: 3\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+                Date: Sat, 28 Nov 2026 07:00:00 GMT\r\nAge: 7\r\nCache-Control: max-age=5\r\nCache-Control: public\r\n\
+                ETag: \"e\"\r\nX-End: 2\r\n\r\nabc";
+    let (response, reusable) = check(raw, true).unwrap().unwrap();
+    assert_eq!(
+        (response.status, &response.reason[..], &response.body[..], reusable),
+        (201, &b"Made"[..], &b"abc"[..], true)
+    );
+    assert_eq!(
+        std::str::from_utf8(&response.headers).unwrap(),
+        "\r\nCache-Control: max-age=5\r\nCache-Control: public\r\nETag: \"e\"\r\nX-End: 2"
+    );
+    assert_eq!(response.fields.cache_control.as_deref(), Some(&b"max-age=5, public"[..]));
+    assert_eq!(response.fields.age.as_deref(), Some(&b"7"[..]));
+    assert!(check(&raw[..raw.len() - 1], true).unwrap().is_none(), "a short body waits");
+}
+
+#[test]
+fn chunked_interim_head_and_close_delimited() {
+    let chunked = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n";
+    let (response, reusable) = check(chunked, true).unwrap().unwrap();
+    assert_eq!((&response.body[..], reusable), (&b"abcde"[..], true));
+    assert!(!response.headers.windows(17).any(|w| w.eq_ignore_ascii_case(b"transfer-encoding")));
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+    assert_eq!(&check(head, false).unwrap().unwrap().0.body[..], b"", "a HEAD answer has no body");
+    let not_modified = b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n";
+    assert_eq!(check(not_modified, true).unwrap().unwrap().0.status, 304);
+    let until_close = b"HTTP/1.0 200 OK\r\n\r\nall of it";
+    assert!(check(until_close, true).unwrap().is_none(), "a close-delimited body ends at EOF");
+}
+
+#[test]
+fn malformed_responses_are_errors() {
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"NOT HTTP\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        assert!(check(raw, true).is_err(), "{}", String::from_utf8_lossy(raw));
+    }
+    let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", RESPONSE_BYTES_MAX + 1);
+    assert!(matches!(check(huge.as_bytes(), true), Err(ResponseError::TooLarge)));
+}

@@ -1,0 +1,222 @@
+//! A client request in owned form, for the gateway: copied once out of
+//! the connection's input so it can travel to its owner core, wait for an
+//! origin, or be queued as an asynchronous write, and encoded for the origin.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use shardgate_shards::queued::QueuedWrite;
+use shardgate_shards::route::key_hash;
+
+use crate::codec::{Method, Request, HEADERS_MAX};
+use crate::fields::{is_hop_by_hop, named_by_connection, origin_form, push_field};
+use crate::response::Response;
+
+/// A client request in owned form, sendable to its owner core.
+#[derive(Debug, PartialEq)]
+pub struct ProxyRequest {
+    pub method: Method,
+    pub method_token: Bytes,
+    pub target: Bytes,
+    /// Host, path and query: what the cache stores under.
+    pub key: Bytes,
+    pub hash: u64,
+    /// The request's header fields as sent (name, value).
+    pub fields: Vec<(Bytes, Bytes)>,
+    pub peer: Option<IpAddr>,
+    pub body: Bytes,
+}
+
+impl ProxyRequest {
+    /// Copies what the gateway needs out of a decoded request.
+    pub fn parse(request: &Request<'_>, peer: Option<IpAddr>) -> Result<ProxyRequest, Response> {
+        // One copy of the head; the method, target and fields are views of it.
+        let head = Bytes::copy_from_slice(request.head);
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut parsed = httparse::Request::new(&mut headers);
+        // The codec parsed this head already; only its fields are wanted again.
+        if !matches!(parsed.parse(&head), Ok(httparse::Status::Complete(_))) {
+            return Err(Response::problem(400, "malformed request head"));
+        }
+        let range = head.as_ptr_range();
+        let view = |part: &[u8]| {
+            let inside = range.start <= part.as_ptr() && part.as_ptr_range().end <= range.end;
+            match part.is_empty() {
+                true => Bytes::new(),
+                false if inside => head.slice_ref(part),
+                // `origin_form` answers "/" for `http://host`, a static slice.
+                false => Bytes::copy_from_slice(part),
+            }
+        };
+        let method_token = view(parsed.method.unwrap_or_default().as_bytes());
+        let fields: Vec<(Bytes, Bytes)> =
+            parsed.headers.iter().map(|h| (view(h.name.as_bytes()), view(h.value.trim_ascii()))).collect();
+        let host = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"host")).map(|(_, v)| v.to_ascii_lowercase());
+        let target = view(origin_form(parsed.path.unwrap_or_default().as_bytes()));
+        let key = Bytes::from([host.as_deref().unwrap_or_default(), &target[..]].concat());
+        Ok(ProxyRequest {
+            method: request.method,
+            method_token,
+            hash: key_hash(&key),
+            target,
+            key,
+            fields,
+            peer,
+            body: Bytes::copy_from_slice(request.body),
+        })
+    }
+
+    /// The first value of a field, by case-insensitive name.
+    pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &v[..])
+    }
+
+    /// `Prefer: respond-async` (RFC 7240) is among the preferences.
+    pub fn prefers_async(&self) -> bool {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"prefer"))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .any(|p| {
+                p.split(|&b| b == b';').next().unwrap_or_default().trim_ascii().eq_ignore_ascii_case(b"respond-async")
+            })
+    }
+
+    pub fn is_unsafe(&self) -> bool {
+        matches!(self.method, Method::Post | Method::Put | Method::Patch | Method::Delete)
+    }
+
+    /// The request as the origin gets it: hop-by-hop fields dropped,
+    /// `X-Forwarded-For` and `Via` extended, and for a cache fill the
+    /// client's own conditionals and ranges replaced by the cache's validators.
+    pub fn encode_for_origin(&self, default_host: &[u8], fill: Option<&Validators>) -> Bytes {
+        let body_bytes = self.body.len();
+        let mut out = Vec::with_capacity(256 + self.target.len() + body_bytes + self.fields.len() * 32);
+        let method: &[u8] = if fill.is_some() { b"GET" } else { &self.method_token };
+        out.extend_from_slice(method);
+        out.push(b' ');
+        out.extend_from_slice(&self.target);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let connection: Vec<u8> = self
+            .fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, v)| v.iter().copied().chain(*b","))
+            .collect();
+        const FILL_DROPPED: [&[u8]; 6] =
+            [b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range"];
+        let mut forwarded_for: Option<&[u8]> = None;
+        let mut via: Option<&[u8]> = None;
+        let mut has_host = false;
+        for (name, value) in &self.fields {
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                forwarded_for = Some(value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"via") {
+                via = Some(value);
+                continue;
+            }
+            let dropped = is_hop_by_hop(name)
+                || named_by_connection(&connection, name)
+                || (fill.is_some() && FILL_DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d)));
+            if dropped {
+                continue;
+            }
+            has_host |= name.eq_ignore_ascii_case(b"host");
+            push_field(&mut out, name, value);
+        }
+        if !has_host {
+            push_field(&mut out, b"Host", default_host);
+        }
+        if let Some(peer) = self.peer {
+            let peer = peer.to_string();
+            let value = match forwarded_for {
+                Some(prior) => [prior, b", ", peer.as_bytes()].concat(),
+                None => peer.into_bytes(),
+            };
+            push_field(&mut out, b"X-Forwarded-For", &value);
+        }
+        let value = match via {
+            Some(prior) => [prior, b", 1.1 shardgate"].concat(),
+            None => b"1.1 shardgate".to_vec(),
+        };
+        push_field(&mut out, b"Via", &value);
+        if let Some(validators) = fill {
+            if let Some(etag) = &validators.etag {
+                push_field(&mut out, b"If-None-Match", etag);
+            }
+            if let Some(last_modified) = &validators.last_modified {
+                push_field(&mut out, b"If-Modified-Since", last_modified);
+            }
+        }
+        if fill.is_none() && (body_bytes > 0 || matches!(self.method, Method::Post | Method::Put | Method::Patch)) {
+            push_field(&mut out, b"Content-Length", itoa::Buffer::new().format(body_bytes).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        if fill.is_none() {
+            out.extend_from_slice(&self.body);
+        }
+        Bytes::from(out)
+    }
+}
+
+/// The validators a revalidation sends.
+#[derive(Clone, Debug, Default)]
+pub struct Validators {
+    pub etag: Option<Bytes>,
+    pub last_modified: Option<Bytes>,
+}
+
+impl ProxyRequest {
+    /// The request as it is queued for delivery.
+    pub fn to_queued(&self) -> QueuedWrite {
+        QueuedWrite {
+            key_hash: self.hash,
+            method: self.method_token.clone(),
+            target: self.target.clone(),
+            fields: self.fields.clone(),
+            peer: self.peer,
+            body: self.body.clone(),
+        }
+    }
+
+    /// A queued write as a request again (its cache key is not kept: only
+    /// its hash, which names its owner).
+    pub fn from_queued(write: QueuedWrite) -> ProxyRequest {
+        let method = match &write.method[..] {
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"PATCH" => Method::Patch,
+            b"DELETE" => Method::Delete,
+            _ => Method::Other,
+        };
+        ProxyRequest {
+            method,
+            method_token: write.method,
+            target: write.target,
+            key: Bytes::new(),
+            hash: write.key_hash,
+            fields: write.fields,
+            peer: write.peer,
+            body: write.body,
+        }
+    }
+
+    /// The request as delivered asynchronously: as sent by the client, plus
+    /// `Idempotency-Key: {id}` after the request line.
+    pub fn encode_for_delivery(&self, default_host: &[u8], id: &str) -> Bytes {
+        let encoded = self.encode_for_origin(default_host, None);
+        let line_end = encoded.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let mut out = Vec::with_capacity(encoded.len() + 40);
+        out.extend_from_slice(&encoded[..line_end]);
+        out.extend_from_slice(b"Idempotency-Key: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&encoded[line_end..]);
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,73 @@
+//! The runtime layer: what every core runs on, knowing nothing of HTTP,
+//! the key-value API or the gateway.
+//!
+//! - [`driver`]: io_uring probe and driver choice.
+//! - [`listener`]: the per-core `SO_REUSEPORT` listeners.
+//! - [`mesh`]: the bounded cross-core mailboxes, generic over their messages.
+//! - [`offload`]: work handed to another thread, awaited through a waker.
+//! - [`metrics`]: per-shard counters and the Prometheus rendering (a leaf).
+//! - [`watchdog`]: the event-loop stall detector.
+//! - [`logging`]: structured log lines (key=value text or JSON).
+//!
+//! Also here: pinning a thread to a CPU, the wall clock in milliseconds,
+//! and a one-shot yield to the scheduler.
+
+pub mod driver;
+pub mod listener;
+pub mod logging;
+pub mod mesh;
+pub mod metrics;
+pub mod offload;
+pub mod watchdog;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Yields once to the scheduler so other tasks run.
+pub struct YieldNow(bool);
+
+impl YieldNow {
+    pub fn new() -> YieldNow {
+        YieldNow(false)
+    }
+}
+
+impl Default for YieldNow {
+    fn default() -> Self {
+        YieldNow::new()
+    }
+}
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

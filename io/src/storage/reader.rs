@@ -1,0 +1,66 @@
+//! Reading evicted values back from their segments, off the event loop.
+//!
+//! Each shard has one reader thread ([`offload::Worker`]) fed by a bounded
+//! queue ([`READ_QUEUE_ENTRIES`]; full → the read is refused at once and
+//! the GET gets 503). The thread keeps a few segment files open; a file
+//! compacted away is still readable through an open descriptor, and a read
+//! that finds it gone fails with `NotFound`, after which the caller looks
+//! the key up again (its record has moved).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::runtime::offload::{self, Completion, Slot};
+
+/// Reads queued per shard; beyond it, refused.
+pub const READ_QUEUE_ENTRIES: usize = 1024;
+/// Segment files a reader keeps open.
+const OPEN_FILES_MAX: usize = 64;
+
+struct ReadJob {
+    path: PathBuf,
+    offset: u64,
+    bytes: u32,
+    slot: Arc<Slot<io::Result<Vec<u8>>>>,
+}
+
+/// A shard's reader thread.
+pub struct Reader {
+    worker: offload::Worker<ReadJob>,
+}
+
+impl Reader {
+    pub fn spawn(shard: u32) -> io::Result<Reader> {
+        let mut open: HashMap<PathBuf, File> = HashMap::new();
+        let worker = offload::Worker::spawn(format!("shardgate-read-{shard}"), READ_QUEUE_ENTRIES, move |job| {
+            let ReadJob { path, offset, bytes, slot } = job;
+            slot.complete(read(&mut open, path, offset, bytes));
+        })?;
+        Ok(Reader { worker })
+    }
+
+    /// Queues a read of `bytes` at `offset` of `path`; None when the queue is full.
+    pub fn read(&self, path: PathBuf, offset: u64, bytes: u32) -> Option<Completion<io::Result<Vec<u8>>>> {
+        let slot = Slot::new();
+        let completion = Completion::of(&slot);
+        self.worker.try_send(ReadJob { path, offset, bytes, slot }).ok()?;
+        Some(completion)
+    }
+}
+
+fn read(open: &mut HashMap<PathBuf, File>, path: PathBuf, offset: u64, bytes: u32) -> io::Result<Vec<u8>> {
+    if !open.contains_key(&path) {
+        if open.len() >= OPEN_FILES_MAX {
+            open.clear();
+        }
+        let file = File::open(&path)?;
+        open.insert(path.clone(), file);
+    }
+    let mut buffer = vec![0; bytes as usize];
+    open[&path].read_exact_at(&mut buffer, offset)?;
+    Ok(buffer)
+}

@@ -1,0 +1,167 @@
+//! The gateway's queued asynchronous writes as stored records
+//! (docs/spec.md, "Asynchronous writes").
+//!
+//! A queued write is a key-value record under a reserved key no client can
+//! name, `\0w/{cache key hash:016x}-{sequence:016x}` ([`write_key`]). Its
+//! value is first the request ([`QueuedWrite::encode`], content type
+//! [`QUEUED_CONTENT_TYPE`]) and then its final [`WriteStatus`]: one record
+//! replaces the other, so a write is never both queued and finished. The
+//! key embeds the cache key's hash so that `route::shard_for_stored_key`
+//! keeps a key's writes on that key's owner shard, also after re-homing.
+//!
+//! The public id of a write is `{cache key hash:016x}-{sequence:x}`
+//! ([`format_id`]); its hash names the owner of `GET /_writes/{id}`.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+
+/// Keys of queued writes start with this; clients cannot name it.
+pub const WRITE_KEY_PREFIX: &[u8] = b"\0w/";
+/// Content type of a queued write's record (for operators reading segments).
+pub const QUEUED_CONTENT_TYPE: &[u8] = b"application/x-shardgate-write";
+/// Content type of a finished write's status record.
+pub const STATUS_CONTENT_TYPE: &[u8] = b"text/plain";
+
+/// A request queued for delivery to the origin, in owned form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedWrite {
+    pub key_hash: u64,
+    pub method: Bytes,
+    pub target: Bytes,
+    /// The request's header fields as sent (name, value).
+    pub fields: Vec<(Bytes, Bytes)>,
+    pub peer: Option<IpAddr>,
+    pub body: Bytes,
+}
+
+impl QueuedWrite {
+    /// Layout (little-endian): key hash u64, method token (u16 length +
+    /// bytes), target (u32 + bytes), field count u16 then per field name
+    /// (u16 + bytes) and value (u32 + bytes), peer (u16 + text, empty when
+    /// unknown), body (u32 + bytes).
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(64 + self.target.len() + self.body.len() + self.fields.len() * 48);
+        out.extend_from_slice(&self.key_hash.to_le_bytes());
+        put(&mut out, &self.method, 2);
+        put(&mut out, &self.target, 4);
+        out.extend_from_slice(&(self.fields.len() as u16).to_le_bytes());
+        for (name, value) in &self.fields {
+            put(&mut out, name, 2);
+            put(&mut out, value, 4);
+        }
+        put(&mut out, self.peer.map(|p| p.to_string()).unwrap_or_default().as_bytes(), 2);
+        put(&mut out, &self.body, 4);
+        Bytes::from(out)
+    }
+
+    /// The inverse of [`QueuedWrite::encode`]; None for bytes it did not produce.
+    pub fn decode(bytes: &[u8]) -> Option<QueuedWrite> {
+        let mut cursor = Cursor { rest: bytes };
+        let key_hash = u64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
+        let method = cursor.sized(2)?;
+        let target = cursor.sized(4)?;
+        let count = u16::from_le_bytes(cursor.take(2)?.try_into().ok()?);
+        let mut fields = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            fields.push((cursor.sized(2)?, cursor.sized(4)?));
+        }
+        let peer = cursor.sized(2)?;
+        let body = cursor.sized(4)?;
+        if !cursor.rest.is_empty() {
+            return None;
+        }
+        let peer = std::str::from_utf8(&peer).ok().and_then(|p| p.parse().ok());
+        Some(QueuedWrite { key_hash, method, target, fields, peer, body })
+    }
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8], width: usize) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes()[..width]);
+    out.extend_from_slice(bytes);
+}
+
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (self.rest.get(..n)?, self.rest.get(n..)?);
+        self.rest = tail;
+        Some(head)
+    }
+
+    /// A length of `width` bytes, then that many bytes.
+    fn sized(&mut self, width: usize) -> Option<Bytes> {
+        let mut length = [0u8; 4];
+        length[..width].copy_from_slice(self.take(width)?);
+        self.take(u32::from_le_bytes(length) as usize).map(Bytes::copy_from_slice)
+    }
+}
+
+/// How a write ended, as its status record says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteStatus {
+    /// The origin answered with this status (below 500).
+    Delivered(u16),
+    /// Given up; the reason.
+    Failed(String),
+}
+
+impl WriteStatus {
+    /// `delivered {status}` or `failed {reason}`.
+    pub fn encode(&self) -> Bytes {
+        match self {
+            WriteStatus::Delivered(status) => Bytes::from(format!("delivered {status}")),
+            WriteStatus::Failed(reason) => Bytes::from(format!("failed {reason}")),
+        }
+    }
+
+    /// The inverse of [`WriteStatus::encode`]; None for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<WriteStatus> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        match text.split_once(' ')? {
+            ("delivered", status) => status.parse().ok().map(WriteStatus::Delivered),
+            ("failed", reason) => Some(WriteStatus::Failed(reason.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// `{key_hash:016x}-{sequence:x}`.
+pub fn format_id(key_hash: u64, sequence: u64) -> String {
+    format!("{key_hash:016x}-{sequence:x}")
+}
+
+/// The cache key hash and sequence of an id; None when malformed.
+pub fn parse_id(text: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (hash, sequence) = text.split_once('-')?;
+    let hex = |s: &str| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if hash.len() != 16 || !hex(hash) || !hex(sequence) {
+        return None;
+    }
+    Some((u64::from_str_radix(hash, 16).ok()?, u64::from_str_radix(sequence, 16).ok()?))
+}
+
+/// The reserved key of a queued write.
+pub fn write_key(key_hash: u64, sequence: u64) -> Bytes {
+    Bytes::from([WRITE_KEY_PREFIX, format!("{key_hash:016x}-{sequence:016x}").as_bytes()].concat())
+}
+
+/// The cache key hash and sequence in a write key.
+pub fn parse_write_key(key: &[u8]) -> Option<(u64, u64)> {
+    let rest = std::str::from_utf8(key.strip_prefix(WRITE_KEY_PREFIX)?).ok()?;
+    let (hash, sequence) = rest.split_once('-')?;
+    Some((u64::from_str_radix(hash, 16).ok()?, u64::from_str_radix(sequence, 16).ok()?))
+}
+
+/// The cache key hash a stored key embeds, if it is a write key.
+pub fn embedded_hash(key: &[u8]) -> Option<u64> {
+    let hex = key.strip_prefix(WRITE_KEY_PREFIX)?.get(..16)?;
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,42 @@
+use super::*;
+
+#[test]
+fn ids_round_trip_and_reject_garbage() {
+    assert_eq!(parse_id(format_id(3, 0x1f).as_bytes()), Some((3, 0x1f)));
+    assert_eq!(parse_write_key(&write_key(u64::MAX, 9)), Some((u64::MAX, 9)));
+    assert_eq!(embedded_hash(&write_key(0xabc, 9)), Some(0xabc));
+    assert_eq!(embedded_hash(b"plain"), None);
+    for bad in [&b""[..], b"3", b"-1", b"3-1", b"000000000000000x-1", b"0000000000000003-", b"0000000000000003-1-2"] {
+        assert_eq!(parse_id(bad), None, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn queued_writes_round_trip_and_truncation_is_refused() {
+    let write = QueuedWrite {
+        key_hash: 42,
+        method: Bytes::from_static(b"PUT"),
+        target: Bytes::from_static(b"/items/1?x=y"),
+        fields: vec![
+            (Bytes::from_static(b"Host"), Bytes::from_static(b"api")),
+            (Bytes::from_static(b"X-A"), Bytes::new()),
+        ],
+        peer: Some("10.0.0.1".parse().unwrap()),
+        body: Bytes::from_static(b"{\"a\":1}"),
+    };
+    let encoded = write.encode();
+    assert_eq!(QueuedWrite::decode(&encoded), Some(write));
+    for cut in 0..encoded.len() {
+        assert!(QueuedWrite::decode(&encoded[..cut]).is_none(), "truncated at {cut}");
+    }
+}
+
+#[test]
+fn statuses_round_trip() {
+    for status in [WriteStatus::Delivered(201), WriteStatus::Failed("after 3 tries: origin status 503".into())] {
+        assert_eq!(WriteStatus::decode(&status.encode()), Some(status));
+    }
+    for bad in [&b"delivered x"[..], b"queued", b"", b"delivered"] {
+        assert_eq!(WriteStatus::decode(bad), None);
+    }
+}
