@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 3's compaction figures: disk use against live data, compaction step
+# Compaction figures: disk use against live data, compaction step
 # durations and request latency under an overwrite-only load
 # (bench/scenarios/overwrite.toml) on one shard with 8 MiB segments.
 # /metrics is sampled every second; the table is printed at the end.

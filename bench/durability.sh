@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 3's figures: the data disk's fdatasync latency, then sync-durable
+# Durability figures: the data disk's fdatasync latency, then sync-durable
 # PUT throughput and latency on one shard at 1, 16 and 256 clients, and
 # async PUTs for comparison. Server on SERVER_CPU, generator on CLIENT_CPU.
 set -euo pipefail

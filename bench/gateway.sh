@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Gateway mode against Varnish (issue 6), both in front of the same origin
+# Gateway mode against Varnish, both in front of the same origin
 # simulator, one core each, in one run:
 #  1. hits: the closed-loop rate and the server CPU per request of GETs of
 #     1,000 cached paths (bench/scenarios/gateway-hits.toml);

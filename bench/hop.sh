@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cross-core hop (issue 2): server CPU per GET when the key is owned by
+# The cross-core hop: server CPU per GET when the key is owned by
 # the core that received the request versus by the other core.
 #
 # The server runs --shards 2 with both shard threads on SERVER_CPU (one core

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 3's recovery figures: restart time per GiB of log, with the hint
+# Recovery figures: restart time per GiB of log, with the hint
 # files the server writes and with them deleted. One shard, 64 MiB
 # segments, 4 KiB values written by wrk (bench/wrk/put.lua). Each restart is
 # measured from the shard's own "recovered ... millis=" log line. When

@@ -69,7 +69,7 @@ pub fn run(config: &Config, shard_count: u32, cpus: &[usize]) -> u8 {
             driver::probe_uring().map(|flags| shardgate_io::config::Driver::Uring(flags).to_string()),
         ),
         judge_memlock(rlimit(libc::RLIMIT_MEMLOCK), shard_count),
-        judge_nofile(rlimit(libc::RLIMIT_NOFILE), shard_count, config.max_connections + origin_fds),
+        judge_nofile(rlimit(libc::RLIMIT_NOFILE), shard_count, config.connections_max + origin_fds),
         judge_somaxconn(read_opt("/proc/sys/net/core/somaxconn").and_then(|t| t.trim().parse().ok()), config.backlog),
         judge_governor(&governors(cpus)),
         judge_thp(read_opt("/sys/kernel/mm/transparent_hugepage/enabled").as_deref()),
@@ -168,7 +168,7 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
     Some(cpus)
 }
 
-/// DEFER_TASKRUN, the one ring flag that matters here (FACTS.md), needs 6.1.
+/// DEFER_TASKRUN, the ring flag that matters (tuning.md), needs 6.1.
 pub fn judge_kernel(release: &str) -> Finding {
     match parse_kernel_version(release) {
         Some(version) if version >= (6, 1) => Finding::pass("kernel", format!("Linux {}", release.trim())),

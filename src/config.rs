@@ -182,8 +182,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub durability: Durability,
     pub flush_interval: Duration,
-    pub segment_bytes: u64,
-    pub log_backlog_bytes: u64,
+    pub segment_bytes_max: u64,
+    pub log_backlog_bytes_max: u64,
     pub cache_bytes: u64,
     /// None: off.
     pub rate_limit: Option<Policy>,
@@ -193,9 +193,9 @@ pub struct Config {
     pub rate_limit_state_bytes: u64,
     pub trust_forwarded_for: bool,
     pub io_driver: DriverChoice,
-    pub max_connections: usize,
-    pub max_body: usize,
-    pub max_header: usize,
+    pub connections_max: usize,
+    pub body_bytes_max: usize,
+    pub header_bytes_max: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
@@ -326,43 +326,18 @@ fn rate_file(file: &mut File) -> Result<RateFile, String> {
 fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
     let rate = rate_file(&mut file)?;
     let gateway = gateway(&mut cli, &mut file)?;
-    let max_header = setting("max-header", cli.max_header, file.max_header, 16 * 1024, |v| {
-        parse_size(v).and_then(|n| within(n, 1024, 1 << 20)).map(|n| n as usize)
-    })?;
+    let log = log_settings(&mut cli, &mut file)?;
+    let connection = connection_settings(&mut cli, &mut file)?;
     Ok(Config {
         listen: setting("listen", cli.listen, file.listen, "127.0.0.1:8080".parse().expect("valid"), parse_address)?,
         shards: setting("shards", cli.shards, file.shards, None, |v| {
             parse_count(v, 1, u64::from(SHARDS_MAX)).map(|n| Some(n as u32))
         })?,
-        data_dir: setting("data-dir", cli.data_dir, file.data_dir, PathBuf::from("./data"), |v| {
-            if v.is_empty() {
-                Err("expected a directory path".to_string())
-            } else {
-                Ok(PathBuf::from(v))
-            }
-        })?,
-        durability: setting("durability", cli.durability, file.durability, Durability::Async, |v| match v {
-            "async" => Ok(Durability::Async),
-            "sync" => Ok(Durability::Sync),
-            _ => Err("expected async or sync".to_string()),
-        })?,
-        flush_interval: setting(
-            "flush-interval",
-            cli.flush_interval,
-            file.flush_interval,
-            Duration::from_millis(5),
-            |v| parse_duration(v).and_then(|d| within_duration(d, Duration::from_millis(1), Duration::from_secs(60))),
-        )?,
-        segment_bytes: setting("segment-bytes", cli.segment_bytes, file.segment_bytes, 64 << 20, |v| {
-            parse_size(v).and_then(|n| within(n, 1 << 20, 4 << 30))
-        })?,
-        log_backlog_bytes: setting(
-            "log-backlog-bytes",
-            cli.log_backlog_bytes,
-            file.log_backlog_bytes,
-            64 << 20,
-            |v| parse_size(v).and_then(|n| within(n, 64 << 10, 16 << 30)),
-        )?,
+        data_dir: log.data_dir,
+        durability: log.durability,
+        flush_interval: log.flush_interval,
+        segment_bytes_max: log.segment_bytes_max,
+        log_backlog_bytes_max: log.log_backlog_bytes_max,
         cache_bytes: setting("cache-bytes", cli.cache_bytes, file.cache_bytes, 1 << 30, |v| {
             parse_size(v).and_then(|n| within(n, 64 * 1024, u64::MAX / 2))
         })?,
@@ -389,35 +364,13 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
             "epoll" => Ok(DriverChoice::Epoll),
             _ => Err("expected auto, uring or epoll".to_string()),
         })?,
-        max_connections: setting("max-connections", cli.max_connections, file.max_connections, 10_000, |v| {
-            parse_count(v, 1, 1 << 20).map(|n| n as usize)
-        })?,
-        max_body: setting("max-body", cli.max_body, file.max_body, 1 << 20, |v| {
-            parse_size(v).and_then(|n| within(n, 0, 1 << 30)).map(|n| n as usize)
-        })?,
-        max_header,
-        header_timeout: setting(
-            "header-timeout",
-            cli.header_timeout,
-            file.header_timeout,
-            Duration::from_secs(10),
-            parse_timeout,
-        )?,
-        idle_timeout: setting(
-            "idle-timeout",
-            cli.idle_timeout,
-            file.idle_timeout,
-            Duration::from_secs(60),
-            parse_timeout,
-        )?,
-        body_timeout: setting(
-            "body-timeout",
-            cli.body_timeout,
-            file.body_timeout,
-            Duration::from_secs(60),
-            parse_timeout,
-        )?,
-        backlog: setting("backlog", cli.backlog, file.backlog, 4096, |v| parse_count(v, 1, 1 << 20).map(|n| n as i32))?,
+        connections_max: connection.connections_max,
+        body_bytes_max: connection.body_bytes_max,
+        header_bytes_max: connection.header_bytes_max,
+        header_timeout: connection.header_timeout,
+        idle_timeout: connection.idle_timeout,
+        body_timeout: connection.body_timeout,
+        backlog: connection.backlog,
         log_format: setting("log-format", cli.log_format, file.log_format, LogFormat::Text, |v| match v {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -427,9 +380,99 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
     })
 }
 
-/// The gateway settings (docs/spec.md §7), validated even without `--origin` so
-/// that a typo is reported whatever the mode. None without an origin.
-fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, String> {
+/// The durable log's settings.
+struct LogSettings {
+    data_dir: PathBuf,
+    durability: Durability,
+    flush_interval: Duration,
+    segment_bytes_max: u64,
+    log_backlog_bytes_max: u64,
+}
+
+fn log_settings(cli: &mut Cli, file: &mut File) -> Result<LogSettings, String> {
+    Ok(LogSettings {
+        data_dir: setting("data-dir", cli.data_dir.take(), file.data_dir.take(), PathBuf::from("./data"), |v| {
+            if v.is_empty() {
+                Err("expected a directory path".to_string())
+            } else {
+                Ok(PathBuf::from(v))
+            }
+        })?,
+        durability: setting(
+            "durability",
+            cli.durability.take(),
+            file.durability.take(),
+            Durability::Async,
+            |v| match v {
+                "async" => Ok(Durability::Async),
+                "sync" => Ok(Durability::Sync),
+                _ => Err("expected async or sync".to_string()),
+            },
+        )?,
+        flush_interval: setting(
+            "flush-interval",
+            cli.flush_interval.take(),
+            file.flush_interval.take(),
+            Duration::from_millis(5),
+            |v| parse_duration(v).and_then(|d| within_duration(d, Duration::from_millis(1), Duration::from_secs(60))),
+        )?,
+        segment_bytes_max: setting(
+            "segment-bytes",
+            cli.segment_bytes.take(),
+            file.segment_bytes.take(),
+            64 << 20,
+            |v| parse_size(v).and_then(|n| within(n, 1 << 20, 4 << 30)),
+        )?,
+        log_backlog_bytes_max: setting(
+            "log-backlog-bytes",
+            cli.log_backlog_bytes.take(),
+            file.log_backlog_bytes.take(),
+            64 << 20,
+            |v| parse_size(v).and_then(|n| within(n, 64 << 10, 16 << 30)),
+        )?,
+    })
+}
+
+/// The limits and timeouts of client connections.
+struct ConnectionSettings {
+    connections_max: usize,
+    body_bytes_max: usize,
+    header_bytes_max: usize,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    body_timeout: Duration,
+    backlog: i32,
+}
+
+fn connection_settings(cli: &mut Cli, file: &mut File) -> Result<ConnectionSettings, String> {
+    let timeout = |name, flag: Option<String>, value: Option<toml::Value>, default| {
+        setting(name, flag, value, Duration::from_secs(default), parse_timeout)
+    };
+    Ok(ConnectionSettings {
+        connections_max: setting(
+            "max-connections",
+            cli.max_connections.take(),
+            file.max_connections.take(),
+            10_000,
+            |v| parse_count(v, 1, 1 << 20).map(|n| n as usize),
+        )?,
+        body_bytes_max: setting("max-body", cli.max_body.take(), file.max_body.take(), 1 << 20, |v| {
+            parse_size(v).and_then(|n| within(n, 0, 1 << 30)).map(|n| n as usize)
+        })?,
+        header_bytes_max: setting("max-header", cli.max_header.take(), file.max_header.take(), 16 * 1024, |v| {
+            parse_size(v).and_then(|n| within(n, 1024, 1 << 20)).map(|n| n as usize)
+        })?,
+        header_timeout: timeout("header-timeout", cli.header_timeout.take(), file.header_timeout.take(), 10)?,
+        idle_timeout: timeout("idle-timeout", cli.idle_timeout.take(), file.idle_timeout.take(), 60)?,
+        body_timeout: timeout("body-timeout", cli.body_timeout.take(), file.body_timeout.take(), 60)?,
+        backlog: setting("backlog", cli.backlog.take(), file.backlog.take(), 4096, |v| {
+            parse_count(v, 1, 1 << 20).map(|n| n as i32)
+        })?,
+    })
+}
+
+/// The `--origin` URLs, from the flags or the file (a string or an array).
+fn origins(cli: &mut Cli, file: &mut File) -> Result<Vec<OriginAddress>, String> {
     let mut urls = std::mem::take(&mut cli.origin);
     if urls.is_empty() {
         match file.origin.take() {
@@ -450,10 +493,15 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
     if urls.len() > ORIGINS_MAX {
         return Err(format!("shardgate: invalid --origin: at most {ORIGINS_MAX} origins"));
     }
-    let origins = urls
-        .iter()
+    urls.iter()
         .map(|url| parse_origin(url.trim()).map_err(|why| format!("shardgate: invalid --origin '{url}': {why}")))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// The gateway settings (docs/spec.md §7), validated even without `--origin` so
+/// that a typo is reported whatever the mode. None without an origin.
+fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, String> {
+    let origins = origins(cli, file)?;
     let duration_within =
         |min: Duration, max: Duration| move |v: &str| parse_duration(v).and_then(|d| within_duration(d, min, max));
     let (breaker_failures, breaker_open) =

@@ -28,15 +28,15 @@ pub fn run(config: Config) -> Result<()> {
         logging::warn(&warning, &[]);
     }
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
-    check_data_dir(&config.data_dir, shard_count, config.segment_bytes)?;
+    check_data_dir(&config.data_dir, shard_count, config.segment_bytes_max)?;
     let server_config = ServerConfig {
         listen: config.listen,
         shard_count,
         cpus: (0..shard_count as usize).map(|i| cpus[i % cpus.len()]).collect(),
         driver,
-        limits: Limits { head_bytes_max: config.max_header, body_bytes_max: config.max_body },
+        limits: Limits { head_bytes_max: config.header_bytes_max, body_bytes_max: config.body_bytes_max },
         cache_bytes: config.cache_bytes,
-        connections_max: config.max_connections,
+        connections_max: config.connections_max,
         header_timeout: config.header_timeout,
         idle_timeout: config.idle_timeout,
         body_timeout: config.body_timeout,
@@ -45,8 +45,8 @@ pub fn run(config: Config) -> Result<()> {
             data_dir: config.data_dir.clone(),
             durability: config.durability,
             flush_interval: config.flush_interval,
-            segment_bytes_max: config.segment_bytes,
-            backlog_bytes_max: config.log_backlog_bytes as usize,
+            segment_bytes_max: config.segment_bytes_max,
+            backlog_bytes_max: config.log_backlog_bytes_max as usize,
             recovery_delay: recovery_delay_for_tests(),
             full_disk_switch: std::env::var_os("SHARDGATE_TEST_FULL_DISK_FILE").map(std::path::PathBuf::from),
         },

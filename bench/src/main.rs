@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use shardgate_bench::execute::run_scenario;
 use shardgate_bench::report::{self, CORE_HOUR_PRICE_DEFAULT};
 use shardgate_bench::runner::{Options, Target};
@@ -27,45 +27,49 @@ enum ApiArg {
     Gateway,
 }
 
+/// `run`: scenario files against a server.
+#[derive(Args)]
+struct RunArgs {
+    /// Scenario files (bench/scenarios/*.toml).
+    #[arg(required = true)]
+    scenarios: Vec<PathBuf>,
+    #[arg(long)]
+    addr: SocketAddr,
+    /// The HTTP API the server speaks.
+    #[arg(long, value_enum, default_value = "shardgate")]
+    api: ApiArg,
+    /// Name of the server in the report.
+    #[arg(long, default_value = "shardgate")]
+    server_name: String,
+    /// PIDs of the server's processes (comma-separated), for CPU per request and RSS.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Generator threads, each with its own event loop.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// CPUs to pin generator threads to (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Price of one vCPU-hour in dollars, for $ per 100M requests.
+    #[arg(long, default_value_t = CORE_HOUR_PRICE_DEFAULT)]
+    core_hour_price: f64,
+    /// Writes <scenario>-<server>.json and .svg here.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Skip the scenarios' preload phase (data already there).
+    #[arg(long)]
+    no_preload: bool,
+    /// Overrides the scenarios' connection count.
+    #[arg(long)]
+    connections: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs scenario files against a server and reports them.
-    Run {
-        /// Scenario files (bench/scenarios/*.toml).
-        #[arg(required = true)]
-        scenarios: Vec<PathBuf>,
-        #[arg(long)]
-        addr: SocketAddr,
-        /// The HTTP API the server speaks.
-        #[arg(long, value_enum, default_value = "shardgate")]
-        api: ApiArg,
-        /// Name of the server in the report.
-        #[arg(long, default_value = "shardgate")]
-        server_name: String,
-        /// PIDs of the server's processes (comma-separated), for CPU per request and RSS.
-        #[arg(long, value_delimiter = ',')]
-        server_pid: Vec<u32>,
-        /// Generator threads, each with its own event loop.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// CPUs to pin generator threads to (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        cpus: Vec<usize>,
-        /// Price of one vCPU-hour in dollars, for $ per 100M requests.
-        #[arg(long, default_value_t = CORE_HOUR_PRICE_DEFAULT)]
-        core_hour_price: f64,
-        /// Writes <scenario>-<server>.json and .svg here.
-        #[arg(long)]
-        out_dir: Option<PathBuf>,
-        /// Skip the scenarios' preload phase (data already there).
-        #[arg(long)]
-        no_preload: bool,
-        /// Overrides the scenarios' connection count.
-        #[arg(long)]
-        connections: Option<usize>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Run(RunArgs),
     /// Runs the simulated origin API (for gateway scenarios) until killed.
     Origin {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -137,47 +141,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Run {
-            scenarios,
-            addr,
-            api,
-            server_name,
-            server_pid,
-            threads,
-            cpus,
-            core_hour_price,
-            out_dir,
-            no_preload,
-            connections,
-            seed,
-        } => {
-            let api = match api {
-                ApiArg::Shardgate => Api::Shardgate,
-                ApiArg::Webdis => Api::Webdis,
-                ApiArg::Static => Api::Static,
-                ApiArg::Gateway => Api::Gateway,
-            };
-            let target = Target { addr, api, server_pids: server_pid };
-            let options = Options { threads, cpus, progress: true, seed };
-            let mut rows = Vec::new();
-            for path in &scenarios {
-                let mut scenario = Scenario::load_file(path).map_err(anyhow::Error::msg)?;
-                if let Some(connections) = connections {
-                    scenario.connections = connections;
-                    scenario.name = format!("{}-c{connections}", scenario.name);
-                }
-                eprintln!("{}: {}", scenario.name, scenario.description);
-                let run = run_scenario(&scenario, &target, &server_name, &options, core_hour_price, !no_preload)?;
-                if let Some(rate) = run.max_sustainable_rps {
-                    eprintln!("{}: highest rate meeting the bound: {rate:.0}/s", scenario.name);
-                }
-                if let Some(dir) = &out_dir {
-                    write_outputs(dir, &scenario, &server_name, &run)?;
-                }
-                rows.extend(run.rows);
-            }
-            print!("{}", report::markdown(&rows));
-        }
+        Command::Run(args) => run(args)?,
         Command::Origin { listen, latency, error_rate, cache_control, body_bytes } => {
             let latency = shardgate_bench::scenario::duration(&latency).map_err(anyhow::Error::msg)?;
             let config = origin::OriginConfig { latency, error_rate, cache_control, body_bytes };
@@ -219,6 +183,51 @@ fn main() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Runs every scenario against the server and prints their table.
+fn run(args: RunArgs) -> Result<()> {
+    let RunArgs {
+        scenarios,
+        addr,
+        api,
+        server_name,
+        server_pid,
+        threads,
+        cpus,
+        core_hour_price,
+        out_dir,
+        no_preload,
+        connections,
+        seed,
+    } = args;
+    let api = match api {
+        ApiArg::Shardgate => Api::Shardgate,
+        ApiArg::Webdis => Api::Webdis,
+        ApiArg::Static => Api::Static,
+        ApiArg::Gateway => Api::Gateway,
+    };
+    let target = Target { addr, api, server_pids: server_pid };
+    let options = Options { threads, cpus, progress: true, seed };
+    let mut rows = Vec::new();
+    for path in &scenarios {
+        let mut scenario = Scenario::load_file(path).map_err(anyhow::Error::msg)?;
+        if let Some(connections) = connections {
+            scenario.connections = connections;
+            scenario.name = format!("{}-c{connections}", scenario.name);
+        }
+        eprintln!("{}: {}", scenario.name, scenario.description);
+        let run = run_scenario(&scenario, &target, &server_name, &options, core_hour_price, !no_preload)?;
+        if let Some(rate) = run.max_sustainable_rps {
+            eprintln!("{}: highest rate meeting the bound: {rate:.0}/s", scenario.name);
+        }
+        if let Some(dir) = &out_dir {
+            write_outputs(dir, &scenario, &server_name, &run)?;
+        }
+        rows.extend(run.rows);
+    }
+    print!("{}", report::markdown(&rows));
     Ok(())
 }
 

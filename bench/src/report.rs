@@ -188,21 +188,21 @@ pub fn svg(title: &str, series: &[Second]) -> String {
             .collect();
         out += &line(points, color);
     }
-    let legend = [("#999", "offered/s"), ("#2a7", "answered/s"), ("#36c", "p50"), ("#e80", "p99"), ("#c22", "max")];
-    for (i, (color, name)) in legend.iter().enumerate() {
-        let lx = LEFT + 10.0 + 120.0 * i as f64;
-        let ly = latency_top + PANEL + 30.0;
-        let _ = writeln!(out, "<rect x=\"{lx}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{ly}\">{name}</text>", ly - 5.0, lx + 20.0);
-    }
-    let _ = writeln!(
-        out,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} s</text>",
-        WIDTH - 20.0,
-        latency_top + PANEL + 15.0,
-        series.len()
-    );
+    legend(&mut out, LEFT, WIDTH, latency_top + PANEL, series.len());
     out.push_str("</svg>\n");
     out
+}
+
+/// The legend under the latency panel and the run's length, in seconds.
+fn legend(out: &mut String, left: f64, width: f64, bottom: f64, seconds: usize) {
+    let legend = [("#999", "offered/s"), ("#2a7", "answered/s"), ("#36c", "p50"), ("#e80", "p99"), ("#c22", "max")];
+    for (i, (color, name)) in legend.iter().enumerate() {
+        let lx = left + 10.0 + 120.0 * i as f64;
+        let ly = bottom + 30.0;
+        let _ = writeln!(out, "<rect x=\"{lx}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{ly}\">{name}</text>", ly - 5.0, lx + 20.0);
+    }
+    let _ =
+        writeln!(out, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{seconds} s</text>", width - 20.0, bottom + 15.0);
 }
 
 fn escape(text: &str) -> String {

@@ -128,8 +128,40 @@ pub fn run_phase(
             std::thread::Builder::new().name(format!("bench-{thread}")).spawn(move || run_thread(spec))
         })
         .collect::<std::io::Result<_>>()?;
+    let rss_peak = watch(&handles, target, &progress, started, options.progress);
+    let mut total = ThreadResult::new();
+    for handle in handles {
+        let result = handle.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
+        total.merge(result);
+    }
+    let elapsed = started.elapsed();
+    let server_cpu = match (server_cpu(&target.server_pids)?, cpu_before) {
+        (Some(after), Some(before)) => Some(after - before),
+        _ => None,
+    };
+    Ok(PhaseResult {
+        issued: total.issued,
+        series: total.seconds.iter().map(SecondAcc::summary).collect(),
+        stats: total.stats,
+        elapsed,
+        lag_us: total.lag_us,
+        server_cpu,
+        server_rss_peak: rss_peak,
+    })
+}
+
+/// Samples the server's RSS every 100 ms while the generator threads run,
+/// and prints a progress line each second when stderr is a terminal.
+/// Returns the peak RSS.
+fn watch<T>(
+    handles: &[std::thread::JoinHandle<T>],
+    target: &Target,
+    progress: &Progress,
+    started: Instant,
+    show_progress: bool,
+) -> Option<u64> {
     let mut rss_peak = None;
-    let show = options.progress && std::io::stderr().is_terminal();
+    let show = show_progress && std::io::stderr().is_terminal();
     let mut next_line = Instant::now() + Duration::from_secs(1);
     let mut last_responses = 0;
     while handles.iter().any(|h| !h.is_finished()) {
@@ -157,25 +189,7 @@ pub fn run_phase(
     if show {
         eprintln!();
     }
-    let mut total = ThreadResult::new();
-    for handle in handles {
-        let result = handle.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
-        total.merge(result);
-    }
-    let elapsed = started.elapsed();
-    let server_cpu = match (server_cpu(&target.server_pids)?, cpu_before) {
-        (Some(after), Some(before)) => Some(after - before),
-        _ => None,
-    };
-    Ok(PhaseResult {
-        issued: total.issued,
-        series: total.seconds.iter().map(SecondAcc::summary).collect(),
-        stats: total.stats,
-        elapsed,
-        lag_us: total.lag_us,
-        server_cpu,
-        server_rss_peak: rss_peak,
-    })
+    rss_peak
 }
 
 /// CPU time of all the server's processes together; `None` when unmeasured.
@@ -590,6 +604,32 @@ async fn write_lane(
     lane.wake_reader();
 }
 
+/// Records every complete response at the front of `input` against the
+/// oldest request in flight. Returns the bytes they took; a malformed or
+/// unexpected response marks the lane dead.
+fn record_responses(input: &[u8], lane: &RefCell<Lane>, recorder: &RefCell<Recorder>) -> usize {
+    let now = Instant::now();
+    let mut consumed = 0;
+    loop {
+        match parse_response(&input[consumed..]) {
+            Ok(Some(parsed)) => {
+                consumed += parsed.length;
+                let due = lane.borrow_mut().in_flight.pop_front();
+                let Some(due) = due else {
+                    lane.borrow_mut().dead = true;
+                    return consumed;
+                };
+                recorder.borrow_mut().response(due, parsed.status, now);
+            }
+            Ok(None) => return consumed,
+            Err(_) => {
+                lane.borrow_mut().dead = true;
+                return consumed;
+            }
+        }
+    }
+}
+
 async fn read_lane(
     mut reader: OwnedReadHalf<TcpStream>,
     lane: Rc<RefCell<Lane>>,
@@ -634,26 +674,7 @@ async fn read_lane(
                 break;
             }
         }
-        let now = Instant::now();
-        let mut consumed = 0;
-        loop {
-            match parse_response(&input[consumed..]) {
-                Ok(Some(parsed)) => {
-                    consumed += parsed.length;
-                    let due = lane.borrow_mut().in_flight.pop_front();
-                    let Some(due) = due else {
-                        lane.borrow_mut().dead = true;
-                        break;
-                    };
-                    recorder.borrow_mut().response(due, parsed.status, now);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    lane.borrow_mut().dead = true;
-                    break;
-                }
-            }
-        }
+        let consumed = record_responses(&input, &lane, &recorder);
         input.drain(..consumed);
         let mut lane_ref = lane.borrow_mut();
         if lane_ref.dead {

@@ -491,7 +491,7 @@ impl Fields {
             }
             17 if is("transfer-encoding") => {
                 // Only `chunked`, once, is accepted: any other coding, or
-                // chunked applied twice, is refused (SPEC §5: unknown → 400).
+                // chunked applied twice, is refused (docs/spec.md §5: unknown → 400).
                 for coding in value.split(|&b| b == b',').map(trim) {
                     if !coding.eq_ignore_ascii_case(b"chunked") || self.chunked {
                         return Err(HttpError::BadRequest("unsupported transfer coding"));

@@ -37,7 +37,7 @@ pub struct ServerConfig {
     pub backlog: i32,
     pub log: LogConfig,
     pub rate_limits: RateLimits,
-    /// Gateway mode (docs/spec.md, "Gateway mode"): `Some` when `--origin` is given.
+    /// Gateway mode (docs/spec.md §7): `Some` when `--origin` is given.
     pub gateway: Option<GatewayConfig>,
 }
 
@@ -156,7 +156,7 @@ impl RateLimits {
     }
 }
 
-/// The gateway's settings (docs/spec.md, "Gateway mode").
+/// The gateway's settings (docs/spec.md §7).
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub origins: Vec<OriginAddress>,

@@ -56,7 +56,7 @@ pub enum OriginError {
 }
 
 impl OriginError {
-    /// The problem response a client gets for this failure (SPEC §7: connect
+    /// The problem response a client gets for this failure (docs/spec.md §7: connect
     /// failures and bad answers 502, a response timeout 504, an open circuit 503).
     pub fn response(&self) -> Response {
         match self {
@@ -69,7 +69,7 @@ impl OriginError {
 
 /// Timeouts and pool size of one exchange.
 #[derive(Clone, Copy, Debug)]
-pub struct ExchangeLimits {
+pub struct ExchangeSettings {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub pool_connections_max: usize,
@@ -104,7 +104,7 @@ impl Origin {
         request: Bytes,
         expect_body: bool,
         idempotent: bool,
-        limits: ExchangeLimits,
+        limits: ExchangeSettings,
     ) -> Result<OriginResponse, OriginError> {
         for _attempt in 0..2 {
             let pooled = self.pooled();

@@ -201,7 +201,7 @@ pub enum Source<'a> {
 }
 
 /// What [`recover`] rebuilt from a shard's segments.
-pub struct Recovered<'a> {
+pub struct Recovery<'a> {
     /// Every key whose newest record is a put that has not expired.
     pub live: hashbrown::HashMap<&'a [u8], Live<'a>>,
     /// Per read segment, how far it decoded (hinted ones are whole).
@@ -212,7 +212,7 @@ pub struct Recovered<'a> {
 
 /// Replays segments oldest first, from hints where there are some: later
 /// records win, deletes remove, keys expired at `now_ms` are dropped.
-pub fn recover<'a>(sources: &[Source<'a>], now_ms: u64) -> Recovered<'a> {
+pub fn recover<'a>(sources: &[Source<'a>], now_ms: u64) -> Recovery<'a> {
     let mut live: hashbrown::HashMap<&'a [u8], Live<'a>> = hashbrown::HashMap::new();
     let mut sequence_max = 0;
     let mut records = 0;
@@ -269,7 +269,7 @@ pub fn recover<'a>(sources: &[Source<'a>], now_ms: u64) -> Recovered<'a> {
         }
     }
     live.retain(|_, item| item.expires_at_ms.is_none_or(|at| at > now_ms));
-    Recovered { live, scans, sequence_max, records }
+    Recovery { live, scans, sequence_max, records }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::compaction::Location;
 use crate::conditions::{Conditions, Etag, Verdict};
 use crate::evict::{Residents, S3Fifo, Slot};
 
-/// Longest key in bytes, after percent-decoding (SPEC §2).
+/// Longest key in bytes, after percent-decoding (docs/spec.md §2).
 pub const KEY_BYTES_MAX: usize = 1024;
 
 /// Memory of one keydir entry besides its key: the map slot (key and entry
@@ -146,7 +146,7 @@ impl Entry {
 }
 
 /// An entry read back at start, with or without its value.
-struct Recovered {
+struct Restored {
     key: Bytes,
     value: Option<Bytes>,
     content_type: Bytes,
@@ -439,7 +439,7 @@ impl KvShard {
     }
 
     /// Puts a recovered value back without preconditions: it was accepted
-    /// once. A value already expired at `now_ms` is skipped. Recovered
+    /// once. A value already expired at `now_ms` is skipped. Restored
     /// records are durable, so the cache may evict them at once.
     pub fn restore(
         &mut self,
@@ -451,7 +451,7 @@ impl KvShard {
         location: Location,
     ) {
         let etag = Etag::of(&content_type, &value);
-        let recovered = Recovered { key, value: Some(value), content_type, etag, expires_at_ms, location };
+        let recovered = Restored { key, value: Some(value), content_type, etag, expires_at_ms, location };
         self.restore_entry(now_ms, recovered);
     }
 
@@ -466,11 +466,11 @@ impl KvShard {
         expires_at_ms: Option<u64>,
         location: Location,
     ) {
-        self.restore_entry(now_ms, Recovered { key, value: None, content_type, etag, expires_at_ms, location });
+        self.restore_entry(now_ms, Restored { key, value: None, content_type, etag, expires_at_ms, location });
     }
 
-    fn restore_entry(&mut self, now_ms: u64, recovered: Recovered) {
-        let Recovered { key, value, content_type, etag, expires_at_ms, location } = recovered;
+    fn restore_entry(&mut self, now_ms: u64, recovered: Restored) {
+        let Restored { key, value, content_type, etag, expires_at_ms, location } = recovered;
         assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX, "recovered key length unchecked");
         if expires_at_ms.is_some_and(|at| at <= now_ms) {
             return;

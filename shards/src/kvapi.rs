@@ -1,5 +1,5 @@
-//! The key-value API's request rules that need no I/O (docs/spec.md,
-//! "Key-value API"): key decoding, `?ttl=`, `X-Durability`.
+//! The key-value API's request rules that need no I/O (docs/spec.md §2):
+//! key decoding, `?ttl=`, `X-Durability`.
 //!
 //! Each rule answers a value or a [`RequestError`] naming the status and
 //! the problem detail; the server turns the error into its response.

@@ -1,5 +1,5 @@
 //! The gateway's queued asynchronous writes as stored records
-//! (docs/spec.md, "Asynchronous writes").
+//! (docs/spec.md §7).
 //!
 //! A queued write is a key-value record under a reserved key no client can
 //! name, `\0w/{cache key hash:016x}-{sequence:016x}` ([`write_key`]). Its

@@ -1,4 +1,4 @@
-//! The arithmetic around the rate limiter (docs/spec.md, "Rate limiting"):
+//! The arithmetic around the rate limiter (docs/spec.md §4):
 //! who a client is, how large and how long-lived a lease is, how many
 //! identity windows and leases a state budget holds.
 //!

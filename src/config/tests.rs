@@ -13,9 +13,9 @@ fn defaults() {
     assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(config.shards, None);
     assert_eq!(config.cache_bytes, 1 << 30);
-    assert_eq!(config.max_body, 1 << 20);
-    assert_eq!(config.max_header, 16 * 1024);
-    assert_eq!(config.max_connections, 10_000);
+    assert_eq!(config.body_bytes_max, 1 << 20);
+    assert_eq!(config.header_bytes_max, 16 * 1024);
+    assert_eq!(config.connections_max, 10_000);
     assert_eq!(config.flush_interval, Duration::from_millis(5));
     assert_eq!(config.durability, Durability::Async);
     assert_eq!(config.io_driver, DriverChoice::Auto);
@@ -187,7 +187,7 @@ fn gateway_flags_and_their_errors() {
     assert!(gateway.async_writes);
     assert_eq!(gateway.admin_token.as_deref(), Some("t0k"));
     assert_eq!((gateway.write_retries, gateway.write_queue_entries_max), (3, 10));
-    // Defaults (SPEC §7), and the file's array form.
+    // Defaults (docs/spec.md §7), and the file's array form.
     let gateway = resolve_args(&[], "origin = [\"http://127.0.0.1:1\"]").unwrap().gateway.unwrap();
     assert_eq!(
         (gateway.connect_timeout, gateway.timeout, gateway.pool_connections_max),

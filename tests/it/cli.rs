@@ -1,4 +1,4 @@
-//! SPEC §1: flags, environment, config file, start-up lines, errors.
+//! docs/spec.md §1: flags, environment, config file, start-up lines, errors.
 
 use std::process::{Command, Stdio};
 

@@ -1,11 +1,11 @@
-//! Gateway mode (SPEC §7), black-box against a scripted origin.
+//! Gateway mode (docs/spec.md §7), black-box against a scripted origin.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::harness::{Response, Server};
+use crate::harness::{eventually, Response, Server};
 use crate::origin::{Origin, Reply};
 
 fn gateway(origin: &Origin, extra: &[&str]) -> Server {
@@ -21,17 +21,6 @@ fn get(server: &Server, path: &str) -> Response {
 
 fn x_cache(response: &Response) -> &str {
     response.header("x-cache").unwrap_or("none")
-}
-
-/// Polls `check` every 10 ms, up to 500 times (bounded by attempts).
-fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if check() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    panic!("never happened: {what}");
 }
 
 /// `count` requests at once from their own connections.
@@ -232,7 +221,6 @@ fn stale_if_error_on_500_timeout_and_refused_connection() {
         x_cache(&r) == "STALE"
     });
     origin.stop();
-    thread::sleep(Duration::from_millis(100));
     eventually("stale on a refused connection", || {
         let r = get(&server, "/erefused");
         assert_eq!((r.status, r.text().as_str()), (200, "old"));
@@ -330,7 +318,6 @@ fn round_robin_skips_a_dead_origin() {
     let a_addr = a.addr;
     a.stop();
     drop(a);
-    thread::sleep(Duration::from_millis(50));
     for i in 0..10 {
         let r = get(&server, &format!("/after{i}"));
         assert_eq!((r.status, r.text().as_str()), (200, "b"), "request {i}");

@@ -282,6 +282,26 @@ impl Client {
     }
 }
 
+/// Reports a test that cannot run on this machine. `eprintln!` output of
+/// a passing test is captured and hidden by the test runner; a write to
+/// the stderr handle itself is not, so the skip and its reason show.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// Polls `check` every 10 ms until it holds, at most 500 times (5 s plus
+/// the checks' own time); panics naming `what` if it never does.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("never happened: {what}");
+}
+
 /// Builds a request with a body and the usual fields.
 pub fn put(path: &str, body: &str) -> String {
     format!("PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len())

@@ -1,4 +1,4 @@
-//! SPEC §5: limits, timeouts and bad input.
+//! docs/spec.md §5: limits, timeouts and bad input.
 
 use std::time::{Duration, Instant};
 

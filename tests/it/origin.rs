@@ -62,11 +62,14 @@ struct State {
     in_flight: AtomicUsize,
     in_flight_max: AtomicUsize,
     stop: AtomicBool,
+    /// The threads serving connections, joined by `stop`.
+    connections: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 pub struct Origin {
     pub addr: SocketAddr,
     state: Arc<State>,
+    acceptor: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Origin {
@@ -85,20 +88,22 @@ impl Origin {
             in_flight: AtomicUsize::new(0),
             in_flight_max: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            connections: Mutex::new(Vec::new()),
         });
         let accept_state = Arc::clone(&state);
-        std::thread::spawn(move || {
+        let acceptor = std::thread::spawn(move || {
             while !accept_state.stop.load(Ordering::Acquire) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let state = Arc::clone(&accept_state);
-                        std::thread::spawn(move || serve(stream, state));
+                        let connection = std::thread::spawn(move || serve(stream, state));
+                        accept_state.connections.lock().unwrap().push(connection);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
-        Origin { addr, state }
+        Origin { addr, state, acceptor: Mutex::new(Some(acceptor)) }
     }
 
     pub fn url(&self) -> String {
@@ -119,9 +124,17 @@ impl Origin {
         self.state.in_flight_max.load(Ordering::Acquire)
     }
 
-    /// Stops accepting and answers nothing more (open connections close).
+    /// Stops accepting and answers nothing more. Returns once the listener
+    /// and every connection are closed, so a test can rely on it at once.
     pub fn stop(&self) {
         self.state.stop.store(true, Ordering::Release);
+        if let Some(acceptor) = self.acceptor.lock().unwrap().take() {
+            let _ = acceptor.join();
+        }
+        let connections = std::mem::take(&mut *self.state.connections.lock().unwrap());
+        for connection in connections {
+            let _ = connection.join();
+        }
     }
 }
 

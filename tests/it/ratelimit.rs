@@ -1,4 +1,4 @@
-//! Per-client rate limiting (SPEC §4), across cores.
+//! Per-client rate limiting (docs/spec.md §4), across cores.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! SPEC §3: service endpoints.
+//! docs/spec.md §3: service endpoints.
 
 use crate::harness::{get, put, Server};
 

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{get, put, Server};
+use std::net::TcpStream;
+
+use crate::harness::{eventually, get, put, Server};
 
 #[test]
 fn sigterm_drains_idle_connections_and_exits_zero() {
@@ -20,11 +22,15 @@ fn in_flight_request_finishes_during_shutdown() {
     let mut server = Server::start(&["--shards", "2"]);
     let mut c = server.client();
     assert_eq!(c.request(&get("/healthz")).status, 200);
-    // Half a request is in flight when the signal arrives.
-    c.write(b"PUT /v1/kv/late HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234");
-    std::thread::sleep(Duration::from_millis(100));
+    // Half a request is in flight when the signal arrives: its head was
+    // read (the server answered `100 Continue`), its body not yet.
+    c.write(b"PUT /v1/kv/late HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(c.response().status, 100);
+    c.write(b"01234");
     server.signal(libc::SIGINT);
-    std::thread::sleep(Duration::from_millis(200));
+    // Every core has begun its shutdown once no listener accepts.
+    let addr = server.addr;
+    eventually("the listeners close", || TcpStream::connect(addr).is_err());
     c.write(b"56789");
     let response = c.response();
     assert_eq!(response.status, 201);

@@ -1,4 +1,4 @@
-//! Gateway mode (SPEC §7): a caching reverse proxy in front of origins.
+//! Gateway mode (docs/spec.md §7): a caching reverse proxy in front of origins.
 //!
 //! A request's cache key (host, path and query) names its owner shard, as a
 //! key names it in the key-value API; a request that lands elsewhere is
@@ -17,18 +17,19 @@
 //! requests go to the origin at once, in parallel, never queued one behind
 //! another (the Varnish waiting-list pitfall).
 
+mod flight;
+mod state;
 pub mod writes;
+mod writes_queue;
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
+use flight::{Flight, FlightWait, Shared};
+pub use state::{health_loop, Gateway};
+use state::{now_ms, send};
+
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
-use std::time::SystemTime;
 
 use bytes::Bytes;
-use hashbrown::HashMap;
-use shardgate_shards::breaker::Breaker;
 use shardgate_shards::httpcache::{self, HttpCache, Lookup, RequestFacts, ResponseFields, State, Variant};
 use shardgate_shards::route::shard_for_hash;
 
@@ -39,65 +40,8 @@ pub use shardgate_http::proxy::{ProxyRequest, Validators};
 use shardgate_http::response::{Extra, Proxied, Response};
 use shardgate_shards::queued;
 
-use crate::config::GatewayConfig;
-use crate::core::Core;
-use crate::origin::{self, ExchangeLimits, Origin, OriginError};
+use crate::origin::OriginError;
 use crate::runtime::metrics::CacheResult;
-use crate::runtime::unix_ms;
-
-/// One core's gateway state: its cache, its fetches in flight, its
-/// origins and its write queue, on top of the core it runs on.
-pub struct Gateway {
-    core: Rc<Core>,
-    config: GatewayConfig,
-    pub cache: RefCell<HttpCache>,
-    flights: RefCell<HashMap<u64, Rc<Flight>>>,
-    pub origins: Vec<Origin>,
-    next_origin: Cell<usize>,
-    pub writes: RefCell<writes::Queue>,
-}
-
-impl Gateway {
-    pub fn new(core: Rc<Core>, config: &GatewayConfig) -> Gateway {
-        let cache_bytes = core.config().http_cache_bytes_per_shard();
-        let origins = config
-            .origins
-            .iter()
-            .map(|address| {
-                Origin::new(
-                    address.clone(),
-                    Breaker::new(config.breaker_failures, config.breaker_open.as_millis() as u64),
-                )
-            })
-            .collect();
-        Gateway {
-            core,
-            config: config.clone(),
-            cache: RefCell::new(HttpCache::new(cache_bytes)),
-            flights: RefCell::new(HashMap::new()),
-            origins,
-            next_origin: Cell::new(0),
-            writes: RefCell::new(writes::Queue::default()),
-        }
-    }
-
-    pub fn core(&self) -> &Rc<Core> {
-        &self.core
-    }
-
-    /// Idle pooled connections of every origin (for `shardgate check`-like reports and tests).
-    pub fn origins(&self) -> &[Origin] {
-        &self.origins
-    }
-
-    fn limits(&self) -> ExchangeLimits {
-        ExchangeLimits {
-            connect_timeout: self.config.connect_timeout,
-            timeout: self.config.timeout,
-            pool_connections_max: self.config.pool_connections_max,
-        }
-    }
-}
 
 /// `Allow` of a refused CONNECT or TRACE: what the gateway relays.
 const GATEWAY_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, PURGE";
@@ -116,10 +60,6 @@ pub fn owner(request: &ProxyRequest, shard_count: u32) -> u32 {
         }
     }
     shard_for_hash(request.hash, shard_count)
-}
-
-fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
 }
 
 /// Answers a GET or HEAD from a fresh stored response at once, on the
@@ -242,41 +182,6 @@ fn serve_hit(request: &ProxyRequest, variant: &Variant, now_ms: u64, result: Cac
     response
 }
 
-/// What a fetch left for the requests that waited on it.
-#[derive(Clone)]
-enum Shared {
-    /// Look the cache up again (stored, refreshed, or hit-for-miss marked).
-    Lookup,
-    /// The origin failed; this is the error (stale-if-error still applies per waiter).
-    Failed(Response),
-}
-
-/// One fetch of a key in progress, and the requests waiting for it.
-struct Flight {
-    done: RefCell<Option<(Response, CacheResult, Shared)>>,
-    waiters: RefCell<Vec<Waker>>,
-}
-
-/// Resolves when the flight is done: to its first requester's answer
-/// (`first`), or to what the others share.
-struct FlightWait {
-    flight: Rc<Flight>,
-}
-
-impl Future for FlightWait {
-    type Output = (Response, CacheResult, Shared);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &*self.flight.done.borrow() {
-            Some(done) => Poll::Ready(done.clone()),
-            None => {
-                self.flight.waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
-
 /// Starts the fetch of `request`'s key unless one runs. Returns the flight
 /// and whether this call started it.
 fn join_flight(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>, stale: Option<Rc<Variant>>) -> (Rc<Flight>, bool) {
@@ -322,7 +227,7 @@ async fn cached(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) -> (Response,
             let (response, result, _) = FlightWait { flight }.await;
             return (response, result);
         }
-        // Waiters wait at most --origin-timeout (SPEC §7), whatever the fetch does.
+        // Waiters wait at most --origin-timeout (docs/spec.md §7), whatever the fetch does.
         let Ok((_, _, shared)) = monoio::time::timeout(gateway.config.timeout, FlightWait { flight }).await else {
             let error = OriginError::Timeout.response();
             return (error_response(error, CacheResult::Miss), CacheResult::Miss);
@@ -343,61 +248,6 @@ fn stale_or(gateway: &Gateway, request: &ProxyRequest, error: Response) -> (Resp
             (serve_hit(request, &variant, now, CacheResult::Stale), CacheResult::Stale)
         }
         _ => (error, CacheResult::Miss),
-    }
-}
-
-/// Sends a request to the next origin the balancer and breakers allow,
-/// recording the result with that origin's breaker. A request whose
-/// connection could not be made was never sent: it tries the next origin
-/// (nginx's `proxy_next_upstream error`), at most once per origin.
-async fn send(
-    gateway: &Gateway,
-    encode: impl Fn(&[u8]) -> Bytes,
-    expect_body: bool,
-    idempotent: bool,
-) -> Result<OriginResponse, OriginError> {
-    let mut result = Err(OriginError::CircuitOpen);
-    for _ in 0..gateway.origins.len() {
-        result = send_once(gateway, &encode, expect_body, idempotent).await;
-        if !matches!(result, Err(OriginError::Connect(_) | OriginError::ConnectTimeout)) {
-            break;
-        }
-    }
-    result
-}
-
-async fn send_once(
-    gateway: &Gateway,
-    encode: &impl Fn(&[u8]) -> Bytes,
-    expect_body: bool,
-    idempotent: bool,
-) -> Result<OriginResponse, OriginError> {
-    let (index, probe) = origin::pick(&gateway.origins, &gateway.next_origin, now_ms())?;
-    let origin = &gateway.origins[index];
-    let guard = ProbeGuard { origin, armed: probe };
-    let result = origin.exchange(encode(origin.host()), expect_body, idempotent, gateway.limits()).await;
-    std::mem::forget(guard);
-    let success = matches!(&result, Ok(response) if response.status < 500);
-    let mut breaker = origin.breaker.borrow_mut();
-    let opened_before = breaker.opened();
-    let now = now_ms();
-    breaker.record(now, success, probe);
-    gateway.core.metrics().origin_request(!success);
-    gateway.core.metrics().breaker(index, breaker.state(now).gauge(), breaker.opened() > opened_before);
-    result
-}
-
-/// Frees the half-open probe slot if the probe's request is cancelled.
-struct ProbeGuard<'a> {
-    origin: &'a Origin,
-    armed: bool,
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.origin.breaker.borrow_mut().probe_abandoned();
-        }
     }
 }
 
@@ -588,16 +438,6 @@ async fn pass(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) -> (Response, C
         gateway.cache.borrow_mut().remove(request.hash);
     }
     (relay_origin(&response, result), result)
-}
-
-/// Probes every origin once per [`origin::HEALTH_INTERVAL`] until shutdown.
-pub async fn health_loop(gateway: Rc<Gateway>) {
-    while !gateway.core.mesh().shutdown_requested() {
-        monoio::time::sleep(origin::HEALTH_INTERVAL).await;
-        for origin in &gateway.origins {
-            origin.check(gateway.config.connect_timeout).await;
-        }
-    }
 }
 
 #[cfg(test)]

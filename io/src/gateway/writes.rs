@@ -1,4 +1,4 @@
-//! Asynchronous writes (docs/spec.md, "Asynchronous writes"; RFC 7240 `Prefer: respond-async`): an
+//! Asynchronous writes (docs/spec.md §7; RFC 7240 `Prefer: respond-async`): an
 //! unsafe request is appended to its owner shard's durable log, answered
 //! `202 Accepted` with `Location: /_writes/{id}`, and delivered to the
 //! origin later by this shard's deliverers, in order per cache key, with
@@ -31,14 +31,11 @@
 //! × 1024, so ids are not reused across restarts.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::io::Write as _;
 use std::rc::Rc;
-use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hashbrown::{HashMap, HashSet};
 use shardgate_http::response::{json_string, Extra, Proxied, Response};
 use shardgate_shards::kv::{Op, Outcome};
 use shardgate_shards::kvapi::wants_sync;
@@ -48,7 +45,9 @@ use shardgate_shards::queued::{
 };
 use shardgate_shards::record::{Record, RecordOp};
 
-use super::{now_ms, send, Gateway, ProxyRequest};
+use shardgate_http::proxy::ProxyRequest;
+
+use super::state::{now_ms, send, Gateway};
 use crate::config::Durability;
 use crate::runtime::logging;
 use crate::runtime::metrics::CacheResult;
@@ -62,40 +61,6 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Sequence numbers per millisecond of start-up time (see the module doc).
 const SEQUENCES_PER_MS: u64 = 1024;
-
-/// One shard's queue of writes awaiting delivery.
-#[derive(Default)]
-pub struct Queue {
-    /// Next sequence number to assign.
-    sequence: u64,
-    /// Queued sequences per cache-key hash, oldest first.
-    by_key: HashMap<u64, VecDeque<u64>>,
-    /// Keys with queued writes and no deliverer on them.
-    ready: VecDeque<u64>,
-    /// Keys a deliverer is working on.
-    busy: HashSet<u64>,
-    queued: usize,
-    deliverers: usize,
-    idle: Vec<Waker>,
-}
-
-impl Queue {
-    fn push(&mut self, key_hash: u64, sequence: u64) {
-        let ids = self.by_key.entry(key_hash).or_default();
-        ids.push_back(sequence);
-        if ids.len() == 1 && !self.busy.contains(&key_hash) {
-            self.ready.push_back(key_hash);
-        }
-        self.queued += 1;
-        for waker in self.idle.drain(..) {
-            waker.wake();
-        }
-    }
-
-    pub fn queued(&self) -> usize {
-        self.queued
-    }
-}
 
 /// Queues an unsafe request: logs it, answers 202 (after fdatasync when the
 /// write is to be durable), and wakes a deliverer.

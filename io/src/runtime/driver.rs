@@ -1,11 +1,10 @@
 //! Choosing the event-loop driver: io_uring when the kernel allows it, with
 //! the ring flags that pay, else epoll.
 //!
-//! Measured on this project's bench machine (tuning.md, "io_uring"): a default io_uring ring costs ~1.8x the CPU per
-//! request of epoll under monoio; `SINGLE_ISSUER | DEFER_TASKRUN` brings it
-//! to ~1.2x and `COOP_TASKRUN` to ~1.25x. So the probe asks for the best
-//! flags the kernel has, in that order, and never runs a plain ring when a
-//! flagged one works.
+//! Without `DEFER_TASKRUN` the kernel runs completion work as data arrives,
+//! interrupting the loop (tuning.md, "Locked memory and io_uring"); so the
+//! probe asks for the best flags the kernel has, in that order, and never
+//! runs a plain ring when a flagged one works.
 
 use std::io;
 

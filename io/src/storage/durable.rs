@@ -29,8 +29,8 @@ use shardgate_shards::compaction::{Location, SegmentBook};
 use shardgate_shards::kv::Outcome;
 use shardgate_shards::record::Record;
 
+use super::error::Refusal;
 use super::segments::{FlushJob, Flushed};
-use super::Refusal;
 use crate::config::Durability;
 
 /// Capacity the append buffer keeps across flushes.

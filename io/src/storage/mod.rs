@@ -9,30 +9,15 @@
 //! - [`store`]: the keydir and the log kept in step ([`Store`]).
 //! - [`compact`]: background compaction of sealed segments.
 //! - [`rehome`]: moving every key to its owner under a new `--shards`.
+//! - `error`: the layer's errors ([`Refusal`], [`ReadError`]).
 
 pub mod compact;
 pub mod durable;
+mod error;
 pub mod reader;
 pub mod rehome;
 pub mod segments;
 pub mod store;
 
+pub use error::{ReadError, Refusal};
 pub use store::Store;
-
-/// Why the log takes no write now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("the data disk is refusing writes (full?); reads still work")]
-    DiskFailing,
-    #[error("the log's unflushed backlog is full")]
-    BacklogFull,
-}
-
-/// Why an evicted value could not be read back.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ReadError {
-    #[error("too many reads from disk queued on this shard")]
-    QueueFull,
-    #[error("a stored value could not be read back from disk: {0}")]
-    Unreadable(String),
-}

@@ -22,9 +22,9 @@ use shardgate_shards::kv::{KvShard, Op, Outcome};
 use shardgate_shards::record::{self, Record, RecordOp};
 
 use super::durable::{CoreLog, DurableFuture};
+use super::error::{ReadError, Refusal};
 use super::reader::Reader;
 use super::segments::{segment_name, shard_dir};
-use super::{ReadError, Refusal};
 use crate::config::Durability;
 use crate::runtime::metrics::{Metrics, ShardMetrics};
 use crate::runtime::unix_ms;

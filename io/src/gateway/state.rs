@@ -1,0 +1,146 @@
+//! One core's gateway state, and the exchange with its origins that every
+//! part of the gateway goes through ([`send`]): the balancer, the breakers
+//! and the health checks. The caching proxy (`gateway`) and the
+//! asynchronous writes (`gateway::writes`) sit on top of it.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use shardgate_http::origin::OriginResponse;
+use shardgate_shards::breaker::Breaker;
+use shardgate_shards::httpcache::HttpCache;
+
+use super::flight::Flight;
+use super::writes_queue::Queue;
+use crate::config::GatewayConfig;
+use crate::core::Core;
+use crate::origin::{self, ExchangeSettings, Origin, OriginError};
+use crate::runtime::unix_ms;
+
+/// One core's gateway state: its cache, its fetches in flight, its
+/// origins and its write queue, on top of the core it runs on.
+pub struct Gateway {
+    pub(super) core: Rc<Core>,
+    pub(super) config: GatewayConfig,
+    pub(super) cache: RefCell<HttpCache>,
+    pub(super) flights: RefCell<HashMap<u64, Rc<Flight>>>,
+    pub(super) origins: Vec<Origin>,
+    next_origin: Cell<usize>,
+    pub(super) writes: RefCell<Queue>,
+}
+
+impl Gateway {
+    pub fn new(core: Rc<Core>, config: &GatewayConfig) -> Gateway {
+        let cache_bytes = core.config().http_cache_bytes_per_shard();
+        let origins = config
+            .origins
+            .iter()
+            .map(|address| {
+                Origin::new(
+                    address.clone(),
+                    Breaker::new(config.breaker_failures, config.breaker_open.as_millis() as u64),
+                )
+            })
+            .collect();
+        Gateway {
+            core,
+            config: config.clone(),
+            cache: RefCell::new(HttpCache::new(cache_bytes)),
+            flights: RefCell::new(HashMap::new()),
+            origins,
+            next_origin: Cell::new(0),
+            writes: RefCell::new(Queue::default()),
+        }
+    }
+
+    pub fn core(&self) -> &Rc<Core> {
+        &self.core
+    }
+
+    /// Idle pooled connections of every origin (for `shardgate check`-like reports and tests).
+    pub fn origins(&self) -> &[Origin] {
+        &self.origins
+    }
+
+    pub(super) fn limits(&self) -> ExchangeSettings {
+        ExchangeSettings {
+            connect_timeout: self.config.connect_timeout,
+            timeout: self.config.timeout,
+            pool_connections_max: self.config.pool_connections_max,
+        }
+    }
+}
+
+/// The wall clock in milliseconds: the gateway reads it where an origin
+/// exchange ends, which the core's per-turn clock cannot see.
+pub(super) fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// Sends a request to the next origin the balancer and breakers allow,
+/// recording the result with that origin's breaker. A request whose
+/// connection could not be made was never sent: it tries the next origin
+/// (nginx's `proxy_next_upstream error`), at most once per origin.
+pub(super) async fn send(
+    gateway: &Gateway,
+    encode: impl Fn(&[u8]) -> Bytes,
+    expect_body: bool,
+    idempotent: bool,
+) -> Result<OriginResponse, OriginError> {
+    let mut result = Err(OriginError::CircuitOpen);
+    for _ in 0..gateway.origins.len() {
+        result = send_once(gateway, &encode, expect_body, idempotent).await;
+        if !matches!(result, Err(OriginError::Connect(_) | OriginError::ConnectTimeout)) {
+            break;
+        }
+    }
+    result
+}
+
+async fn send_once(
+    gateway: &Gateway,
+    encode: &impl Fn(&[u8]) -> Bytes,
+    expect_body: bool,
+    idempotent: bool,
+) -> Result<OriginResponse, OriginError> {
+    let (index, probe) = origin::pick(&gateway.origins, &gateway.next_origin, now_ms())?;
+    let origin = &gateway.origins[index];
+    let guard = ProbeGuard { origin, armed: probe };
+    let result = origin.exchange(encode(origin.host()), expect_body, idempotent, gateway.limits()).await;
+    std::mem::forget(guard);
+    let success = matches!(&result, Ok(response) if response.status < 500);
+    let mut breaker = origin.breaker.borrow_mut();
+    let opened_before = breaker.opened();
+    let now = now_ms();
+    breaker.record(now, success, probe);
+    gateway.core.metrics().origin_request(!success);
+    gateway.core.metrics().breaker(index, breaker.state(now).gauge(), breaker.opened() > opened_before);
+    result
+}
+
+/// Frees the half-open probe slot if the probe's request is cancelled.
+struct ProbeGuard<'a> {
+    origin: &'a Origin,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.origin.breaker.borrow_mut().probe_abandoned();
+        }
+    }
+}
+
+/// Probes every origin once per [`origin::HEALTH_INTERVAL`] until shutdown.
+pub async fn health_loop(gateway: Rc<Gateway>) {
+    while !gateway.core.mesh().shutdown_requested() {
+        monoio::time::sleep(origin::HEALTH_INTERVAL).await;
+        for origin in &gateway.origins {
+            origin.check(gateway.config.connect_timeout).await;
+        }
+    }
+}

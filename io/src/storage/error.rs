@@ -1,0 +1,19 @@
+//! The storage layer's errors.
+
+/// Why the log takes no write now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the data disk is refusing writes (full?); reads still work")]
+    DiskFailing,
+    #[error("the log's unflushed backlog is full")]
+    BacklogFull,
+}
+
+/// Why an evicted value could not be read back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("too many reads from disk queued on this shard")]
+    QueueFull,
+    #[error("a stored value could not be read back from disk: {0}")]
+    Unreadable(String),
+}
