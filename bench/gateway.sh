@@ -24,7 +24,7 @@ fi
 service varnish stop >/dev/null 2>&1 || true
 cargo build --release -q -p shardgate -p shardgate-bench
 bench=target/release/shardgate-bench
-out="bench/results/gateway-$(date -u +%F)"
+out="bench/results/$(date -u +%F)-gateway"
 mkdir -p "$out"
 work=$(mktemp -d /tmp/shardgate-gateway.XXXXXX)
 pids=()

@@ -3,7 +3,7 @@
 # and nginx `return 200`, one server core each, in one run.
 #
 # Servers run on SERVER_CPU, the generator (one thread) on CLIENT_CPU. Writes
-# bench/results/<date>-<host>.md (the table, the machine, the command) and,
+# bench/results/<date>-standard.md (the table, the machine, the command) and,
 # beside it, a folder with each run's JSON and SVG.
 #
 #   bench/run.sh                                # everything (about 25 minutes)
@@ -18,7 +18,7 @@ PRICE=${CORE_HOUR_PRICE:-0.044625}
 
 command -v wrk >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release -q -p shardgate -p shardgate-bench
-name="$(date -u +%F)-$(hostname)"
+name="$(date -u +%F)-standard"
 out="bench/results/$name"
 mkdir -p "$out"
 bench=target/release/shardgate-bench

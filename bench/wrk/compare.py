@@ -9,7 +9,7 @@ Every server is pinned to SERVER_CPU, wrk to CLIENT_CPU. CPU per request is
 the server's utime+stime (from /proc/PID/stat, all threads) over the run,
 divided by the requests wrk completed. Servers alternate within each round
 and ratios are taken within the round, because this host drifts between
-speed phases for minutes at a time (tuning.md, "Measuring").
+speed phases for minutes at a time (bench/README.md, "How to read the figures").
 
 Usage: python3 bench/wrk/compare.py [--rounds 3] [--duration 10] [--out FILE]
                                     [--baseline PATH] [--driver uring|epoll|both]

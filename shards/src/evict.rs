@@ -11,7 +11,7 @@
 //! never displaces the hot set (scan resistance), at the cost of FIFO
 //! queues only: no list surgery on a hit, just a saturating counter.
 //! Chosen over LRU and CLOCK by measurement on a Zipf 0.99 trace
-//! (`shardgate-bench eviction`, README.md).
+//! (`shardgate-bench eviction`, bench/README.md).
 //!
 //! The cache keeps no index of its own: each held value's [`Slot`] (queue,
 //! generation, read counter) lives with the value in its owner's entry,

@@ -18,7 +18,7 @@
 //! up to twice the limit can fall in one trailing window (measured and
 //! reported; an exact sliding log would cost memory per request). [`SUB_WINDOWS`] was
 //! chosen by measuring against an exact sliding log (`shardgate-bench
-//! ratelimit-accuracy`, figures in README.md). All arithmetic is integer,
+//! ratelimit-accuracy`, figures in bench/README.md). All arithmetic is integer,
 //! scaled by `w`, so a decision never depends on float rounding.
 //!
 //! # One limit across cores
@@ -227,7 +227,7 @@ struct Slot {
 /// Memory one tracked identity costs: its slot, its index entry (a `u32`
 /// and a control byte) at the index's maximum load factor (7/8).
 pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>() + (std::mem::size_of::<u32>() + 1) * 8 / 7 + 1;
-// README.md quotes 78 bytes per client; a change of layout must update it.
+// docs/spec.md §4 and README.md quote 78 bytes per client; a change of layout must update them.
 const _: () = assert!(SLOT_BYTES == 78);
 
 /// Counts for /metrics.

@@ -61,3 +61,27 @@ fn a_served_port_is_refused() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("already in use"), "{stderr}");
 }
+
+/// The flags `--help` lists, from its `  --name` lines.
+fn help_flags() -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardgate")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    help.lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .map(|rest| format!("--{}", rest.split([' ', '[', '=']).next().unwrap()))
+        .filter(|flag| flag != "--help" && flag != "--version")
+        .collect()
+}
+
+#[test]
+fn the_contract_and_the_readme_document_every_flag() {
+    let flags = help_flags();
+    assert!(flags.len() > 20, "read the flags from --help: {flags:?}");
+    for (name, text) in
+        [("docs/spec.md", include_str!("../../docs/spec.md")), ("README.md", include_str!("../../README.md"))]
+    {
+        for flag in &flags {
+            assert!(text.contains(&format!("`{flag}")), "{name} does not document {flag}");
+        }
+    }
+}
