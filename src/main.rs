@@ -15,7 +15,23 @@ mod wiring;
 
 use std::process::ExitCode;
 
+/// The panic policy: a panic anywhere is a bug, and a core whose thread
+/// died must not leave its `SO_REUSEPORT` listener accepting connections
+/// nobody serves. So any panic ends the whole process after the default
+/// report (the release profile also compiles with `panic = "abort"`), and
+/// the service manager restarts it (`Restart=on-failure` in
+/// deploy/shardgate.service); recovery then replays the log as after a
+/// crash.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
 fn main() -> ExitCode {
+    abort_on_panic();
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let check = args.get(1).is_some_and(|arg| arg == "check");
     if check {

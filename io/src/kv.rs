@@ -12,6 +12,7 @@ use shardgate_http::response::{Extra, Response};
 use shardgate_shards::conditions::{Conditions, TagList};
 use shardgate_shards::kv::{Op, Outcome, CONTENT_TYPE_DEFAULT};
 use shardgate_shards::kvapi::{self, RequestError};
+use shardgate_shards::record;
 use shardgate_shards::route::shard_for_stored_key;
 
 use crate::config::Durability;
@@ -84,12 +85,18 @@ pub fn request(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[
                 Ok(ttl) => ttl.map(|s| s * 1000),
                 Err(refused) => return refuse(refused_response(refused)),
             };
+            let content_type = request.content_type.unwrap_or(CONTENT_TYPE_DEFAULT);
+            if let Err(field) = record::check_lengths(&key, content_type, request.body) {
+                // Refused where it arrived, before it is copied or forwarded.
+                return refuse(refused_response(kvapi::too_long(field)));
+            }
             Op::Put {
                 key: Bytes::copy_from_slice(&key),
                 value: Bytes::copy_from_slice(request.body),
-                content_type: request
-                    .content_type
-                    .map_or(Bytes::from_static(CONTENT_TYPE_DEFAULT), Bytes::copy_from_slice),
+                content_type: match request.content_type {
+                    Some(content_type) => Bytes::copy_from_slice(content_type),
+                    None => Bytes::from_static(CONTENT_TYPE_DEFAULT),
+                },
                 ttl_ms,
                 conditions,
             }
@@ -114,7 +121,10 @@ pub fn request(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[
     if let Some(refusal) = core.write_refusal().filter(|_| is_write) {
         return refuse(refusal);
     }
-    let (outcome, logged_end) = store.apply(now_ms, op);
+    let (outcome, logged_end) = match store.apply(now_ms, op) {
+        Ok(applied) => applied,
+        Err(field) => return refuse(refused_response(kvapi::too_long(field))),
+    };
     let response = kv_response(outcome, owner, shard_count);
     match logged_end.filter(|_| sync) {
         Some(end) => Step::Pending(Pending::Durable { wait: store.durable(end), response }),
@@ -146,7 +156,14 @@ pub fn serve_forwarded(core: &Rc<Core>, source: u32, token: u32, op: Op, sync: b
     }
     let key = op.key().clone();
     let store = core.store();
-    let (outcome, logged_end) = store.apply(now_ms, op);
+    let (outcome, logged_end) = match store.apply(now_ms, op) {
+        Ok(applied) => applied,
+        Err(field) => {
+            let refusal = refused_response(kvapi::too_long(field));
+            mesh.reply(source, Reply { token, answer: Answer::Kv(Err(refusal)) });
+            return;
+        }
+    };
     if let Outcome::Cold { location, content_type, etag } = outcome {
         // Read from disk on this core, then answer.
         let core = Rc::clone(core);

@@ -129,7 +129,7 @@ pub enum State {
 impl Freshness {
     /// The age to send in `Age`, in milliseconds (RFC 9111 §4.2.3).
     pub fn age_ms(&self, now_ms: u64) -> u64 {
-        self.initial_age_ms + now_ms.saturating_sub(self.response_ms)
+        self.initial_age_ms.saturating_add(now_ms.saturating_sub(self.response_ms))
     }
 
     pub fn state(&self, now_ms: u64) -> State {
@@ -214,7 +214,7 @@ pub fn storable(
     }
     let apparent_age_ms = date_ms.map_or(0, |date| response_ms.saturating_sub(date));
     let age_value_ms = response.age.and_then(|age| parse_seconds(trim(age))).unwrap_or(0).saturating_mul(1000);
-    let corrected_age_ms = age_value_ms + response_ms.saturating_sub(request_ms);
+    let corrected_age_ms = age_value_ms.saturating_add(response_ms.saturating_sub(request_ms));
     // must-revalidate / proxy-revalidate forbid serving stale at all; no-cache means every use revalidates.
     let stale_allowed = !(control.must_revalidate || control.proxy_revalidate || control.no_cache);
     let stale_ms = |seconds: Option<u64>| if stale_allowed { seconds.unwrap_or(0).saturating_mul(1000) } else { 0 };

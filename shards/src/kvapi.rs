@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use crate::kv::KEY_BYTES_MAX;
+use crate::record::TooLong;
 
 /// Longest accepted `?ttl=`: about 136 years, so expiry math cannot overflow.
 pub const TTL_SECONDS_MAX: u64 = u32::MAX as u64;
@@ -71,6 +72,17 @@ pub fn parse_ttl(query: &[u8]) -> Result<Option<u64>, RequestError> {
     match seconds {
         Some(s) => Ok(Some(s)),
         None => Err(refuse(400, "ttl must be a whole number of seconds from 1 to 4294967295")),
+    }
+}
+
+/// The refusal of a write whose fields the log record cannot hold: an
+/// overlong content type is a header field too large (431), an overlong
+/// value a body too large (413), an overlong key a target too long (414).
+pub fn too_long(field: TooLong) -> RequestError {
+    match field {
+        TooLong::Key => refuse(414, "key longer than 1024 bytes"),
+        TooLong::ContentType => refuse(431, "Content-Type longer than 65535 bytes"),
+        TooLong::Value => refuse(413, "value larger than 1 GiB"),
     }
 }
 

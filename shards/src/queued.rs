@@ -40,7 +40,20 @@ impl QueuedWrite {
     /// bytes), target (u32 + bytes), field count u16 then per field name
     /// (u16 + bytes) and value (u32 + bytes), peer (u16 + text, empty when
     /// unknown), body (u32 + bytes).
-    pub fn encode(&self) -> Bytes {
+    ///
+    /// None when a part is longer than its length field holds (a method or
+    /// a field name over 65,535 bytes, more than 65,535 fields): nothing is
+    /// ever truncated into a record that would not decode.
+    pub fn encode(&self) -> Option<Bytes> {
+        let short = |bytes: &[u8]| bytes.len() <= u16::MAX as usize;
+        let fits = short(&self.method)
+            && self.fields.len() <= u16::MAX as usize
+            && self.fields.iter().all(|(name, value)| short(name) && value.len() <= u32::MAX as usize)
+            && self.target.len() <= u32::MAX as usize
+            && self.body.len() <= u32::MAX as usize;
+        if !fits {
+            return None;
+        }
         let mut out = Vec::with_capacity(64 + self.target.len() + self.body.len() + self.fields.len() * 48);
         out.extend_from_slice(&self.key_hash.to_le_bytes());
         put(&mut out, &self.method, 2);
@@ -52,7 +65,7 @@ impl QueuedWrite {
         }
         put(&mut out, self.peer.map(|p| p.to_string()).unwrap_or_default().as_bytes(), 2);
         put(&mut out, &self.body, 4);
-        Bytes::from(out)
+        Some(Bytes::from(out))
     }
 
     /// The inverse of [`QueuedWrite::encode`]; None for bytes it did not produce.
@@ -76,7 +89,9 @@ impl QueuedWrite {
     }
 }
 
+/// A length of `width` bytes (checked by the caller to hold it), then the bytes.
 fn put(out: &mut Vec<u8>, bytes: &[u8], width: usize) {
+    debug_assert!(width == 4 || bytes.len() <= u16::MAX as usize);
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes()[..width]);
     out.extend_from_slice(bytes);
 }

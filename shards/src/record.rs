@@ -84,6 +84,32 @@ pub struct Record<'a> {
     pub value: &'a [u8],
 }
 
+/// Why a record cannot be written: a field longer than the format holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TooLong {
+    /// Empty, or over [`KEY_BYTES_MAX`].
+    Key,
+    /// Over [`CONTENT_TYPE_BYTES_MAX`].
+    ContentType,
+    /// Over [`VALUE_BYTES_MAX`].
+    Value,
+}
+
+/// Checks a record's field lengths against the format, so that a caller
+/// can refuse a write before anything changes (`encode` asserts them).
+pub fn check_lengths(key: &[u8], content_type: &[u8], value: &[u8]) -> Result<(), TooLong> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(TooLong::Key);
+    }
+    if content_type.len() > CONTENT_TYPE_BYTES_MAX {
+        return Err(TooLong::ContentType);
+    }
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(TooLong::Value);
+    }
+    Ok(())
+}
+
 /// Why bytes are not a record. Recovery stops at the first such record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {

@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod durability;
 mod gateway;
+mod hardening;
 mod kv;
 mod limits;
 mod operations;

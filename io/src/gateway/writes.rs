@@ -83,14 +83,23 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
         queue.sequence = (queue.sequence + 1).max(now_ms() * SEQUENCES_PER_MS);
         queue.sequence
     };
+    let Some(encoded) = request.to_queued().encode() else {
+        return Response::problem(431, "a header field of this request is too long to queue");
+    };
     let op = Op::Put {
         key: write_key(request.hash, sequence),
-        value: request.to_queued().encode(),
+        value: encoded,
         content_type: Bytes::from_static(QUEUED_CONTENT_TYPE),
         ttl_ms: None,
         conditions: Default::default(),
     };
-    let (_, logged_end) = store.apply(now_ms(), op);
+    let logged_end = match store.apply(now_ms(), op) {
+        Ok((_, logged_end)) => logged_end,
+        Err(field) => {
+            let refused = shardgate_shards::kvapi::too_long(field);
+            return Response::problem(refused.status, "this request is too large to queue");
+        }
+    };
     if let Some(end) = logged_end.filter(|_| sync) {
         store.durable(end).await;
     }
@@ -314,7 +323,9 @@ fn finish(gateway: &Gateway, key: Bytes, status: WriteStatus, encoded: &Bytes) {
         ttl_ms: Some(STATUS_TTL_MS),
         conditions: Default::default(),
     };
-    gateway.core.store().apply(now, put);
+    // A status record is a few bytes under a fixed-size key: it always fits.
+    let stored = gateway.core.store().apply(now, put);
+    assert!(stored.is_ok(), "a write status fits a record");
 }
 
 /// Appends a failed write to `{data-dir}/dead-letter/shard-{n}.log` and

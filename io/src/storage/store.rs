@@ -19,7 +19,7 @@ use bytes::Bytes;
 use shardgate_shards::compaction::Location;
 use shardgate_shards::conditions::{Conditions, Etag};
 use shardgate_shards::kv::{KvShard, Op, Outcome};
-use shardgate_shards::record::{self, Record, RecordOp};
+use shardgate_shards::record::{self, Record, RecordOp, TooLong};
 
 use super::durable::{CoreLog, DurableFuture};
 use super::error::{ReadError, Refusal};
@@ -99,8 +99,16 @@ impl Store {
 
     /// Applies an op to the keydir and logs a successful write. Returns the
     /// outcome and, for a logged write, the log offset past its record
-    /// (durable once the log's durable end reaches it).
-    pub fn apply(&self, now_ms: u64, op: Op) -> (Outcome, Option<u64>) {
+    /// (durable once the log's durable end reaches it); or, before anything
+    /// changed, the field a put's record cannot hold.
+    pub fn apply(&self, now_ms: u64, op: Op) -> Result<(Outcome, Option<u64>), TooLong> {
+        if let Op::Put { key, value, content_type, .. } = &op {
+            record::check_lengths(key, content_type, value)?;
+        }
+        Ok(self.apply_checked(now_ms, op))
+    }
+
+    fn apply_checked(&self, now_ms: u64, op: Op) -> (Outcome, Option<u64>) {
         let logged = match &op {
             Op::Put { key, value, content_type, .. } => {
                 Some((RecordOp::Put, key.clone(), value.clone(), content_type.clone()))

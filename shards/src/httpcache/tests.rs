@@ -177,3 +177,13 @@ fn the_budget_is_kept_by_evicting_whole_objects() {
     huge.body = Bytes::from(vec![0u8; budget as usize * 2]);
     assert!(!cache.store(5_000, Bytes::from_static(b"huge"), Vec::new(), huge), "larger than the whole budget");
 }
+
+#[test]
+fn an_enormous_age_saturates_instead_of_overflowing() {
+    for age in [&b"18446744073709551615"[..], b"99999999999999999999999999", b"18446744073709551"] {
+        let response = ResponseFields { age: Some(age), ..fields("max-age=10") };
+        let freshness = storable(GET, &response, 1_000, 2_000, 0).expect("stored");
+        assert_eq!(freshness.age_ms(u64::MAX), u64::MAX, "{}", String::from_utf8_lossy(age));
+        assert!(matches!(freshness.state(u64::MAX), State::Stale { .. }));
+    }
+}

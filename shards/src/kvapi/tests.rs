@@ -39,3 +39,18 @@ fn durability_header() {
     }
     assert_eq!(wants_sync(Some(b"maybe"), false).unwrap_err().status, 400);
 }
+
+#[test]
+fn overlong_record_fields_map_to_their_statuses() {
+    use crate::record::{check_lengths, CONTENT_TYPE_BYTES_MAX};
+    let long_type = vec![b't'; CONTENT_TYPE_BYTES_MAX + 1];
+    for (key, content_type, expect) in [
+        (&b"k"[..], &b"text/plain"[..], None),
+        (b"", b"", Some(414)),
+        (b"k", &long_type[..], Some(431)),
+        (b"k", &long_type[..CONTENT_TYPE_BYTES_MAX], None),
+    ] {
+        let status = check_lengths(key, content_type, b"v").err().map(|field| too_long(field).status);
+        assert_eq!(status, expect, "key {} bytes, content type {} bytes", key.len(), content_type.len());
+    }
+}

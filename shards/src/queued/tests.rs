@@ -24,8 +24,8 @@ fn queued_writes_round_trip_and_truncation_is_refused() {
         peer: Some("10.0.0.1".parse().unwrap()),
         body: Bytes::from_static(b"{\"a\":1}"),
     };
-    let encoded = write.encode();
-    assert_eq!(QueuedWrite::decode(&encoded), Some(write));
+    let encoded = write.encode().expect("fits");
+    assert_eq!(QueuedWrite::decode(&encoded), Some(write.clone()));
     for cut in 0..encoded.len() {
         assert!(QueuedWrite::decode(&encoded[..cut]).is_none(), "truncated at {cut}");
     }
@@ -39,4 +39,22 @@ fn statuses_round_trip() {
     for bad in [&b"delivered x"[..], b"queued", b"", b"delivered"] {
         assert_eq!(WriteStatus::decode(bad), None);
     }
+}
+
+#[test]
+fn parts_longer_than_their_length_field_are_refused_not_truncated() {
+    let long = Bytes::from(vec![b'x'; u16::MAX as usize + 1]);
+    let base = QueuedWrite {
+        key_hash: 1,
+        method: Bytes::from_static(b"POST"),
+        target: Bytes::from_static(b"/"),
+        fields: vec![],
+        peer: None,
+        body: Bytes::new(),
+    };
+    assert!(QueuedWrite { fields: vec![(long.clone(), Bytes::new())], ..base.clone() }.encode().is_none());
+    assert!(QueuedWrite { method: long.clone(), ..base.clone() }.encode().is_none());
+    let long_value = QueuedWrite { fields: vec![(Bytes::from_static(b"X"), long)], ..base };
+    let encoded = long_value.encode().expect("a value has a four-byte length");
+    assert_eq!(QueuedWrite::decode(&encoded), Some(long_value));
 }
