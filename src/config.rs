@@ -61,7 +61,7 @@ pub struct Cli {
     /// Memory for rate-limit windows across all shards; idle clients are evicted first [default: 64MiB]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_RATE_LIMIT_STATE_BYTES")]
     rate_limit_state_bytes: Option<String>,
-    /// Identify clients without X-API-Key by the last X-Forwarded-For hop (behind a balancer) [default: false]
+    /// Trust the client's forwarding fields (behind your own balancer): rate-limit identity from the last X-Forwarded-For hop; in gateway mode X-Forwarded-* and Forwarded pass to the origin [default: false]
     // No `allow_hyphen_values` here: the value is optional, and a following
     // `--flag` must stay a flag.
     #[arg(long, env = "SHARDGATE_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]

@@ -395,6 +395,9 @@ fn parse_head(bytes: &[u8], limits: Limits) -> Result<Option<Head>, HttpError> {
     if version_minor == 1 && fields.hosts != 1 {
         return Err(HttpError::BadRequest("HTTP/1.1 requires exactly one Host field"));
     }
+    if fields.hosts > 1 {
+        return Err(HttpError::BadRequest("more than one Host field"));
+    }
     let expect_continue = match fields.expect {
         None => false,
         Some(v) if v.get(bytes).eq_ignore_ascii_case(b"100-continue") => version_minor == 1,
@@ -448,7 +451,12 @@ impl Fields {
     fn add(&mut self, base: &[u8], name: &str, value: &[u8]) -> Result<(), HttpError> {
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         match name.len() {
-            4 if is("host") => self.hosts += 1,
+            4 if is("host") => {
+                if !crate::fields::is_valid_host(trim(value)) {
+                    return Err(HttpError::BadRequest("Host is not a valid authority"));
+                }
+                self.hosts += 1;
+            }
             6 if is("expect") => {
                 if self.expect.is_some() {
                     return Err(HttpError::ExpectationFailed);
@@ -466,6 +474,11 @@ impl Fields {
                 for option in value.split(|&b| b == b',').map(trim) {
                     self.close |= option.eq_ignore_ascii_case(b"close");
                     self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                    // Dropping Host at a hop would make the request name
+                    // another resource than the one it was decided on.
+                    if option.eq_ignore_ascii_case(b"host") {
+                        return Err(HttpError::BadRequest("Connection may not nominate Host"));
+                    }
                 }
             }
             12 if is("content-type") => {

@@ -24,6 +24,63 @@ pub fn named_by_connection(connection: &[u8], name: &[u8]) -> bool {
     connection.split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
 }
 
+/// Whether a `Host` value is an authority as RFC 9110 §7.2 and RFC 3986
+/// §3.2.2 define it: a reg-name (unreserved characters, percent-encodings
+/// and sub-delims), an IPv4 address (a reg-name's subset) or a bracketed IP
+/// literal, then an optional `:port` of digits. Empty is valid (a request
+/// whose target has no authority). No userinfo, path, query or spaces.
+pub fn is_valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(close) => (&value[..=close], &value[close + 1..]),
+            None => return false,
+        },
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &b""[..]),
+        },
+    };
+    let port_ok = port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit));
+    port_ok && if host.first() == Some(&b'[') { is_ip_literal(host) } else { is_reg_name(host) }
+}
+
+fn is_reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `[` IPv6address `]` or `[v` HEXDIG+ `.` (unreserved / sub-delims / `:`)+ `]`.
+fn is_ip_literal(host: &[u8]) -> bool {
+    let inner = &host[1..host.len() - 1];
+    if let Some(future) = inner.strip_prefix(b"v").or_else(|| inner.strip_prefix(b"V")) {
+        let Some(dot) = future.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, rest) = (&future[..dot], &future[dot + 1..]);
+        let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(b);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !rest.is_empty()
+            && rest.iter().all(allowed);
+    }
+    std::str::from_utf8(inner).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
 /// The value of a field in `\r\nName: value` lines.
 pub fn field_of<'a>(headers: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     headers.split(|&b| b == b'\n').find_map(|line| {

@@ -17,6 +17,10 @@ pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
 pub const RESPONSE_HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Header fields in one origin response; more is an error.
 const RESPONSE_HEADERS_MAX: usize = 96;
+/// Raw bytes of a chunked body (sizes, extensions, trailers included): the
+/// body limit and an eighth more, so that chunk overhead cannot make a
+/// response cost several times its body in memory.
+pub const RESPONSE_RAW_BYTES_MAX: usize = RESPONSE_BYTES_MAX + RESPONSE_BYTES_MAX / 8;
 
 /// Why an origin response cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +53,8 @@ pub struct CacheFields {
     pub vary: Option<Bytes>,
     pub etag: Option<Bytes>,
     pub last_modified: Option<Bytes>,
+    /// A `Set-Cookie` line was present.
+    pub set_cookie: bool,
 }
 
 /// How the body of a response is delimited.
@@ -78,6 +84,9 @@ impl Head {
         match &mut self.framing {
             BodyFraming::None => Ok(Some(self.length)),
             BodyFraming::Length(length) => Ok((input.len() >= self.length + *length).then_some(self.length + *length)),
+            BodyFraming::Chunked(_) if input.len() - self.length > RESPONSE_RAW_BYTES_MAX => {
+                Err(ResponseError::TooLarge)
+            }
             BodyFraming::Chunked(chunked) => {
                 chunked.advance(input, chunked_body, limits).map_err(|error| match error {
                     HttpError::BodyTooLarge => ResponseError::TooLarge,
@@ -132,19 +141,25 @@ fn head_of(parsed: &httparse::Response<'_, '_>, length: usize, expect_body: bool
     let mut fields = CacheFields::default();
     let mut headers = Vec::with_capacity(512);
     let mut content_length: Option<usize> = None;
+    // RFC 9112 §6.3: with Transfer-Encoding, its final coding decides.
+    let mut transfer_encoded = false;
     let mut chunked = false;
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let value = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
-            let value = value.ok_or(ResponseError::Malformed("bad Content-Length"))?;
-            if content_length.is_some_and(|c| c != value) {
-                return Err(ResponseError::Malformed("conflicting Content-Length"));
+            for member in field.value.split(|&b| b == b',') {
+                let value = content_length_value(member.trim_ascii())?;
+                if content_length.is_some_and(|c| c != value) {
+                    return Err(ResponseError::Malformed("conflicting Content-Length"));
+                }
+                content_length = Some(value);
             }
-            content_length = Some(value);
         }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = field.value.trim_ascii().to_ascii_lowercase().ends_with(b"chunked");
+            for coding in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+                transfer_encoded = true;
+                chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
         }
         pick_cache_field(&mut fields, field);
         let dropped = is_hop_by_hop(name)
@@ -159,15 +174,20 @@ fn head_of(parsed: &httparse::Response<'_, '_>, length: usize, expect_body: bool
         }
     }
     let bodyless = !expect_body || status == 204 || status == 304 || (100..200).contains(&status);
-    let framing = match (bodyless, chunked, content_length) {
-        (true, _, _) => BodyFraming::None,
-        (false, true, _) => BodyFraming::Chunked(Chunked::new(length)),
-        (false, false, Some(n)) if n > RESPONSE_BYTES_MAX => return Err(ResponseError::TooLarge),
-        (false, false, Some(n)) => BodyFraming::Length(n),
-        (false, false, None) => BodyFraming::UntilClose,
+    let framing = match (bodyless, transfer_encoded, chunked, content_length) {
+        (true, ..) => BodyFraming::None,
+        (false, true, true, _) => BodyFraming::Chunked(Chunked::new(length)),
+        // A final coding other than chunked: the body ends at close.
+        (false, true, false, _) => BodyFraming::UntilClose,
+        (false, false, _, Some(n)) if n > RESPONSE_BYTES_MAX => return Err(ResponseError::TooLarge),
+        (false, false, _, Some(n)) => BodyFraming::Length(n),
+        (false, false, _, None) => BodyFraming::UntilClose,
     };
     let version_minor = parsed.version.unwrap_or(1);
-    let keep_alive = version_minor == 1 && !named_by_connection(&connection, b"close");
+    // Both length fields: the framing is in doubt, so the connection is not
+    // reused after this response (RFC 9112 §6.3, item 3).
+    let ambiguous = transfer_encoded && content_length.is_some();
+    let keep_alive = version_minor == 1 && !named_by_connection(&connection, b"close") && !ambiguous;
     let response = OriginResponse {
         status,
         reason: Bytes::copy_from_slice(parsed.reason.unwrap_or("").as_bytes()),
@@ -176,6 +196,15 @@ fn head_of(parsed: &httparse::Response<'_, '_>, length: usize, expect_body: bool
         fields,
     };
     Ok(Head { length, keep_alive, framing, response })
+}
+
+/// A Content-Length value: digits only (no sign, no space inside).
+fn content_length_value(digits: &[u8]) -> Result<usize, ResponseError> {
+    let bad = ResponseError::Malformed("bad Content-Length");
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad);
+    }
+    Ok(digits.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0')))
 }
 
 /// Records `field` in `fields` when a cache decision reads it.
@@ -189,6 +218,7 @@ fn pick_cache_field(fields: &mut CacheFields, field: &httparse::Header<'_>) {
         "vary" => fields.vary = join(fields.vary.take(), field.value),
         "etag" => fields.etag = value(),
         "last-modified" => fields.last_modified = value(),
+        "set-cookie" => fields.set_cookie = true,
         _ => {}
     }
 }

@@ -2,6 +2,7 @@
 //! the connection's input so it can travel to its owner core, wait for an
 //! origin, or be queued as an asynchronous write, and encoded for the origin.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -18,10 +19,10 @@ pub struct ProxyRequest {
     pub method: Method,
     pub method_token: Bytes,
     pub target: Bytes,
-    /// Host, path and query: what the cache stores under.
+    /// Scheme, authority and target: what the cache stores under ([`cache_key`]).
     pub key: Bytes,
     pub hash: u64,
-    /// The request's header fields as sent (name, value).
+    /// The request's end-to-end header fields, as the origin gets them (name, value).
     pub fields: Vec<(Bytes, Bytes)>,
     pub peer: Option<IpAddr>,
     pub body: Bytes,
@@ -29,7 +30,16 @@ pub struct ProxyRequest {
 
 impl ProxyRequest {
     /// Copies what the gateway needs out of a decoded request.
-    pub fn parse(request: &Request<'_>, peer: Option<IpAddr>) -> Result<ProxyRequest, Response> {
+    ///
+    /// The fields kept are exactly the ones the origin receives: hop-by-hop
+    /// fields and the ones `Connection` nominates are dropped here, once, and
+    /// so are the client's own forwarding fields (`X-Forwarded-For`,
+    /// `X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded`) unless
+    /// `trust_forwarded`. The cache key and every `Vary` value are computed
+    /// from these fields, so what is stored always matches what was asked.
+    /// A `Connection` that nominates `Host` is refused: the key would name a
+    /// host the origin never saw.
+    pub fn parse(request: &Request<'_>, peer: Option<IpAddr>, trust_forwarded: bool) -> Result<ProxyRequest, Response> {
         // One copy of the head; the method, target and fields are views of it.
         let head = Bytes::copy_from_slice(request.head);
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
@@ -48,12 +58,30 @@ impl ProxyRequest {
                 false => Bytes::copy_from_slice(part),
             }
         };
+        let connection: Vec<u8> = parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.iter().copied().chain(*b","))
+            .collect();
+        if named_by_connection(&connection, b"host") {
+            return Err(Response::problem(400, "Connection may not nominate Host"));
+        }
         let method_token = view(parsed.method.unwrap_or_default().as_bytes());
-        let fields: Vec<(Bytes, Bytes)> =
-            parsed.headers.iter().map(|h| (view(h.name.as_bytes()), view(h.value.trim_ascii()))).collect();
+        let fields: Vec<(Bytes, Bytes)> = parsed
+            .headers
+            .iter()
+            .filter(|h| {
+                let name = h.name.as_bytes();
+                !(is_hop_by_hop(name)
+                    || named_by_connection(&connection, name)
+                    || (!trust_forwarded && is_forwarding(name)))
+            })
+            .map(|h| (view(h.name.as_bytes()), view(h.value.trim_ascii())))
+            .collect();
         let host = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"host")).map(|(_, v)| v.to_ascii_lowercase());
         let target = view(origin_form(parsed.path.unwrap_or_default().as_bytes()));
-        let key = Bytes::from([host.as_deref().unwrap_or_default(), &target[..]].concat());
+        let key = cache_key(b"http", host.as_deref().unwrap_or_default(), &target);
         Ok(ProxyRequest {
             method: request.method,
             method_token,
@@ -69,6 +97,27 @@ impl ProxyRequest {
     /// The first value of a field, by case-insensitive name.
     pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
         self.fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &v[..])
+    }
+
+    /// The value of a field as all its lines say it (RFC 9110 §5.3): one
+    /// line as it is, several joined by ", " in order.
+    pub fn field_value(&self, name: &[u8]) -> Option<Cow<'_, [u8]>> {
+        let mut lines = self.fields.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &v[..]);
+        let first = lines.next()?;
+        let Some(second) = lines.next() else {
+            return Some(Cow::Borrowed(first));
+        };
+        let mut joined = [first, b", ", second].concat();
+        for line in lines {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(line);
+        }
+        Some(Cow::Owned(joined))
+    }
+
+    /// The request sends a cookie: its answer may be this client's alone.
+    pub fn carries_cookie(&self) -> bool {
+        self.field(b"cookie").is_some()
     }
 
     /// `Prefer: respond-async` (RFC 7240) is among the preferences.
@@ -106,11 +155,16 @@ impl ProxyRequest {
         const FILL_DROPPED: [&[u8]; 6] =
             [b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range"];
         let mut forwarded_for: Option<&[u8]> = None;
+        let mut forwarded: Option<&[u8]> = None;
         let mut via: Option<&[u8]> = None;
         let mut has_host = false;
         for (name, value) in &self.fields {
             if name.eq_ignore_ascii_case(b"x-forwarded-for") {
                 forwarded_for = Some(value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"forwarded") {
+                forwarded = Some(value);
                 continue;
             }
             if name.eq_ignore_ascii_case(b"via") {
@@ -130,12 +184,23 @@ impl ProxyRequest {
             push_field(&mut out, b"Host", default_host);
         }
         if let Some(peer) = self.peer {
-            let peer = peer.to_string();
+            let address = peer.to_string();
             let value = match forwarded_for {
-                Some(prior) => [prior, b", ", peer.as_bytes()].concat(),
-                None => peer.into_bytes(),
+                Some(prior) => [prior, b", ", address.as_bytes()].concat(),
+                None => address.clone().into_bytes(),
             };
             push_field(&mut out, b"X-Forwarded-For", &value);
+            // RFC 7239 §6: an IPv6 address is bracketed and quoted.
+            let node = match peer {
+                IpAddr::V4(_) => address,
+                IpAddr::V6(_) => format!("\"[{address}]\""),
+            };
+            let element = format!("for={node};proto=http");
+            let value = match forwarded {
+                Some(prior) => [prior, b", ", element.as_bytes()].concat(),
+                None => element.into_bytes(),
+            };
+            push_field(&mut out, b"Forwarded", &value);
         }
         let value = match via {
             Some(prior) => [prior, b", 1.1 shardgate"].concat(),
@@ -159,6 +224,26 @@ impl ProxyRequest {
         }
         Bytes::from(out)
     }
+}
+
+/// The client's own forwarding fields: kept only when the gateway trusts
+/// whoever connects to it (`--trust-forwarded-for`), else replaced by its own.
+fn is_forwarding(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 4] = [b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded"];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// The cache key of a request: its scheme, authority (lowercased) and
+/// target, each as a 4-byte little-endian length and its bytes, so that no
+/// two different requests share a key however their parts are split
+/// (`h.example/p/a` + `/p/x` and `h.example` + `/p/a/p/x` differ).
+pub fn cache_key(scheme: &[u8], authority: &[u8], target: &[u8]) -> Bytes {
+    let mut key = Vec::with_capacity(12 + scheme.len() + authority.len() + target.len());
+    for part in [scheme, authority, target] {
+        key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        key.extend_from_slice(part);
+    }
+    Bytes::from(key)
 }
 
 /// The validators a revalidation sends.

@@ -188,7 +188,8 @@ impl Dispatcher {
 /// Hands a gateway request to its owner core: this one, or another
 /// through the mesh.
 fn to_gateway(gateway: &Rc<Gateway>, request: &Request<'_>, peer: Option<IpAddr>) -> Step {
-    let proxy_request = match ProxyRequest::parse(request, peer) {
+    let trust_forwarded = gateway.core().config().rate_limits.trust_forwarded_for;
+    let proxy_request = match ProxyRequest::parse(request, peer, trust_forwarded) {
         Ok(proxy_request) => proxy_request,
         Err(response) => return Step::Ready(response),
     };

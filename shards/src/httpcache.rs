@@ -10,6 +10,7 @@
 //! response's `Vary` names. Objects are evicted whole by S3-FIFO
 //! ([`crate::evict`]) within the byte budget.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -90,6 +91,9 @@ pub struct ResponseFields<'a> {
     /// `ETag` or `Last-Modified` is present (a `no-cache` answer is useful
     /// only when it can be revalidated).
     pub has_validator: bool,
+    /// The response sets a cookie: it belongs to one client, whatever its
+    /// `Cache-Control` says, and is never stored (Varnish's builtin VCL).
+    pub sets_cookie: bool,
 }
 
 /// The request facts storage depends on.
@@ -153,6 +157,8 @@ pub enum NotStored {
     NoStore,
     Private,
     Authorization,
+    /// The response carries `Set-Cookie`.
+    SetCookie,
     VaryStar,
     /// No explicit freshness and no `--default-ttl`.
     NoFreshness,
@@ -180,6 +186,9 @@ pub fn storable(
     }
     if matches!(response.status, 100..=199 | 206 | 304) || response.status > 599 {
         return Err(NotStored::Status);
+    }
+    if response.sets_cookie {
+        return Err(NotStored::SetCookie);
     }
     let control = response.cache_control.map(CacheControl::parse).unwrap_or_default();
     if control.no_store {
@@ -351,7 +360,7 @@ impl HttpCache {
         now_ms: u64,
         hash: u64,
         key: &[u8],
-        request_field: impl Fn(&[u8]) -> Option<&'r [u8]>,
+        request_field: impl Fn(&[u8]) -> Option<Cow<'r, [u8]>>,
     ) -> Lookup {
         if let Some(&until_ms) = self.hit_for_miss.get(&hash) {
             if now_ms < until_ms {
@@ -362,10 +371,10 @@ impl HttpCache {
         let Some(object) = self.objects.get_mut(&hash).filter(|o| o.key == key) else {
             return Lookup::Miss;
         };
-        let wanted: Vec<Option<&[u8]>> = object.vary.iter().map(|name| request_field(name).map(trim)).collect();
+        let wanted: Vec<Option<Cow<'r, [u8]>>> = object.vary.iter().map(|name| request_field(name)).collect();
         let found = object.variants.iter().find(|v| {
             v.vary_values.len() == wanted.len()
-                && v.vary_values.iter().zip(&wanted).all(|(have, want)| have.as_deref() == *want)
+                && v.vary_values.iter().zip(&wanted).all(|(have, want)| have.as_deref() == want.as_deref().map(trim))
         });
         match found {
             Some(variant) => {
@@ -377,8 +386,13 @@ impl HttpCache {
     }
 
     /// The request's values of `vary` names, as a variant stores them.
-    pub fn vary_values<'r>(vary: &[Bytes], request_field: impl Fn(&[u8]) -> Option<&'r [u8]>) -> Vec<Option<Bytes>> {
-        vary.iter().map(|name| request_field(name).map(|v| Bytes::copy_from_slice(trim(v)))).collect()
+    /// `request_field` gives a field's whole value: all its lines, combined
+    /// (RFC 9110 §5.3), as the origin received them.
+    pub fn vary_values<'r>(
+        vary: &[Bytes],
+        request_field: impl Fn(&[u8]) -> Option<Cow<'r, [u8]>>,
+    ) -> Vec<Option<Bytes>> {
+        vary.iter().map(|name| request_field(name).map(|v| Bytes::copy_from_slice(trim(&v)))).collect()
     }
 
     /// Stores `variant` under `key` with the response's `vary` names,

@@ -62,7 +62,9 @@ fn miss_then_hit_with_age_and_proxy_fields() {
     assert!(seen.header("x-client-hop").is_none() && seen.header("connection").is_none(), "{seen:?}");
     assert_eq!(seen.header("x-keep"), Some("yes"));
     assert_eq!(seen.header("host"), Some("api.test"));
-    assert_eq!(seen.header("x-forwarded-for"), Some("10.0.0.9, 127.0.0.1"));
+    // The client's own X-Forwarded-For is not trusted (docs/spec.md §7).
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("forwarded"), Some("for=127.0.0.1;proto=http"));
     assert_eq!(seen.header("via"), Some("1.1 shardgate"));
     // HEAD is answered from the same entry, without a body.
     let mut client = server.client();

@@ -55,3 +55,163 @@ fn an_enormous_origin_age_is_served_not_a_crash() {
         assert_eq!((response.status, response.text().as_str()), (200, "aged"));
     }
 }
+
+fn x_cache(response: &crate::harness::Response) -> &str {
+    response.header("x-cache").unwrap_or("none")
+}
+
+/// An origin that answers every path with `{host} {path}`, cacheable.
+fn echo_origin() -> Origin {
+    Origin::start(|seen| {
+        let host = seen.header("host").unwrap_or("-").to_string();
+        Reply::ok("max-age=600", &format!("{host} {}", seen.path))
+    })
+}
+
+#[test]
+fn a_host_with_a_path_cannot_poison_another_url() {
+    let origin = echo_origin();
+    let server = gateway(&origin, &[]);
+    // The attack: Host carries a path and Connection drops Host on the way
+    // to the origin, while a naive key still concatenated host and target.
+    let planted = "GET /p/x HTTP/1.1\r\nHost: h.example/p/a\r\nConnection: host\r\n\r\n";
+    server.send(planted).assert_problem(400);
+    server.send("GET /p/x HTTP/1.1\r\nHost: h.example/p/a\r\n\r\n").assert_problem(400);
+    server.send("GET /p/x HTTP/1.1\r\nHost: h.example\r\nConnection: host\r\n\r\n").assert_problem(400);
+    server.send("GET /p/x HTTP/1.0\r\nHost: h.example\r\nHost: other.example\r\n\r\n").assert_problem(400);
+    for host in ["user@h.example", "h.example:8o", "[::1", "h example"] {
+        server.send(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")).assert_problem(400);
+    }
+    let victim = server.send("GET /p/a/p/x HTTP/1.1\r\nHost: h.example\r\n\r\n");
+    assert_eq!((victim.text().as_str(), x_cache(&victim)), ("h.example /p/a/p/x", "MISS"));
+    assert_eq!(origin.count("/p/x"), 0, "no refused request reached the origin");
+    let literal = server.send("GET /v6 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n");
+    assert_eq!(literal.text(), "[::1]:8080 /v6", "an IP literal with a port is a valid Host");
+}
+
+#[test]
+fn vary_reads_every_line_of_a_field() {
+    let origin = Origin::start(|seen| {
+        let lines: Vec<&str> =
+            seen.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("accept")).map(|(_, v)| v.as_str()).collect();
+        Reply::ok("max-age=600", &lines.join(", ")).with("Vary", "Accept")
+    });
+    let server = gateway(&origin, &[]);
+    let two_lines = "GET /v HTTP/1.1\r\nHost: api.test\r\nAccept: a\r\nAccept: b\r\n\r\n";
+    assert_eq!(server.send(two_lines).text(), "a, b");
+    let one_line = server.send("GET /v HTTP/1.1\r\nHost: api.test\r\nAccept: a\r\n\r\n");
+    assert_eq!((one_line.text().as_str(), x_cache(&one_line)), ("a", "MISS"), "a different Accept, another variant");
+    let combined = server.send("GET /v HTTP/1.1\r\nHost: api.test\r\nAccept: a, b\r\n\r\n");
+    assert_eq!((combined.text().as_str(), x_cache(&combined)), ("a, b", "HIT"), "the same value in one line");
+}
+
+#[test]
+fn client_forwarding_fields_never_reach_the_origin_unkeyed() {
+    let origin = Origin::start(|seen| {
+        let echo = ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-for", "forwarded"]
+            .map(|name| format!("{name}={}", seen.header(name).unwrap_or("-")))
+            .join(" ");
+        Reply::ok("max-age=600", &echo)
+    });
+    let server = gateway(&origin, &[]);
+    let planted = "GET /f HTTP/1.1\r\nHost: api.test\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n\
+                   X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n\r\n";
+    let answer = server.send(planted).text();
+    assert_eq!(
+        answer,
+        "x-forwarded-host=- x-forwarded-proto=- x-forwarded-for=127.0.0.1 forwarded=for=127.0.0.1;proto=http"
+    );
+    let trusting = gateway(&origin, &["--trust-forwarded-for"]);
+    let kept = trusting.send(&planted.replace("/f", "/g")).text();
+    assert!(
+        kept.contains("x-forwarded-host=evil.example") && kept.contains("x-forwarded-for=6.6.6.6, 127.0.0.1"),
+        "{kept}"
+    );
+}
+
+#[test]
+fn a_response_that_sets_a_cookie_is_never_served_to_another_client() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&calls);
+    let origin = Origin::start(move |_| {
+        let n = counter.fetch_add(1, Ordering::AcqRel);
+        Reply::ok("public, max-age=600", &format!("for client {n}")).with("Set-Cookie", &format!("session={n}"))
+    });
+    let server = gateway(&origin, &[]);
+    let first = server.send("GET /me HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    let second = server.send("GET /me HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert_eq!(first.header("set-cookie"), Some("session=0"));
+    assert_eq!((second.header("set-cookie"), second.text().as_str()), (Some("session=1"), "for client 1"));
+    assert_ne!(x_cache(&second), "HIT");
+    assert_eq!(origin.count("/me"), 2);
+}
+
+#[test]
+fn a_request_with_a_cookie_is_passed_and_its_answer_not_stored() {
+    let origin =
+        Origin::start(|seen| Reply::ok("max-age=600", &format!("cookie={}", seen.header("cookie").unwrap_or("-"))));
+    let server = gateway(&origin, &[]);
+    let anonymous = "GET /c HTTP/1.1\r\nHost: api.test\r\n\r\n";
+    assert_eq!(server.send(anonymous).text(), "cookie=-");
+    let with_cookie = server.send("GET /c HTTP/1.1\r\nHost: api.test\r\nCookie: id=alice\r\n\r\n");
+    assert_eq!((with_cookie.text().as_str(), x_cache(&with_cookie)), ("cookie=id=alice", "BYPASS"));
+    // Alice's answer was not stored; the anonymous copy still serves.
+    let again = server.send(anonymous);
+    assert_eq!((again.text().as_str(), x_cache(&again)), ("cookie=-", "HIT"));
+    let bob = server.send("GET /private HTTP/1.1\r\nHost: api.test\r\nCookie: id=bob\r\n\r\n");
+    assert_eq!(bob.text(), "cookie=id=bob");
+    let after = server.send("GET /private HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    assert_eq!((after.text().as_str(), x_cache(&after)), ("cookie=-", "MISS"), "bob's answer never serves others");
+}
+
+#[test]
+fn a_server_error_is_never_handed_to_coalesced_waiters() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&calls);
+    let origin = Origin::start(move |_| {
+        // The first request fails after a while, so the others wait on it.
+        match counter.fetch_add(1, Ordering::AcqRel) {
+            0 => Reply::status(500).with("X-Private", "for the first one").after(std::time::Duration::from_millis(300)),
+            n => Reply::ok("", &format!("own answer {n}")),
+        }
+    });
+    let server = gateway(&origin, &[]);
+    let addr = server.addr;
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                crate::harness::Client::connect(addr).request("GET /flaky HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            })
+        })
+        .collect();
+    let responses: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let errors = responses.iter().filter(|r| r.status == 500).count();
+    assert_eq!(errors, 1, "only the request the 500 answered gets it");
+    assert!(responses.iter().filter(|r| r.status == 200).all(|r| r.text().starts_with("own answer")));
+    assert!(responses.iter().filter(|r| r.status == 200).all(|r| r.header("x-private").is_none()));
+}
+
+#[test]
+fn origin_responses_are_framed_strictly() {
+    let origin = Origin::start(|seen| match seen.path.as_str() {
+        // Both length fields: chunked decides, and the connection is not reused.
+        "/both" => Reply::raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        ),
+        "/signed" => Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi"),
+        _ => Reply::ok("", "plain"),
+    });
+    let server = Server::start(&["--origin", &origin.url(), "--shards", "1"]);
+    for _ in 0..3 {
+        assert_eq!(server.send("GET /both HTTP/1.1\r\nHost: api.test\r\n\r\n").text(), "hi");
+    }
+    assert_eq!(origin.connections(), 3, "a response with both length fields never returns its connection to the pool");
+    server.send("GET /signed HTTP/1.1\r\nHost: api.test\r\n\r\n").assert_problem(502);
+    let before = origin.connections();
+    for _ in 0..3 {
+        assert_eq!(server.send("GET /plain HTTP/1.1\r\nHost: api.test\r\n\r\n").text(), "plain");
+    }
+    assert_eq!(origin.connections(), before + 1, "a well-framed response's connection is pooled");
+}

@@ -28,6 +28,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Sent verbatim as the whole response instead (for framing tests).
+    pub raw: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -36,11 +38,17 @@ impl Reply {
         if !cache_control.is_empty() {
             headers.push(("Cache-Control".to_string(), cache_control.to_string()));
         }
-        Reply { status: 200, headers, body: body.as_bytes().to_vec(), delay: Duration::ZERO }
+        Reply { status: 200, headers, body: body.as_bytes().to_vec(), delay: Duration::ZERO, raw: None }
     }
 
     pub fn status(status: u16) -> Reply {
-        Reply { status, headers: Vec::new(), body: format!("status {status}").into_bytes(), delay: Duration::ZERO }
+        let body = format!("status {status}").into_bytes();
+        Reply { status, headers: Vec::new(), body, delay: Duration::ZERO, raw: None }
+    }
+
+    /// A response written byte for byte as given.
+    pub fn raw(bytes: &[u8]) -> Reply {
+        Reply { raw: Some(bytes.to_vec()), ..Reply::status(200) }
     }
 
     pub fn with(mut self, name: &str, value: &str) -> Reply {
@@ -62,6 +70,8 @@ struct State {
     in_flight: AtomicUsize,
     in_flight_max: AtomicUsize,
     stop: AtomicBool,
+    /// Connections accepted so far.
+    accepted: AtomicUsize,
     /// The threads serving connections, joined by `stop`.
     connections: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -88,6 +98,7 @@ impl Origin {
             in_flight: AtomicUsize::new(0),
             in_flight_max: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            accepted: AtomicUsize::new(0),
             connections: Mutex::new(Vec::new()),
         });
         let accept_state = Arc::clone(&state);
@@ -95,6 +106,7 @@ impl Origin {
             while !accept_state.stop.load(Ordering::Acquire) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        accept_state.accepted.fetch_add(1, Ordering::AcqRel);
                         let state = Arc::clone(&accept_state);
                         let connection = std::thread::spawn(move || serve(stream, state));
                         accept_state.connections.lock().unwrap().push(connection);
@@ -117,6 +129,11 @@ impl Origin {
     /// Requests received for `path`.
     pub fn count(&self, path: &str) -> usize {
         self.state.seen.lock().unwrap().iter().filter(|s| s.path == path).count()
+    }
+
+    /// Connections the origin accepted.
+    pub fn connections(&self) -> usize {
+        self.state.accepted.load(Ordering::Acquire)
     }
 
     /// Most requests the origin was answering at once.
@@ -198,6 +215,12 @@ fn serve(mut stream: TcpStream, state: Arc<State>) {
         state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if state.stop.load(Ordering::Acquire) {
             return;
+        }
+        if let Some(raw) = &reply.raw {
+            if stream.write_all(raw).is_err() {
+                return;
+            }
+            continue;
         }
         let mut out = format!("HTTP/1.1 {} Whatever\r\n", reply.status);
         for (name, value) in &reply.headers {

@@ -68,3 +68,54 @@ fn malformed_responses_are_errors() {
     let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", RESPONSE_BYTES_MAX + 1);
     assert!(matches!(check(huge.as_bytes(), true), Err(ResponseError::TooLarge)));
 }
+
+#[test]
+fn framing_follows_rfc_9112_section_6_3() {
+    /// A response, its body (None: it runs to the close) and whether its
+    /// connection may carry another exchange.
+    type Case = (&'static [u8], Option<&'static [u8]>, bool);
+    let cases: [Case; 5] = [
+        // Content-Length and Transfer-Encoding: chunked wins, the connection closes after.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            Some(b"hi"),
+            false,
+        ),
+        // A final coding other than chunked: until close.
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nraw", None, false),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nraw", None, false),
+        // A list of equal lengths is one length.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", Some(b"ok"), true),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+            Some(b"x"),
+            true,
+        ),
+    ];
+    for (raw, body, reusable) in cases {
+        let got = check(raw, true).unwrap().map(|(response, reusable)| (response.body.to_vec(), reusable));
+        let want = body.map(|b| (b.to_vec(), reusable));
+        assert_eq!(got, want, "{}", String::from_utf8_lossy(raw));
+    }
+}
+
+#[test]
+fn content_length_is_digits_only() {
+    for bad in ["+5", "-1", "5 5", "0x10", "", "1,2", "99999999999999999999"] {
+        let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+        assert!(check(raw.as_bytes(), true).is_err(), "Content-Length: {bad}");
+    }
+}
+
+#[test]
+fn the_raw_bytes_of_a_chunked_body_are_bounded() {
+    let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let head = raw.len();
+    // One-byte chunks with long extensions: little body, many raw bytes.
+    let chunk = format!("1;{}\r\nx\r\n", "e".repeat(1000));
+    while raw.len() - head <= RESPONSE_RAW_BYTES_MAX {
+        raw.extend_from_slice(chunk.as_bytes());
+    }
+    let result = check(&raw, true).map(|r| r.map(|(response, _)| response.body.len()));
+    assert!(matches!(result, Err(ResponseError::TooLarge)), "{result:?}");
+}

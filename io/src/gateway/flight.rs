@@ -15,8 +15,14 @@ use crate::runtime::metrics::CacheResult;
 pub(super) enum Shared {
     /// Look the cache up again (stored, refreshed, or hit-for-miss marked).
     Lookup,
-    /// The origin failed; this is the error (stale-if-error still applies per waiter).
+    /// The exchange failed before any answer (connect error, timeout, open
+    /// circuit); this is shardgate's own error response, the same for every
+    /// waiter (stale-if-error still applies per waiter).
     Failed(Response),
+    /// The origin answered with a server error. That answer was for the
+    /// first requester: a waiter gets a stale copy where stale-if-error
+    /// allows, else asks the origin itself.
+    Answered,
 }
 
 /// One fetch of a key in progress, and the requests waiting for it.

@@ -66,12 +66,14 @@ pub fn owner(request: &ProxyRequest, shard_count: u32) -> u32 {
 /// owner core, without the task and future a fetch needs (most requests of
 /// a hit-heavy load end here). None: [`handle`] must serve it.
 pub fn try_hit(gateway: &Gateway, request: &ProxyRequest) -> Option<Response> {
-    let fetchable = matches!(request.method, Method::Get | Method::Head) && !request.target.starts_with(WRITES_PREFIX);
+    let fetchable = matches!(request.method, Method::Get | Method::Head)
+        && !request.target.starts_with(WRITES_PREFIX)
+        && !request.carries_cookie();
     if !fetchable {
         return None;
     }
     let now = now_ms();
-    let lookup = gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field(name));
+    let lookup = gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field_value(name));
     let Lookup::Hit { variant, state: State::Fresh } = lookup else {
         return None;
     };
@@ -92,6 +94,9 @@ pub async fn handle(gateway: Rc<Gateway>, request: ProxyRequest) -> Response {
         Method::Get if request.target.starts_with(WRITES_PREFIX) => {
             (writes::status(&gateway, &request.target[WRITES_PREFIX.len()..]).await, CacheResult::Bypass)
         }
+        // A request with a cookie is one client's: passed, never stored or
+        // served from the cache (Varnish's builtin VCL does the same).
+        Method::Get | Method::Head if request.carries_cookie() => pass(&gateway, &request).await,
         Method::Get | Method::Head => cached(&gateway, &request).await,
         _ if request.is_unsafe() && (gateway.config.async_writes || request.prefers_async()) => {
             (writes::accept(&gateway, &request).await, CacheResult::Bypass)
@@ -207,7 +212,8 @@ async fn cached(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) -> (Response,
     let mut waited = false;
     loop {
         let now = now_ms();
-        let lookup = gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field(name));
+        let lookup =
+            gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field_value(name));
         let stale = match lookup {
             Lookup::Hit { variant, state: State::Fresh } => {
                 return (serve_hit(request, &variant, now, CacheResult::Hit), CacheResult::Hit);
@@ -236,18 +242,29 @@ async fn cached(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) -> (Response,
             Shared::Lookup if !waited => waited = true,
             Shared::Lookup => return pass(gateway, request).await,
             Shared::Failed(error) => return stale_or(gateway, request, error),
+            Shared::Answered => {
+                if let Some(stale) = stale_copy(gateway, request) {
+                    return stale;
+                }
+                return pass(gateway, request).await;
+            }
         }
     }
 }
 
 /// Under stale-if-error, the stale copy; else the error.
 fn stale_or(gateway: &Gateway, request: &ProxyRequest, error: Response) -> (Response, CacheResult) {
+    stale_copy(gateway, request).unwrap_or((error, CacheResult::Miss))
+}
+
+/// A stored copy stale-if-error allows serving now (or a fresh one).
+fn stale_copy(gateway: &Gateway, request: &ProxyRequest) -> Option<(Response, CacheResult)> {
     let now = now_ms();
-    match gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field(name)) {
+    match gateway.cache.borrow_mut().lookup(now, request.hash, &request.key, |name| request.field_value(name)) {
         Lookup::Hit { variant, state: State::Fresh | State::Stale { on_error: true, .. } } => {
-            (serve_hit(request, &variant, now, CacheResult::Stale), CacheResult::Stale)
+            Some((serve_hit(request, &variant, now, CacheResult::Stale), CacheResult::Stale))
         }
-        _ => (error, CacheResult::Miss),
+        _ => None,
     }
 }
 
@@ -265,6 +282,7 @@ fn response_fields(response: &OriginResponse) -> ResponseFields<'_> {
         age: fields.age.as_deref(),
         vary: fields.vary.as_deref(),
         has_validator: fields.etag.is_some() || fields.last_modified.is_some(),
+        sets_cookie: fields.set_cookie,
     }
 }
 
@@ -288,7 +306,7 @@ fn store(gateway: &Gateway, request: &ProxyRequest, response: &OriginResponse, r
         return None;
     };
     let variant = Variant {
-        vary_values: HttpCache::vary_values(&vary, |name| request.field(name)),
+        vary_values: HttpCache::vary_values(&vary, |name| request.field_value(name)),
         status: response.status,
         reason: response.reason.clone(),
         headers: response.headers.clone(),
@@ -331,15 +349,12 @@ async fn fill(
                 None => (error.clone(), CacheResult::Miss, Shared::Failed(error)),
             }
         }
-        Ok(response) if response.status >= 500 => {
-            let error = relay_origin(&response, CacheResult::Miss);
-            match stale_on_error {
-                Some(variant) => {
-                    (serve_hit(request, variant, now, CacheResult::Stale), CacheResult::Stale, Shared::Failed(error))
-                }
-                None => (error.clone(), CacheResult::Miss, Shared::Failed(error)),
+        Ok(response) if response.status >= 500 => match stale_on_error {
+            Some(variant) => {
+                (serve_hit(request, variant, now, CacheResult::Stale), CacheResult::Stale, Shared::Answered)
             }
-        }
+            None => (relay_origin(&response, CacheResult::Miss), CacheResult::Miss, Shared::Answered),
+        },
         Ok(response) if response.status == 304 && stale.is_some() => {
             let variant = stale.expect("checked");
             match revalidated(gateway, request, &variant, &response, request_ms) {
@@ -392,6 +407,7 @@ fn revalidated(
             vary: field_of(&headers, b"vary").map(Bytes::copy_from_slice),
             etag: field_of(&headers, b"etag").map(Bytes::copy_from_slice),
             last_modified: field_of(&headers, b"last-modified").map(Bytes::copy_from_slice),
+            set_cookie: field_of(&headers, b"set-cookie").is_some(),
         },
     };
     let fields = response_fields(&merged);
@@ -417,7 +433,7 @@ fn revalidated(
 /// (whose answer is stored if it became cacheable). A non-error answer to
 /// an unsafe method invalidates the key (RFC 9111 §4.4).
 async fn pass(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) -> (Response, CacheResult) {
-    let cacheable = matches!(request.method, Method::Get | Method::Head);
+    let cacheable = matches!(request.method, Method::Get | Method::Head) && !request.carries_cookie();
     let result = if cacheable { CacheResult::Miss } else { CacheResult::Bypass };
     let idempotent = !matches!(request.method, Method::Post | Method::Patch);
     let request_ms = now_ms();

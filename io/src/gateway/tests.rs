@@ -5,7 +5,7 @@ use super::*;
 fn proxy_request(raw: &[u8]) -> ProxyRequest {
     let mut decoder = Decoder::new(Limits { head_bytes_max: 16 * 1024, body_bytes_max: 1 << 20 });
     let Ok(Decoded::Complete { request, .. }) = decoder.decode(raw) else { panic!("complete request expected") };
-    ProxyRequest::parse(&request, Some("192.0.2.7".parse().unwrap())).unwrap()
+    ProxyRequest::parse(&request, Some("192.0.2.7".parse().unwrap()), false).unwrap()
 }
 
 #[test]

@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use super::*;
 
 const GET: RequestFacts = RequestFacts { cacheable_method: true, has_authorization: false };
@@ -106,7 +108,7 @@ fn variant(vary_values: Vec<Option<Bytes>>, body: &'static str, lifetime_ms: u64
     }
 }
 
-fn no_fields(_: &[u8]) -> Option<&'static [u8]> {
+fn no_fields(_: &[u8]) -> Option<Cow<'static, [u8]>> {
     None
 }
 
@@ -135,8 +137,8 @@ fn vary_selects_variants_and_a_new_vary_replaces_them() {
     let mut cache = HttpCache::new(1 << 20);
     let key = Bytes::from_static(b"h/v");
     let vary = vec![Bytes::from_static(b"accept")];
-    let json = |name: &[u8]| (name == b"accept").then_some(&b" application/json "[..]);
-    let text = |name: &[u8]| (name == b"accept").then_some(&b"text/plain"[..]);
+    let json = |name: &[u8]| (name == b"accept").then_some(Cow::Borrowed(&b" application/json "[..]));
+    let text = |name: &[u8]| (name == b"accept").then_some(Cow::Borrowed(&b"text/plain"[..]));
     cache.store(2, key.clone(), vary.clone(), variant(HttpCache::vary_values(&vary, json), "json", 1_000));
     assert_eq!(cache.lookup(0, 2, &key, text), Lookup::Miss);
     cache.store(2, key.clone(), vary.clone(), variant(HttpCache::vary_values(&vary, text), "text", 1_000));
@@ -185,5 +187,13 @@ fn an_enormous_age_saturates_instead_of_overflowing() {
         let freshness = storable(GET, &response, 1_000, 2_000, 0).expect("stored");
         assert_eq!(freshness.age_ms(u64::MAX), u64::MAX, "{}", String::from_utf8_lossy(age));
         assert!(matches!(freshness.state(u64::MAX), State::Stale { .. }));
+    }
+}
+
+#[test]
+fn a_response_that_sets_a_cookie_is_never_stored() {
+    for cache_control in ["max-age=60", "public, max-age=60", "s-maxage=60"] {
+        let response = ResponseFields { sets_cookie: true, ..fields(cache_control) };
+        assert_eq!(check(GET, response, 60_000), Err(NotStored::SetCookie), "{cache_control}");
     }
 }
