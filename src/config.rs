@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 pub use shardgate_io::config::Durability;
-use shardgate_io::config::{DriverChoice, GatewayConfig, OriginAddress};
+use shardgate_io::config::{DriverChoice, GatewayConfig, OriginAddress, Secret};
 use shardgate_io::runtime::metrics::ORIGINS_MAX;
 use shardgate_shards::ratelimit::{Policy, WINDOW_MS_MAX};
 
@@ -119,6 +119,9 @@ pub struct Cli {
     // hide_env_values: `--help` must not print the secret from the environment.
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// File holding the bearer token that PURGE requires, so it need not be on the command line [default: none]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<String>,
     /// Delivery tries of an asynchronous write before it is marked failed [default: 8]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_WRITE_RETRIES")]
     write_retries: Option<String>,
@@ -167,6 +170,7 @@ struct File {
     breaker: Option<toml::Value>,
     async_writes: Option<toml::Value>,
     admin_token: Option<toml::Value>,
+    admin_token_file: Option<toml::Value>,
     write_retries: Option<toml::Value>,
     write_queue_max: Option<toml::Value>,
 }
@@ -534,13 +538,7 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
         breaker_failures,
         breaker_open,
         async_writes: setting("async-writes", cli.async_writes.take(), file.async_writes.take(), false, parse_bool)?,
-        admin_token: setting("admin-token", cli.admin_token.take(), file.admin_token.take(), None, |v| {
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                Err("expected a non-empty token of visible ASCII characters".to_string())
-            } else {
-                Ok(Some(v.to_string()))
-            }
-        })?,
+        admin_token: admin_token(cli, file)?,
         write_retries: setting("write-retries", cli.write_retries.take(), file.write_retries.take(), 8, |v| {
             parse_count(v, 1, 100).map(|n| n as u32)
         })?,
@@ -553,6 +551,30 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
         )?,
     };
     Ok((!config.origins.is_empty()).then_some(config))
+}
+
+/// `--admin-token`, or the token in `--admin-token-file`. A secret: no
+/// message ever repeats it, whatever is wrong with it.
+fn admin_token(cli: &mut Cli, file: &mut File) -> Result<Option<Secret>, String> {
+    let inline = pick(cli.admin_token.take(), file.admin_token.take())?;
+    let path = pick(cli.admin_token_file.take(), file.admin_token_file.take())?;
+    let (text, flag, source) = match (inline, path) {
+        (Some(_), Some(_)) => return Err("shardgate: give --admin-token or --admin-token-file, not both".into()),
+        (None, None) => return Ok(None),
+        (Some(raw), None) => (raw.value, "admin-token", raw.source),
+        (None, Some(raw)) => {
+            let text = std::fs::read_to_string(raw.value.trim()).map_err(|error| {
+                format!("shardgate: invalid --admin-token-file{} '{}': {error}", raw.source, raw.value.trim())
+            })?;
+            (text, "admin-token-file", raw.source)
+        }
+    };
+    let token = text.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        let why = "expected a non-empty token of visible ASCII characters (value not shown)";
+        return Err(format!("shardgate: invalid --{flag}{source}: {why}"));
+    }
+    Ok(Some(Secret::new(token.to_string())))
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {

@@ -27,6 +27,10 @@ pub fn run(config: Config) -> Result<()> {
     if let Some(warning) = warning {
         logging::warn(&warning, &[]);
     }
+    // Queued writes hold requests' Authorization and cookies: everything
+    // this process creates is its user's alone (directories 0700, files 0600).
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     check_data_dir(&config.data_dir, shard_count, config.segment_bytes_max)?;
     let server_config = ServerConfig {

@@ -169,7 +169,7 @@ pub struct GatewayConfig {
     pub breaker_failures: u32,
     pub breaker_open: Duration,
     pub async_writes: bool,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     pub write_retries: u32,
     pub write_queue_entries_max: usize,
 }
@@ -180,4 +180,25 @@ pub struct OriginAddress {
     /// As configured, for logs and metric labels.
     pub url: String,
     pub address: SocketAddr,
+}
+
+/// A secret setting (the admin token): its `Debug` never shows it, so no
+/// log line or error that formats a configuration can leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }

@@ -185,7 +185,7 @@ fn gateway_flags_and_their_errors() {
     assert_eq!((gateway.pool_connections_max, gateway.default_ttl), (8, Duration::from_secs(30)));
     assert_eq!((gateway.breaker_failures, gateway.breaker_open), (5, Duration::from_secs(2)));
     assert!(gateway.async_writes);
-    assert_eq!(gateway.admin_token.as_deref(), Some("t0k"));
+    assert_eq!(gateway.admin_token.as_ref().map(|t| t.expose()), Some("t0k"));
     assert_eq!((gateway.write_retries, gateway.write_queue_entries_max), (3, 10));
     // Defaults (docs/spec.md §7), and the file's array form.
     let gateway = resolve_args(&[], "origin = [\"http://127.0.0.1:1\"]").unwrap().gateway.unwrap();
@@ -215,4 +215,29 @@ fn gateway_flags_and_their_errors() {
         assert!(error.contains(expect), "{bad:?}: {error}");
         assert_eq!(error.lines().count(), 1, "{error}");
     }
+}
+
+#[test]
+fn the_admin_token_comes_from_a_file_and_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "s3cret-from-file\n").unwrap();
+    let path = path.to_str().unwrap();
+    let config = resolve_args(&["--origin", "http://127.0.0.1:1", "--admin-token-file", path], "").unwrap();
+    let token = config.gateway.as_ref().and_then(|g| g.admin_token.as_ref()).map(|t| t.expose().to_string());
+    assert_eq!(token.as_deref(), Some("s3cret-from-file"), "the trailing newline is not part of it");
+    assert!(!format!("{config:?}").contains("s3cret"), "Debug never shows the token");
+    for (bad, expect) in [
+        (&["--admin-token", "bad token"][..], "invalid --admin-token"),
+        (&["--admin-token", "x", "--admin-token-file", path], "not both"),
+        (&["--admin-token-file", "/nonexistent/token"], "invalid --admin-token-file"),
+    ] {
+        let error = resolve_args(bad, "").unwrap_err();
+        assert!(error.contains(expect), "{bad:?}: {error}");
+        assert!(!error.contains("bad token") && !error.contains("s3cret"), "the value is echoed: {error}");
+    }
+    std::fs::write(dir.path().join("blank"), "\n").unwrap();
+    let blank = dir.path().join("blank");
+    let error = resolve_args(&["--admin-token-file", blank.to_str().unwrap()], "").unwrap_err();
+    assert!(error.contains("invalid --admin-token-file") && error.contains("value not shown"), "{error}");
 }

@@ -215,3 +215,63 @@ fn origin_responses_are_framed_strictly() {
     }
     assert_eq!(origin.connections(), before + 1, "a well-framed response's connection is pooled");
 }
+
+#[test]
+fn the_data_directory_and_its_files_are_the_services_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let mut server = Server::start_in(&data, &["--shards", "2", "--durability", "sync"], &[]);
+    assert_eq!(server.send(&put("/v1/kv/k", "v")).status, 201);
+    server.signal(libc::SIGTERM);
+    server.wait_exit(std::time::Duration::from_secs(5)).expect("exited");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    let mut checked = 0;
+    for entry in walk(&data) {
+        let expect = if entry.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&entry), expect, "{}", entry.display());
+        checked += 1;
+    }
+    assert!(checked >= 5, "lock, shards, two shard directories and a segment at least");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
+}
+
+#[test]
+fn key_value_keys_cannot_reach_the_reserved_namespace() {
+    let server = Server::start(&["--shards", "2"]);
+    for key in ["%00w%2F0000000000000001-0000000000000001", "%00"] {
+        server.send(&put(&format!("/v1/kv/{key}"), "x")).assert_problem(400);
+    }
+    assert_eq!(server.metric("shardgate_keys", &[]), 0.0);
+}
+
+#[test]
+fn the_admin_token_can_come_from_a_file_and_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "f1le-t0ken\n").unwrap();
+    let origin = Origin::start(|_| Reply::ok("max-age=60", "x"));
+    let server = gateway(&origin, &["--admin-token-file", token_file.to_str().unwrap()]);
+    server.send("GET /p HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    let purge = "PURGE /p HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer f1le-t0ken\r\n\r\n";
+    assert_eq!(server.send(purge).status, 200);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["--origin", &origin.url(), "--admin-token", "s3cret with a space"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("--admin-token") && !stderr.contains("s3cret"), "{stderr}");
+}

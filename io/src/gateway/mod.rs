@@ -112,7 +112,7 @@ pub async fn handle(gateway: Rc<Gateway>, request: ProxyRequest) -> Response {
 
 /// `PURGE`: drops every stored variant of the key, with the admin token.
 fn purge(gateway: &Gateway, request: &ProxyRequest) -> (Response, CacheResult) {
-    let token = gateway.config.admin_token.as_deref();
+    let token = gateway.config.admin_token.as_ref().map(|t| t.expose());
     let response = match (request.field(b"authorization"), token) {
         (None, _) => Response::problem(401, "PURGE needs Authorization: Bearer <admin token>"),
         (Some(_), None) => Response::problem(403, "PURGE is disabled: no --admin-token is set"),

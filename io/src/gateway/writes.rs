@@ -51,6 +51,7 @@ use super::state::{now_ms, send, Gateway};
 use crate::config::Durability;
 use crate::runtime::logging;
 use crate::runtime::metrics::CacheResult;
+use crate::storage::segments::sync_dir;
 
 /// How long a final status stays readable at `/_writes/{id}`.
 pub const STATUS_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -332,8 +333,13 @@ fn finish(gateway: &Gateway, key: Bytes, status: WriteStatus, encoded: &Bytes) {
 /// fdatasyncs it. Failures are rare (after every retry), so the blocking
 /// append on the event loop is accepted.
 fn dead_letter(gateway: &Gateway, key: &[u8], now: u64, encoded: &Bytes) -> std::io::Result<()> {
-    let dir = gateway.core.config().log.data_dir.join("dead-letter");
-    std::fs::create_dir_all(&dir)?;
+    let data_dir = &gateway.core.config().log.data_dir;
+    let dir = data_dir.join("dead-letter");
+    let created = !dir.exists();
+    if created {
+        std::fs::create_dir_all(&dir)?;
+        sync_dir(data_dir)?;
+    }
     let record = Record {
         op: RecordOp::Put,
         sequence: 0,

@@ -133,7 +133,7 @@ pub fn shards_file_write(dir: &Path, count: u32) -> io::Result<()> {
 }
 
 /// Makes a directory's entries (creations, renames, deletions) durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -202,7 +202,11 @@ pub(super) fn hint_name(first_offset: u64) -> String {
 /// are intact), hands the live state to `restore`, truncates a torn tail of
 /// the last segment, and returns where the log continues.
 pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(&[u8], hint::Live<'_>)) -> io::Result<Replayed> {
-    fs::create_dir_all(dir)?;
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        // The new directory's entry is durable before any segment in it is.
+        sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
+    }
     let found = segments(dir)?;
     remove_orphan_hints(dir, &found)?;
     let last = found.len().saturating_sub(1);

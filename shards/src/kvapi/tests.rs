@@ -5,7 +5,15 @@ fn keys_are_percent_decoded_and_bounded() {
     assert_eq!(&*decode_key(b"a%20b%2Fc").unwrap(), b"a b/c");
     assert_eq!(&*decode_key(b"%e2%9c%93").unwrap(), "✓".as_bytes());
     assert!(matches!(decode_key(b"plain+key").unwrap(), Cow::Borrowed(b"plain+key")));
-    for (raw, status) in [(&b"%zz"[..], 400), (b"%4", 400), (b"%+1", 400), (b"", 404), (&[b'k'; 1025], 414)] {
+    for (raw, status) in [
+        (&b"%zz"[..], 400),
+        (b"%4", 400),
+        (b"%+1", 400),
+        (b"", 404),
+        (&[b'k'; 1025], 414),
+        (b"%00w/x", 400),
+        (b"%00", 400),
+    ] {
         assert_eq!(decode_key(raw).unwrap_err().status, status, "{}", String::from_utf8_lossy(raw));
     }
     assert_eq!(decode_key(&[b'k'; 1024]).unwrap().len(), 1024);
