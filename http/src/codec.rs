@@ -633,14 +633,69 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
         return Err(HttpError::BadRequest("chunk size overflows"));
     }
     let size = line[..digits].iter().fold(0u64, |n, &d| (n << 4) | u64::from((d as char).to_digit(16).unwrap()));
-    let extensions = trim(&line[digits..]);
-    if !extensions.is_empty() {
-        let legal = extensions[0] == b';' && extensions.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
-        if !legal {
-            return Err(HttpError::BadRequest("invalid chunk extension"));
-        }
+    if !valid_chunk_extensions(&line[digits..]) {
+        return Err(HttpError::BadRequest("invalid chunk extension"));
     }
     Ok(size)
+}
+
+/// RFC 9112 §7.1.1: `*( BWS ";" BWS token [ BWS "=" BWS ( token /
+/// quoted-string ) ] )`, then optional whitespace. Anything else (an empty
+/// name, an unterminated quote, a control byte) is refused: a lenient
+/// reading here is how two parsers come to disagree on where a chunk ends.
+fn valid_chunk_extensions(mut rest: &[u8]) -> bool {
+    loop {
+        rest = trim_start(rest);
+        if rest.is_empty() {
+            return true;
+        }
+        let Some(after) = rest.strip_prefix(b";") else {
+            return false;
+        };
+        rest = trim_start(after);
+        let name = rest.iter().take_while(|&&b| is_token(b)).count();
+        if name == 0 {
+            return false;
+        }
+        rest = trim_start(&rest[name..]);
+        let Some(after) = rest.strip_prefix(b"=") else {
+            continue;
+        };
+        rest = trim_start(after);
+        match rest.first() {
+            Some(b'"') => match quoted_string_end(rest) {
+                Some(end) => rest = &rest[end..],
+                None => return false,
+            },
+            _ => {
+                let value = rest.iter().take_while(|&&b| is_token(b)).count();
+                if value == 0 {
+                    return false;
+                }
+                rest = &rest[value..];
+            }
+        }
+    }
+}
+
+/// The length of the quoted-string at the start of `bytes` (quotes
+/// included), or None when it is not one (RFC 9110 §5.6.4).
+fn quoted_string_end(bytes: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return Some(i + 1),
+            b'\\' if bytes.get(i + 1).is_some_and(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80) => i += 2,
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(bytes.len());
+    &bytes[start..]
 }
 
 fn is_token(b: u8) -> bool {

@@ -76,20 +76,41 @@ fn expect_100_continue() {
 #[test]
 fn smuggling_vectors_get_400_and_close() {
     let server = Server::start(&["--shards", "1"]);
+    // (family, request): every one must be refused with 400 and a close.
     let vectors = [
-        "POST /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
-        "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-        "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-        "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
-        "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc",
-        "GET /v1/kv/a HTTP/1.1\r\nHost : t\r\n\r\n",
+        ("CL.TE", "POST /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"),
+        ("TE.CL", "POST /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n"),
+        ("duplicate CL", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        ("CL list", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 4\r\n\r\nabcd"),
+        ("signed CL", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc"),
+        ("hex CL", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 0x3\r\n\r\nabc"),
+        ("TE.TE: a coding before chunked", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        ("TE.TE: an unknown coding", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+        ("TE.TE: chunked twice", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("TE.TE: a second line with another coding", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"),
+        ("TE.TE: quoted", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \"chunked\"\r\n\r\n0\r\n\r\n"),
+        ("TE in HTTP/1.0", "PUT /v1/kv/a HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("space before the colon", "GET /v1/kv/a HTTP/1.1\r\nHost : t\r\n\r\n"),
+        ("space before the TE colon", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        ("obs-fold", "GET /v1/kv/a HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n"),
+        ("obs-fold of TE", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"),
+        ("bare CR in a field", "GET /v1/kv/a HTTP/1.1\r\nHost: t\r\nX-A: b\rc\r\n\r\n"),
+        ("bare LF chunk line", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+        ("chunk-size overflow", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nx\r\n0\r\n\r\n"),
+        ("chunk-size not hex", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5g\r\nhello\r\n0\r\n\r\n"),
+        ("chunk extension without a name", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n"),
+        ("chunk extension with a bare CR", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;a\rb\r\nhello\r\n0\r\n\r\n"),
+        ("chunk extension with an open quote", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"b\r\nhello\r\n0\r\n\r\n"),
+        ("chunk data longer than its size", "PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n"),
+        ("two Hosts", "GET /v1/kv/a HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n"),
     ];
-    for vector in vectors {
+    for (family, vector) in vectors {
         let mut c = server.client();
         let response = c.request(vector);
+        assert_eq!(response.status, 400, "{family}: {vector:?}");
         response.assert_problem(400);
-        assert_eq!(response.header("connection"), Some("close"), "{vector:?}");
-        assert!(c.is_closed(), "{vector:?}");
+        assert_eq!(response.header("connection"), Some("close"), "{family}: {vector:?}");
+        assert!(c.is_closed(), "{family}: {vector:?}");
     }
     // Nothing was stored by any of them.
     server.send(&get("/v1/kv/a")).assert_problem(404);

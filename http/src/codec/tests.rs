@@ -166,7 +166,9 @@ fn chunked_errors() {
     let bad = |s: &str| format!("{head}{s}");
     check_err(&bad("z\r\n"), HttpError::BadRequest("invalid chunk size"));
     check_err(&bad(";ext\r\n"), HttpError::BadRequest("invalid chunk size"));
-    check_err(&bad("1 x\r\n"), HttpError::BadRequest("invalid chunk extension"));
+    for extension in ["1 x", "1;", "1; ", "1;=v", "1;a=", "1;a=\"open", "1;a=b c", "1;a\x01", "1;a=\"\x7f\""] {
+        check_err(&bad(&format!("{extension}\r\n")), HttpError::BadRequest("invalid chunk extension"));
+    }
     check_err(&bad("10000000000000000\r\n"), HttpError::BadRequest("chunk size overflows"));
     check_err(&bad("fffffffffffffff\r\n"), HttpError::BodyTooLarge);
     check_err(&bad("41\r\n"), HttpError::BodyTooLarge);
