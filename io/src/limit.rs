@@ -13,7 +13,7 @@
 //! before it, waits for the lease, then decodes the same request again and
 //! decides with the lease in hand.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -57,10 +57,14 @@ pub struct RateLimiter {
     /// Permits leased from other shards for identities they own.
     leases: RefCell<Leases>,
     /// Connections waiting for a lease answer; woken when any arrives. At
-    /// most one entry per waiting connection and wake-up: bounded by the
-    /// core's connections.
+    /// most one entry per waiting request, so at most [`LEASE_WAITS_MAX`].
     waiters: RefCell<Vec<Waker>>,
+    /// Requests waiting for a lease answer now (each holds a `LeaseWait`).
+    waiting: Cell<usize>,
 }
+
+/// Requests one core lets wait for lease answers at once; past it, 503.
+pub const LEASE_WAITS_MAX: usize = 4096;
 
 impl RateLimiter {
     pub fn new(core: Rc<Core>) -> RateLimiter {
@@ -71,6 +75,7 @@ impl RateLimiter {
             limiter: RefCell::new(Limiter::new(slots, limits.window_ms_max())),
             leases: RefCell::new(Leases::new(quota::leases_per_core(slots, REPLY_QUEUE_ENTRIES))),
             waiters: RefCell::new(Vec::new()),
+            waiting: Cell::new(0),
             limits,
             core,
         }
@@ -132,7 +137,7 @@ impl RateLimiter {
     /// Asks the owner for the leases this core lacks to decide `subject`.
     /// Returns None when it can decide now, else what to do meanwhile.
     fn ask_leases(self: &Rc<Self>, subject: &Subject, now_ms: u64) -> Option<Admission> {
-        let mut wait = LeaseWait { limiter: Rc::clone(self), waits: [None, None] };
+        let mut waits = [None, None];
         let mut unused = Vec::new();
         let mut refusal = None;
         for (slot, &(class, policy)) in subject.checks.iter().flatten().enumerate() {
@@ -159,7 +164,7 @@ impl RateLimiter {
                     break;
                 }
             }
-            wait.waits[slot] = Some((identity, class));
+            waits[slot] = Some((identity, class));
         }
         for permits in unused {
             self.give_back(permits, now_ms);
@@ -167,7 +172,16 @@ impl RateLimiter {
         if let Some(response) = refusal {
             return Some(Admission::Refuse(response, None));
         }
-        wait.waits.iter().any(Option::is_some).then_some(Admission::Wait(wait))
+        if waits.iter().all(Option::is_none) {
+            return None;
+        }
+        if self.waiting.get() >= LEASE_WAITS_MAX {
+            self.core.metrics().shed();
+            let response = Response::overloaded("too many requests wait for rate-limit leases on this core");
+            return Some(Admission::Refuse(response, None));
+        }
+        self.waiting.set(self.waiting.get() + 1);
+        Some(Admission::Wait(LeaseWait { limiter: Rc::clone(self), waits }))
     }
 
     /// The owner's side of a lease request: grants up to `want` permits.
@@ -253,9 +267,16 @@ fn subject(limits: &RateLimits, request: &Request<'_>, peer: Option<IpAddr>, sha
 }
 
 /// A request waiting for lease answers, its own or another connection's.
+/// It holds one of the core's [`LEASE_WAITS_MAX`] places until dropped.
 pub struct LeaseWait {
     limiter: Rc<RateLimiter>,
     waits: [Option<(u64, Class)>; 2],
+}
+
+impl Drop for LeaseWait {
+    fn drop(&mut self) {
+        self.limiter.waiting.set(self.limiter.waiting.get() - 1);
+    }
 }
 
 impl LeaseWait {

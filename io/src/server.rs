@@ -274,6 +274,7 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
             ("records", &replayed.records),
             ("keys", &kv.keys()),
             ("truncated_bytes", &replayed.truncated_bytes),
+            ("skipped_bytes", &replayed.skipped_bytes),
             ("segments", &replayed.segments.len()),
             ("hinted_segments", &replayed.hinted_segments),
             ("log_bytes", &replayed.end),

@@ -217,7 +217,8 @@ pub fn recover<'a>(sources: &[Source<'a>], now_ms: u64) -> Recovery<'a> {
     let mut sequence_max = 0;
     let mut records = 0;
     let mut scans = Vec::with_capacity(sources.len());
-    for source in sources {
+    for (index, source) in sources.iter().enumerate() {
+        let sealed = index + 1 < sources.len();
         match source {
             Source::Hinted { first, hints } => {
                 for hint in hints {
@@ -243,7 +244,7 @@ pub fn recover<'a>(sources: &[Source<'a>], now_ms: u64) -> Recovery<'a> {
                 scans.push(None);
             }
             Source::Read { first, bytes } => {
-                let scan = record::scan(bytes, |offset, record| {
+                let visit = |offset, record: Record<'a>| {
                     records += 1;
                     sequence_max = sequence_max.max(record.sequence);
                     match record.op {
@@ -263,7 +264,10 @@ pub fn recover<'a>(sources: &[Source<'a>], now_ms: u64) -> Recovery<'a> {
                             live.remove(record.key);
                         }
                     }
-                });
+                };
+                // A sealed segment loses a bad record only; the last one
+                // stops at its torn tail.
+                let scan = if sealed { record::scan_sealed(bytes, visit) } else { record::scan(bytes, visit) };
                 scans.push(Some(scan));
             }
         }

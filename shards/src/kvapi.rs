@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use crate::kv::KEY_BYTES_MAX;
+use crate::queued::WRITE_KEY_PREFIX;
 use crate::record::TooLong;
 
 /// Longest accepted `?ttl=`: about 136 years, so expiry math cannot overflow.
@@ -49,9 +50,10 @@ pub fn decode_key(raw: &[u8]) -> Result<Cow<'_, [u8]>, RequestError> {
     if key.is_empty() {
         return Err(refuse(404, "no key in path: use /v1/kv/{key}"));
     }
-    if key[0] == 0 {
-        // Keys starting with NUL are shardgate's own (`queued::WRITE_KEY_PREFIX`).
-        return Err(refuse(400, "keys starting with a NUL byte (%00) are reserved"));
+    if key.starts_with(WRITE_KEY_PREFIX) {
+        // The gateway's queued writes live under this prefix: a client key
+        // there would be delivered as a write (or routed as one).
+        return Err(refuse(400, "keys starting with %00w/ are reserved"));
     }
     if key.len() > KEY_BYTES_MAX {
         return Err(refuse(414, "key longer than 1024 bytes"));

@@ -259,8 +259,13 @@ pub struct Scan {
     /// truncate a torn or corrupt tail.
     pub valid_bytes: usize,
     pub records: u64,
-    /// Why the scan stopped before the end; `None` when every byte decoded.
+    /// Why the scan stopped before the end, or (for a sealed segment) the
+    /// first bad record it stepped over; `None` when every byte decoded.
     pub stop: Option<DecodeError>,
+    /// In a sealed segment: the unreadable ranges stepped over (each up to
+    /// the next record whose header and checksum hold), and their bytes.
+    pub skipped_ranges: usize,
+    pub skipped_bytes: usize,
 }
 
 impl Scan {
@@ -282,11 +287,64 @@ pub fn scan<'a>(segment: &'a [u8], mut visit: impl FnMut(usize, Record<'a>)) -> 
                 offset += length;
                 records += 1;
             }
-            Err(error) => return Scan { valid_bytes: offset, records, stop: Some(error) },
+            Err(error) => {
+                return Scan { valid_bytes: offset, records, stop: Some(error), skipped_ranges: 0, skipped_bytes: 0 }
+            }
         }
     }
-    Scan { valid_bytes: offset, records, stop: None }
+    Scan { valid_bytes: offset, records, stop: None, skipped_ranges: 0, skipped_bytes: 0 }
 }
+
+/// Like [`scan`], for a sealed segment: a bad record loses that record
+/// only. The scan resynchronises on the next offset where a record's magic
+/// sits and the record decodes (its checksum holds), and records the bytes
+/// it skipped. `valid_bytes` is then the whole segment: nothing is cut off
+/// a sealed segment, whose later records are still good.
+pub fn scan_sealed<'a>(segment: &'a [u8], mut visit: impl FnMut(usize, Record<'a>)) -> Scan {
+    let mut offset = 0;
+    let mut records = 0;
+    let mut stop = None;
+    let (mut skipped_ranges, mut skipped_bytes) = (0, 0);
+    while offset < segment.len() {
+        match decode(&segment[offset..]) {
+            Ok((record, length)) => {
+                visit(offset, record);
+                offset += length;
+                records += 1;
+            }
+            Err(error) => {
+                stop = stop.or(Some(error));
+                // A candidate that does not decode either is stepped over in turn.
+                let next = next_record(segment, offset + 1).unwrap_or(segment.len());
+                skipped_ranges += 1;
+                skipped_bytes += next - offset;
+                offset = next;
+            }
+        }
+    }
+    Scan { valid_bytes: segment.len(), records, stop, skipped_ranges, skipped_bytes }
+}
+
+/// The first offset at or after `from` where a record may start: its magic
+/// is in place and it decodes, or it runs past the end of `bytes` (a
+/// compaction chunk ends inside it; the caller reads on). Resynchronising
+/// on a bad record starts here.
+pub fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut search = from + MAGIC_OFFSET;
+    while search + MAGIC.len() <= bytes.len() {
+        let found = bytes[search..].windows(MAGIC.len()).position(|w| w == MAGIC)?;
+        let start = search + found - MAGIC_OFFSET;
+        if matches!(decode(&bytes[start..]), Ok(_) | Err(DecodeError::Truncated { .. })) {
+            return Some(start);
+        }
+        search += found + 1;
+    }
+    None
+}
+
+/// Bytes at the end of a chunk in which a record's magic may begin without
+/// being whole: a chunk reader that found no record keeps them for the next.
+pub const MAGIC_END_OFFSET: usize = MAGIC_OFFSET + MAGIC.len();
 
 /// Where the newest version of a live key is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,7 +367,9 @@ pub struct Recovered<'a> {
 
 /// Replays a shard's segments, oldest first: a later record of a key
 /// replaces an earlier one, a delete removes it, and keys expired at
-/// `now_ms` are dropped. Each segment is decoded up to its first bad record.
+/// `now_ms` are dropped. The last segment is decoded up to its first bad
+/// record (a torn tail); the sealed ones step over bad records
+/// ([`scan_sealed`]).
 pub fn recover<'a>(segments: &[&'a [u8]], now_ms: u64) -> Recovered<'a> {
     let mut live: hashbrown::HashMap<&'a [u8], Located<'a>> = hashbrown::HashMap::new();
     let mut sequence_max = 0;
@@ -317,7 +377,7 @@ pub fn recover<'a>(segments: &[&'a [u8]], now_ms: u64) -> Recovered<'a> {
         .iter()
         .enumerate()
         .map(|(index, segment)| {
-            scan(segment, |offset, record| {
+            let visit = |offset, record: Record<'a>| {
                 sequence_max = sequence_max.max(record.sequence);
                 match record.op {
                     RecordOp::Put => {
@@ -327,7 +387,11 @@ pub fn recover<'a>(segments: &[&'a [u8]], now_ms: u64) -> Recovered<'a> {
                         live.remove(record.key);
                     }
                 }
-            })
+            };
+            match index + 1 == segments.len() {
+                true => scan(segment, visit),
+                false => scan_sealed(segment, visit),
+            }
         })
         .collect();
     live.retain(|_, located| located.record.expires_at_ms.is_none_or(|at| at > now_ms));

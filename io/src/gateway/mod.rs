@@ -22,11 +22,10 @@ mod state;
 pub mod writes;
 mod writes_queue;
 
-use flight::{Flight, FlightWait, Shared};
+use flight::{Flight, FlightWait, Shared, FLIGHTS_MAX};
 pub use state::{health_loop, Gateway};
 use state::{now_ms, send};
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -189,11 +188,19 @@ fn serve_hit(request: &ProxyRequest, variant: &Variant, now_ms: u64, result: Cac
 
 /// Starts the fetch of `request`'s key unless one runs. Returns the flight
 /// and whether this call started it.
-fn join_flight(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>, stale: Option<Rc<Variant>>) -> (Rc<Flight>, bool) {
+fn join_flight(
+    gateway: &Rc<Gateway>,
+    request: &Rc<ProxyRequest>,
+    stale: Option<Rc<Variant>>,
+) -> Result<(Rc<Flight>, bool), Response> {
     if let Some(flight) = gateway.flights.borrow().get(&request.hash) {
-        return (Rc::clone(flight), false);
+        return Ok((Rc::clone(flight), false));
     }
-    let flight = Rc::new(Flight { done: RefCell::new(None), waiters: RefCell::new(Vec::new()) });
+    if gateway.flights.borrow().len() >= FLIGHTS_MAX {
+        gateway.core.metrics().shed();
+        return Err(Response::overloaded("too many origin fetches in progress on this shard"));
+    }
+    let flight = Rc::new(Flight::new());
     gateway.flights.borrow_mut().insert(request.hash, Rc::clone(&flight));
     let (gateway, request, task_flight) = (Rc::clone(gateway), Rc::clone(request), Rc::clone(&flight));
     monoio::spawn(async move {
@@ -204,7 +211,7 @@ fn join_flight(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>, stale: Option<
             waker.wake();
         }
     });
-    (flight, true)
+    Ok((flight, true))
 }
 
 /// GET and HEAD: from the cache, or through one coalesced fetch.
@@ -219,7 +226,9 @@ async fn cached(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) -> (Response,
                 return (serve_hit(request, &variant, now, CacheResult::Hit), CacheResult::Hit);
             }
             Lookup::Hit { variant, state: State::Stale { revalidate_in_background: true, .. } } => {
-                join_flight(gateway, request, Some(Rc::clone(&variant)));
+                // Past the fetch bound the stale copy is served all the
+                // same; a later request revalidates it.
+                let _ = join_flight(gateway, request, Some(Rc::clone(&variant)));
                 return (serve_hit(request, &variant, now, CacheResult::Stale), CacheResult::Stale);
             }
             Lookup::HitForMiss => return pass(gateway, request).await,
@@ -228,11 +237,18 @@ async fn cached(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) -> (Response,
             Lookup::Hit { variant, .. } => Some(variant),
             Lookup::Miss => None,
         };
-        let (flight, first) = join_flight(gateway, request, stale);
+        let (flight, first) = match join_flight(gateway, request, stale) {
+            Ok(joined) => joined,
+            Err(overloaded) => return (overloaded, CacheResult::Miss),
+        };
         if first {
             let (response, result, _) = FlightWait { flight }.await;
             return (response, result);
         }
+        let Some(_waiting) = flight.wait() else {
+            gateway.core.metrics().shed();
+            return (Response::overloaded("too many requests wait for this key's origin fetch"), CacheResult::Miss);
+        };
         // Waiters wait at most --origin-timeout (docs/spec.md §7), whatever the fetch does.
         let Ok((_, _, shared)) = monoio::time::timeout(gateway.config.timeout, FlightWait { flight }).await else {
             let error = OriginError::Timeout.response();

@@ -13,7 +13,10 @@
 //!   and the key's entry is pointed at the copy (`Store::copy_forward`);
 //! - a tombstone is copied forward while older segments may still hold the
 //!   put it shadows, and dropped when its segment is the oldest;
-//! - everything else (overwritten, deleted, expired) is left behind.
+//! - a put whose key has no live record any more (it expired, or was
+//!   deleted) leaves a tombstone at the head unless its segment is the
+//!   oldest: an older put of the same key must not come back at recovery;
+//! - everything else (overwritten) is left behind.
 //!
 //! Once the copies are durable the segment file is deleted (unlink, then
 //! fsync the directory). A crash before that leaves both the segment and
@@ -174,8 +177,16 @@ impl Compactor {
                         break;
                     }
                     Err(error) => {
+                        // Recovery stepped over this bad record too (it is in
+                        // nobody's keydir); step over it to the next one.
                         let at = position + offset as u64;
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("at {at}: {error}")));
+                        logging::warn(
+                            "compaction skips a corrupt record",
+                            &[("shard", &self.shard), ("offset", &at), ("error", &error)],
+                        );
+                        let tail = chunk.len().saturating_sub(record::MAGIC_END_OFFSET).max(offset + 1);
+                        walked.consumed = record::next_record(chunk, offset + 1).unwrap_or(tail);
+                        continue;
                     }
                 };
                 let at = Location { offset: segment.first + position + offset as u64, bytes: length as u32 };

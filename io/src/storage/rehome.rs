@@ -32,11 +32,12 @@ use std::time::Instant;
 use shardgate_shards::record;
 use shardgate_shards::route::shard_for_stored_key;
 
-use super::segments::{segment_name, segments, shard_dir, shards_file_write, sync_dir};
+use super::segments::{segment_name, segments, shard_dir, shards_file_read, shards_file_write, sync_dir};
 
 const STAGING: &str = "rehome.tmp";
 const READY: &str = "rehome.ready";
 const OLD: &str = "rehome.old";
+const TRASH: &str = "rehome.trash";
 const PHASE: &str = "phase";
 
 /// What a re-homing did.
@@ -97,11 +98,20 @@ fn stage(data_dir: &Path, from: u32, to: u32, segment_bytes: u64, now_ms: u64) -
 
 /// Completes a re-homing that reached its commit point, and discards one
 /// that did not. Returns whether there was one to complete.
+///
+/// Every step can be repeated after a crash at any point, cleanup
+/// included: the moves are renames, phase 1 runs only while `rehome.ready/`
+/// still holds the new shard directories (so it can never move the new,
+/// live directories aside), and `rehome.ready/` leaves by one rename (to
+/// `rehome.trash/`, deleted at leisure) rather than by a deletion that a
+/// crash could leave half done.
 pub fn finish(data_dir: &Path) -> io::Result<bool> {
-    let staging = data_dir.join(STAGING);
-    if staging.exists() {
-        fs::remove_dir_all(&staging)?;
-        sync_dir(data_dir)?;
+    for scratch in [STAGING, TRASH] {
+        let path = data_dir.join(scratch);
+        if path.exists() {
+            fs::remove_dir_all(&path)?;
+            sync_dir(data_dir)?;
+        }
     }
     let ready = data_dir.join(READY);
     if !ready.exists() {
@@ -109,7 +119,8 @@ pub fn finish(data_dir: &Path) -> io::Result<bool> {
     }
     let old = data_dir.join(OLD);
     let phase = fs::read_to_string(ready.join(PHASE)).unwrap_or_default();
-    if phase.trim() != "new" {
+    let staged = shard_dirs(&ready)?;
+    if phase.trim() != "new" && !staged.is_empty() {
         fs::create_dir_all(&old)?;
         for shard in shard_dirs(data_dir)? {
             fs::rename(data_dir.join(&shard), old.join(&shard))?;
@@ -118,19 +129,21 @@ pub fn finish(data_dir: &Path) -> io::Result<bool> {
         sync_dir(data_dir)?;
         write_atomically(&ready, PHASE, b"new\n")?;
     }
-    for shard in shard_dirs(&ready)? {
+    for shard in staged {
         fs::rename(ready.join(&shard), data_dir.join(&shard))?;
     }
     sync_dir(data_dir)?;
-    let count: u32 = fs::read_to_string(ready.join("shards"))?
-        .trim()
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "rehome.ready/shards is not a number"))?;
-    shards_file_write(data_dir, count)?;
+    // Absent only when an earlier finish got this far: the count is written.
+    if let Some(count) = shards_file_read(&ready)? {
+        shards_file_write(data_dir, count)?;
+    }
     if old.exists() {
         fs::remove_dir_all(&old)?;
     }
-    fs::remove_dir_all(&ready)?;
+    let trash = data_dir.join(TRASH);
+    fs::rename(&ready, &trash)?;
+    sync_dir(data_dir)?;
+    fs::remove_dir_all(&trash)?;
     sync_dir(data_dir)?;
     Ok(true)
 }

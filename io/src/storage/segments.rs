@@ -166,8 +166,10 @@ pub(super) fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 pub struct Replayed {
     /// Every record of every segment, in log order, handed to the caller.
     pub records: u64,
-    /// Bytes cut from a torn or corrupt tail.
+    /// Bytes cut from a torn or corrupt tail of the newest segment.
     pub truncated_bytes: u64,
+    /// Bytes of bad records stepped over in sealed segments.
+    pub skipped_bytes: u64,
     /// The log offset where appends continue.
     pub end: u64,
     pub sequence_max: u64,
@@ -237,25 +239,33 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(&[u8], hint::Live
         restore(key, *item);
     }
     let mut truncated_bytes = 0;
+    let mut skipped_total = 0;
     let mut sizes = Vec::with_capacity(found.len());
     for (index, (scan, (first, path))) in recovered.scans.iter().zip(&found).enumerate() {
-        let Some(Scan { valid_bytes, stop, .. }) = *scan else {
+        let Some(Scan { valid_bytes, stop, skipped_ranges, skipped_bytes, .. }) = *scan else {
             sizes.push((*first, fs::metadata(path)?.len()));
             continue;
         };
         sizes.push((*first, valid_bytes as u64));
+        if skipped_ranges > 0 {
+            // A sealed segment loses its bad records only; say which.
+            let error = stop.map_or("none".to_string(), |e| e.to_string());
+            logging::error(
+                "corrupt records skipped in a sealed segment",
+                &[
+                    ("path", &path.display()),
+                    ("ranges", &skipped_ranges),
+                    ("bytes", &skipped_bytes),
+                    ("first_error", &error),
+                ],
+            );
+            skipped_total += skipped_bytes as u64;
+        }
         let discarded = contents[index].1.len() - valid_bytes;
         if discarded == 0 {
             continue;
         }
-        if index != last {
-            // Records after a corrupt one in an older segment are lost; say so.
-            let error = stop.map_or("none".to_string(), |e| e.to_string());
-            logging::error(
-                "corrupt record inside an older segment",
-                &[("path", &path.display()), ("offset", &valid_bytes), ("error", &error)],
-            );
-        }
+        assert_eq!(index, last, "only the newest segment is cut at a torn tail");
         let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(valid_bytes as u64)?;
         file.sync_all()?;
@@ -266,6 +276,7 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(&[u8], hint::Live
     Ok(Replayed {
         records: recovered.records,
         truncated_bytes,
+        skipped_bytes: skipped_total,
         end,
         sequence_max: recovered.sequence_max,
         segments: sizes,

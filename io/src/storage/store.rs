@@ -276,23 +276,25 @@ impl Store {
     /// same step. `oldest`: `at` is in the oldest segment, so a tombstone
     /// there shadows nothing older. Returns the end of the copy.
     pub(super) fn copy_forward(&self, now_ms: u64, record: &Record<'_>, at: Location, oldest: bool) -> Option<u64> {
+        let current = self.shard.borrow_mut().live_location(now_ms, record.key);
         match record.op {
-            RecordOp::Put => {
-                let current = self.shard.borrow_mut().live_location(now_ms, record.key);
-                if current != Some(at) {
-                    return None;
-                }
+            RecordOp::Put if current == Some(at) => {
                 let copy = self.log.borrow_mut().append(*record, true, Instant::now());
                 let moved = self.shard.borrow_mut().relocate(record.key, at, copy);
                 assert!(moved, "the entry pointed at the record a moment ago");
                 self.log.borrow_mut().book.dead(at);
                 Some(copy.end())
             }
-            RecordOp::Delete => {
-                let absent = self.shard.borrow_mut().live_location(now_ms, record.key).is_none();
-                let copy = (absent && !oldest).then(|| self.log.borrow_mut().append(*record, false, Instant::now()));
-                copy.map(|copy| copy.end())
+            // The key has no live record (it expired, or was deleted): this
+            // put may be all that shadows an older put of the key in an
+            // older segment, so its removal leaves a tombstone behind, or
+            // the older value would come back at the next recovery.
+            RecordOp::Put | RecordOp::Delete if current.is_none() && !oldest => {
+                let tombstone =
+                    Record { op: RecordOp::Delete, content_type: b"", value: b"", expires_at_ms: None, ..*record };
+                Some(self.log.borrow_mut().append(tombstone, false, Instant::now()).end())
             }
+            _ => None,
         }
     }
 

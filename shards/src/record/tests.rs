@@ -128,7 +128,11 @@ fn a_record_split_across_segment_ends_is_caught_on_both_sides() {
     let split = starts[1] + 20;
     let (older, newer) = bytes.split_at(split);
     let recovered = recover(&[older, newer], 0);
-    assert_eq!(recovered.scans[0].valid_bytes, starts[1]);
+    // The older segment is sealed: its broken end is skipped, not cut off.
+    assert_eq!(
+        (recovered.scans[0].valid_bytes, recovered.scans[0].skipped_bytes),
+        (older.len(), older.len() - starts[1])
+    );
     assert!(matches!(recovered.scans[0].stop, Some(DecodeError::Truncated { .. })));
     assert_eq!((recovered.scans[1].valid_bytes, recovered.scans[1].records), (0, 0));
     assert_eq!(recovered.live.len(), 1);
@@ -180,4 +184,30 @@ fn decode_never_panics() {
 #[should_panic(expected = "key length")]
 fn encoding_an_empty_key_is_a_bug() {
     put(1, b"", b"v").encode(&mut Vec::new());
+}
+
+#[test]
+fn a_sealed_segment_loses_only_its_bad_records() {
+    let mut bytes = Vec::new();
+    let mut starts = Vec::new();
+    for (sequence, key) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+        starts.push(bytes.len());
+        put(sequence, key.as_bytes(), b"value").encode(&mut bytes);
+    }
+    // A flipped bit inside "b", and garbage overwriting the start of "d".
+    let mut damaged = bytes.clone();
+    damaged[starts[1] + HEADER_BYTES] ^= 0x40;
+    damaged[starts[3]..starts[3] + 4].copy_from_slice(b"junk");
+    let mut keys = Vec::new();
+    let scanned = scan_sealed(&damaged, |_, record| keys.push(record.key.to_vec()));
+    assert_eq!(keys, [b"a".to_vec(), b"c".to_vec()]);
+    assert_eq!((scanned.skipped_ranges, scanned.valid_bytes), (2, damaged.len()));
+    assert_eq!(scanned.skipped_bytes, (starts[2] - starts[1]) + (damaged.len() - starts[3]));
+    assert!(matches!(scanned.stop, Some(DecodeError::BadChecksum)));
+    // The last segment keeps its torn-tail rule: it stops at the first bad record.
+    let recovered = recover(&[&damaged, &damaged], 0);
+    assert_eq!(recovered.scans[0].records, 2);
+    assert_eq!((recovered.scans[1].records, recovered.scans[1].valid_bytes), (1, starts[1]));
+    let whole = scan_sealed(&bytes, |_, _| {});
+    assert_eq!((whole.records, whole.skipped_ranges, whole.stop), (4, 0, None));
 }

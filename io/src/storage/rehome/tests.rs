@@ -133,8 +133,11 @@ fn a_crash_before_the_commit_point_keeps_the_old_layout() {
 fn a_crash_after_the_commit_point_is_completed_at_every_step() {
     // Crash points after the commit: before any move, after one old shard
     // moved aside, after the phase turned to `new`, after one new shard
-    // moved in, after the shards file changed.
-    for crash_point in 0..5 {
+    // moved in, after the shards file changed, inside the removal of
+    // `rehome.old`, inside a removal of `rehome.ready` that lost its phase
+    // file first (what an interrupted `remove_dir_all` leaves), and inside
+    // the removal of the trash.
+    for crash_point in 0..8 {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
         let expected = old_layout(data, 2);
@@ -157,7 +160,19 @@ fn a_crash_after_the_commit_point_is_completed_at_every_step() {
             fs::rename(ready.join("shard-002"), data.join("shard-002")).unwrap();
             shards_file_write(data, 3).unwrap();
         }
-        assert!(finish(data).unwrap(), "crash point {crash_point}");
+        if crash_point >= 5 {
+            fs::remove_dir_all(old.join("shard-000")).unwrap();
+        }
+        if crash_point >= 6 {
+            fs::remove_dir_all(&old).unwrap();
+            fs::remove_file(ready.join(PHASE)).unwrap();
+        }
+        if crash_point == 7 {
+            fs::rename(&ready, data.join(TRASH)).unwrap();
+            fs::remove_file(data.join(TRASH).join("shards")).unwrap();
+        }
+        let completed = finish(data).unwrap();
+        assert!(completed || crash_point == 7, "crash point {crash_point}");
         assert_layout(data, 3, &expected);
     }
 }
