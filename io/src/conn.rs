@@ -118,7 +118,10 @@ impl Connection {
             let batch = Batch { dispatcher, peer: self.peer, now_ms };
             batch.decode(&mut self.decoder, &self.input, &mut self.batch, &mut self.output)
         };
-        let mut close = outcome.close || core.conns().shutting_down();
+        // Shutting down closes a connection between requests, never in the
+        // middle of one: a request whose bytes are still arriving is finished.
+        let mid_request = self.input.len() > outcome.consumed;
+        let mut close = outcome.close || (core.conns().shutting_down() && !mid_request);
         for pending in self.batch.drain(..) {
             let response = match pending.step {
                 Step::Ready(response) => response,

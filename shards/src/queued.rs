@@ -9,8 +9,10 @@
 //! key embeds the cache key's hash so that `route::shard_for_stored_key`
 //! keeps a key's writes on that key's owner shard, also after re-homing.
 //!
-//! The public id of a write is `{cache key hash:016x}-{sequence:x}`
-//! ([`format_id`]); its hash names the owner of `GET /_writes/{id}`.
+//! The public id of a write is `{cache key hash:016x}-{sequence:x}-{token}`
+//! ([`format_id`]): its hash names the owner of `GET /_writes/{id}`, and its
+//! token, 96 random bits kept in the write's [`Receipt`], makes it a secret
+//! that cannot be guessed from another id.
 
 use std::net::IpAddr;
 
@@ -18,10 +20,76 @@ use bytes::Bytes;
 
 /// Keys of queued writes start with this; clients cannot name it.
 pub const WRITE_KEY_PREFIX: &[u8] = b"\0w/";
-/// Content type of a queued write's record (for operators reading segments).
-pub const QUEUED_CONTENT_TYPE: &[u8] = b"application/x-shardgate-write";
-/// Content type of a finished write's status record.
-pub const STATUS_CONTENT_TYPE: &[u8] = b"text/plain";
+/// Content type of a queued write's record: a [`Receipt`], then the
+/// request ([`QueuedWrite::encode`]).
+pub const QUEUED_CONTENT_TYPE: &[u8] = b"application/x-shardgate-write; version=2";
+/// Content type of a finished write's record: a [`Receipt`], then the
+/// [`WriteStatus`].
+pub const STATUS_CONTENT_TYPE: &[u8] = b"application/x-shardgate-write-status";
+/// The first version's content types (records without a receipt, written
+/// before ids carried a secret): still delivered, their status readable
+/// with the admin token only.
+pub const LEGACY_QUEUED_CONTENT_TYPE: &[u8] = b"application/x-shardgate-write";
+pub const LEGACY_STATUS_CONTENT_TYPE: &[u8] = b"text/plain";
+/// Random bytes in a write id: 96 bits, so ids cannot be guessed.
+pub const TOKEN_BYTES: usize = 12;
+
+/// Whether a record of this content type is a write still queued.
+pub fn is_queued(content_type: &[u8]) -> bool {
+    content_type == QUEUED_CONTENT_TYPE || content_type == LEGACY_QUEUED_CONTENT_TYPE
+}
+
+/// Whether a record of this content type is a finished write's status.
+pub fn is_status(content_type: &[u8]) -> bool {
+    content_type == STATUS_CONTENT_TYPE || content_type == LEGACY_STATUS_CONTENT_TYPE
+}
+
+/// Who may read a write's status: whoever presents its id's random token
+/// and is the client that made it (its rate-limit identity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub token: [u8; TOKEN_BYTES],
+    /// The writer's identity (`quota::identity_*`); None when unknown.
+    pub owner: Option<u64>,
+}
+
+/// Bytes of an encoded receipt: token, a presence byte, the owner.
+const RECEIPT_BYTES: usize = TOKEN_BYTES + 1 + 8;
+
+impl Receipt {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.token);
+        out.push(u8::from(self.owner.is_some()));
+        out.extend_from_slice(&self.owner.unwrap_or(0).to_le_bytes());
+    }
+
+    /// The receipt at the start of `bytes` and what follows it.
+    pub fn decode(bytes: &[u8]) -> Option<(Receipt, &[u8])> {
+        let head = bytes.get(..RECEIPT_BYTES)?;
+        let token = head[..TOKEN_BYTES].try_into().ok()?;
+        let owner = match head[TOKEN_BYTES] {
+            0 => None,
+            1 => Some(u64::from_le_bytes(head[TOKEN_BYTES + 1..].try_into().ok()?)),
+            _ => return None,
+        };
+        Some((Receipt { token, owner }, &bytes[RECEIPT_BYTES..]))
+    }
+
+    /// Whether `presented` is this receipt's token (compared in constant time).
+    pub fn token_matches(&self, presented: &[u8; TOKEN_BYTES]) -> bool {
+        self.token.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// A write record's receipt and payload: None for the receipt of a legacy
+/// record, and None altogether when a current record has no valid receipt.
+pub fn open_record<'a>(content_type: &[u8], value: &'a [u8]) -> Option<(Option<Receipt>, &'a [u8])> {
+    if content_type == QUEUED_CONTENT_TYPE || content_type == STATUS_CONTENT_TYPE {
+        let (receipt, payload) = Receipt::decode(value)?;
+        return Some((Some(receipt), payload));
+    }
+    Some((None, value))
+}
 
 /// A request queued for delivery to the origin, in owned form.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,20 +212,46 @@ impl WriteStatus {
     }
 }
 
-/// `{key_hash:016x}-{sequence:x}`.
-pub fn format_id(key_hash: u64, sequence: u64) -> String {
-    format!("{key_hash:016x}-{sequence:x}")
+/// `{key_hash:016x}-{sequence:x}-{token:024x}`.
+pub fn format_id(key_hash: u64, sequence: u64, token: &[u8; TOKEN_BYTES]) -> String {
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{key_hash:016x}-{sequence:x}-{token}")
 }
 
-/// The cache key hash and sequence of an id; None when malformed.
-pub fn parse_id(text: &[u8]) -> Option<(u64, u64)> {
+/// A parsed write id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteId {
+    pub key_hash: u64,
+    pub sequence: u64,
+    /// None in a legacy id (`{key_hash}-{sequence}`).
+    pub token: Option<[u8; TOKEN_BYTES]>,
+}
+
+/// The parts of an id; None when malformed.
+pub fn parse_id(text: &[u8]) -> Option<WriteId> {
     let text = std::str::from_utf8(text).ok()?;
-    let (hash, sequence) = text.split_once('-')?;
+    let mut parts = text.split('-');
+    let (hash, sequence, token) = (parts.next()?, parts.next()?, parts.next());
     let hex = |s: &str| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if hash.len() != 16 || !hex(hash) || !hex(sequence) {
+    if parts.next().is_some() || hash.len() != 16 || !hex(hash) || !hex(sequence) {
         return None;
     }
-    Some((u64::from_str_radix(hash, 16).ok()?, u64::from_str_radix(sequence, 16).ok()?))
+    let token = match token {
+        None => None,
+        Some(token) if token.len() == 2 * TOKEN_BYTES && token.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let mut bytes = [0u8; TOKEN_BYTES];
+            for (i, byte) in bytes.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&token[2 * i..2 * i + 2], 16).ok()?;
+            }
+            Some(bytes)
+        }
+        Some(_) => return None,
+    };
+    Some(WriteId {
+        key_hash: u64::from_str_radix(hash, 16).ok()?,
+        sequence: u64::from_str_radix(sequence, 16).ok()?,
+        token,
+    })
 }
 
 /// The reserved key of a queued write.

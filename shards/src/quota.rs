@@ -39,6 +39,16 @@ pub fn identity_of_address(address: IpAddr) -> u64 {
     hash ^ IDENTITY_NAMESPACE_ADDRESS
 }
 
+/// The identity of a client: its API key when it sends one, else its
+/// address; None when neither is known.
+pub fn identity_of(api_key: Option<&[u8]>, address: Option<IpAddr>) -> Option<u64> {
+    match (api_key, address) {
+        (Some(key), _) => Some(identity_of_key(key)),
+        (None, Some(address)) => Some(identity_of_address(address)),
+        (None, None) => None,
+    }
+}
+
 /// Identity windows one shard may hold within `state_bytes` for all shards.
 pub fn slots_per_shard(state_bytes: u64, shard_count: u32) -> usize {
     ((state_bytes / u64::from(shard_count.max(1))) as usize / SLOT_BYTES).max(1)

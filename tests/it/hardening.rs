@@ -342,3 +342,34 @@ fn a_corrupt_record_in_a_sealed_segment_loses_that_record_only() {
     assert!(!server.stderr_lines_with("corrupt records skipped").is_empty(), "the skip is logged");
     assert_eq!(std::fs::read(&sealed).unwrap().len(), bytes.len(), "a sealed segment is never cut short");
 }
+
+#[test]
+fn a_write_status_is_readable_only_by_its_writer_or_the_operator() {
+    let origin = Origin::start(|_| Reply::ok("", "stored"));
+    let server = gateway(&origin, &["--admin-token", "op3rator"]);
+    let write = |key: &str| {
+        let request = format!(
+            "PUT /w HTTP/1.1\r\nHost: api.test\r\nX-API-Key: {key}\r\nPrefer: respond-async\r\nContent-Length: 1\r\n\r\nx"
+        );
+        let accepted = server.send(&request);
+        assert_eq!(accepted.status, 202);
+        accepted.header("location").unwrap().to_string()
+    };
+    let (alice, again) = (write("alice"), write("alice"));
+    let token = |location: &str| location.rsplit('-').next().unwrap().to_string();
+    assert_eq!(token(&alice).len(), 24, "96 random bits in hex: {alice}");
+    assert_ne!(token(&alice), token(&again), "ids are not guessable from one another");
+    let status =
+        |location: &str, extra: &str| server.send(&format!("GET {location} HTTP/1.1\r\nHost: api.test\r\n{extra}\r\n"));
+    crate::harness::eventually("the write is delivered", || {
+        status(&alice, "X-API-Key: alice\r\n").text().contains("delivered")
+    });
+    status(&alice, "X-API-Key: mallory\r\n").assert_problem(404);
+    status(&alice, "").assert_problem(404);
+    assert_eq!(status(&alice, "Authorization: Bearer op3rator\r\n").status, 200);
+    status(&alice, "Authorization: Bearer wrong\r\n").assert_problem(404);
+    let forged = format!("{}{}", &alice[..alice.len() - 1], if alice.ends_with('0') { "1" } else { "0" });
+    status(&forged, "X-API-Key: alice\r\n").assert_problem(404);
+    let without_token = alice[..alice.rfind('-').unwrap()].to_string();
+    status(&without_token, "X-API-Key: alice\r\n").assert_problem(404);
+}

@@ -23,8 +23,8 @@ pub mod writes;
 mod writes_queue;
 
 use flight::{Flight, FlightWait, Shared, FLIGHTS_MAX};
+use state::{bearer_matches, now_ms, send};
 pub use state::{health_loop, Gateway};
-use state::{now_ms, send};
 
 use std::rc::Rc;
 
@@ -53,8 +53,8 @@ pub const WRITES_PREFIX: &[u8] = b"/_writes/";
 pub fn owner(request: &ProxyRequest, shard_count: u32) -> u32 {
     if request.method == Method::Get {
         if let Some(id) = request.target.strip_prefix(WRITES_PREFIX) {
-            if let Some((key_hash, _)) = queued::parse_id(id) {
-                return shard_for_hash(key_hash, shard_count);
+            if let Some(id) = queued::parse_id(id) {
+                return shard_for_hash(id.key_hash, shard_count);
             }
         }
     }
@@ -91,7 +91,7 @@ pub async fn handle(gateway: Rc<Gateway>, request: ProxyRequest) -> Response {
             (Response { extra: Extra::Allow(&GATEWAY_ALLOW), ..response }, CacheResult::Bypass)
         }
         Method::Get if request.target.starts_with(WRITES_PREFIX) => {
-            (writes::status(&gateway, &request.target[WRITES_PREFIX.len()..]).await, CacheResult::Bypass)
+            (writes::status(&gateway, &request, &request.target[WRITES_PREFIX.len()..]).await, CacheResult::Bypass)
         }
         // A request with a cookie is one client's: passed, never stored or
         // served from the cache (Varnish's builtin VCL does the same).
@@ -120,16 +120,6 @@ fn purge(gateway: &Gateway, request: &ProxyRequest) -> (Response, CacheResult) {
         _ => Response::problem(404, "nothing stored under this key"),
     };
     (response, CacheResult::Bypass)
-}
-
-/// `Bearer <token>` with the token compared in constant time.
-fn bearer_matches(given: &[u8], token: &str) -> bool {
-    let Some(presented) = given.strip_prefix(b"Bearer ").or_else(|| given.strip_prefix(b"bearer ")) else {
-        return false;
-    };
-    let presented = presented.trim_ascii();
-    let expected = token.as_bytes();
-    presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Relays a stored variant with its `Age` and `X-Cache`.

@@ -10,8 +10,10 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use hashbrown::HashMap;
 use shardgate_http::origin::OriginResponse;
+use shardgate_http::proxy::ProxyRequest;
 use shardgate_shards::breaker::Breaker;
 use shardgate_shards::httpcache::HttpCache;
+use shardgate_shards::quota::identity_of;
 
 use super::flight::Flight;
 use super::writes_queue::Queue;
@@ -63,6 +65,25 @@ impl Gateway {
     /// Idle pooled connections of every origin (for `shardgate check`-like reports and tests).
     pub fn origins(&self) -> &[Origin] {
         &self.origins
+    }
+
+    /// The client identity of a request, as the rate limiter sees it: its
+    /// `X-API-Key`, else its address (the last `X-Forwarded-For` hop with
+    /// `--trust-forwarded-for`).
+    pub(super) fn identity(&self, request: &ProxyRequest) -> Option<u64> {
+        let forwarded = request
+            .field(b"x-forwarded-for")
+            .filter(|_| self.core.config().rate_limits.trust_forwarded_for)
+            .and_then(|value| value.rsplit(|&b| b == b',').next())
+            .and_then(|hop| std::str::from_utf8(hop.trim_ascii()).ok())
+            .and_then(|hop| hop.parse().ok());
+        identity_of(request.field(b"x-api-key"), forwarded.or(request.peer))
+    }
+
+    /// Whether the request presents the admin token.
+    pub(super) fn is_admin(&self, request: &ProxyRequest) -> bool {
+        let token = self.config.admin_token.as_ref().map(|t| t.expose());
+        matches!((request.field(b"authorization"), token), (Some(given), Some(token)) if bearer_matches(given, token))
     }
 
     pub(super) fn limits(&self) -> ExchangeSettings {
@@ -143,4 +164,14 @@ pub async fn health_loop(gateway: Rc<Gateway>) {
             origin.check(gateway.config.connect_timeout).await;
         }
     }
+}
+
+/// `Bearer <token>` with the token compared in constant time.
+pub(super) fn bearer_matches(given: &[u8], token: &str) -> bool {
+    let Some(presented) = given.strip_prefix(b"Bearer ").or_else(|| given.strip_prefix(b"bearer ")) else {
+        return false;
+    };
+    let presented = presented.trim_ascii();
+    let expected = token.as_bytes();
+    presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }

@@ -11,8 +11,10 @@ fn proxy_request(raw: &[u8]) -> ProxyRequest {
 #[test]
 fn write_status_requests_route_to_the_shard_in_their_id() {
     let write = proxy_request(b"PUT /items/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
-    let status =
-        format!("GET /_writes/{} HTTP/1.1\r\nHost: h\r\n\r\n", shardgate_shards::queued::format_id(write.hash, 0x1f));
+    let status = format!(
+        "GET /_writes/{} HTTP/1.1\r\nHost: h\r\n\r\n",
+        shardgate_shards::queued::format_id(write.hash, 0x1f, &[3; 12])
+    );
     for shards in [2, 3, 8] {
         assert_eq!(owner(&proxy_request(status.as_bytes()), shards), owner(&write, shards));
     }

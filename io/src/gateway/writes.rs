@@ -40,8 +40,8 @@ use shardgate_http::response::{json_string, Extra, Proxied, Response};
 use shardgate_shards::kv::{Op, Outcome};
 use shardgate_shards::kvapi::wants_sync;
 use shardgate_shards::queued::{
-    format_id, parse_id, parse_write_key, write_key, QueuedWrite, WriteStatus, QUEUED_CONTENT_TYPE,
-    STATUS_CONTENT_TYPE, WRITE_KEY_PREFIX,
+    format_id, is_queued, is_status, open_record, parse_id, parse_write_key, write_key, QueuedWrite, Receipt,
+    WriteStatus, LEGACY_STATUS_CONTENT_TYPE, QUEUED_CONTENT_TYPE, STATUS_CONTENT_TYPE, TOKEN_BYTES, WRITE_KEY_PREFIX,
 };
 use shardgate_shards::record::{Record, RecordOp};
 
@@ -87,9 +87,13 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
     let Some(encoded) = request.to_queued().encode() else {
         return Response::problem(431, "a header field of this request is too long to queue");
     };
+    let receipt = Receipt { token: random_token(), owner: gateway.identity(request) };
+    let mut value = Vec::with_capacity(encoded.len() + 32);
+    receipt.encode(&mut value);
+    value.extend_from_slice(&encoded);
     let op = Op::Put {
         key: write_key(request.hash, sequence),
-        value: encoded,
+        value: Bytes::from(value),
         content_type: Bytes::from_static(QUEUED_CONTENT_TYPE),
         ttl_ms: None,
         conditions: Default::default(),
@@ -110,7 +114,7 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
     gateway.cache.borrow_mut().remove(request.hash);
     start_deliverer(gateway);
     gateway.core.metrics().writes(gateway.writes.borrow().queued);
-    let id = format_id(request.hash, sequence);
+    let id = format_id(request.hash, sequence, &receipt.token);
     let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
     let headers = format!("\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
     let proxied = Proxied {
@@ -128,25 +132,44 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
     }
 }
 
-/// `GET /_writes/{id}` on the owner shard.
-pub async fn status(gateway: &Rc<Gateway>, id_text: &[u8]) -> Response {
-    let Some((key_hash, sequence)) = parse_id(id_text) else {
-        return Response::problem(404, "no such write");
+/// `GET /_writes/{id}` on the owner shard: answered only to the client
+/// that made the write (its id's token and its identity), or with the admin
+/// token; to anyone else the write does not exist (404).
+pub async fn status(gateway: &Rc<Gateway>, request: &ProxyRequest, id_text: &[u8]) -> Response {
+    let not_found = || Response::problem(404, "no such write (or its status expired)");
+    let Some(id) = parse_id(id_text) else {
+        return not_found();
     };
-    let id = format_id(key_hash, sequence);
+    let Some((value, content_type)) = read(gateway, write_key(id.key_hash, id.sequence)).await else {
+        return not_found();
+    };
+    let Some((receipt, payload)) = open_record(&content_type, &value) else {
+        return Response::problem(500, "unreadable write record");
+    };
+    let admin = gateway.is_admin(request);
+    let allowed = match (receipt, id.token) {
+        (Some(receipt), Some(token)) => {
+            receipt.token_matches(&token)
+                && (admin || receipt.owner.is_some_and(|o| Some(o) == gateway.identity(request)))
+        }
+        // A write from before ids carried a token: the operator only.
+        (None, None) => admin,
+        _ => false,
+    };
+    if !allowed {
+        return not_found();
+    }
+    let id_text = String::from_utf8_lossy(id_text);
     let json = |state: &str, extra: &str| {
         let mut response = Response::text(200, "");
         response.content_type = Some(Bytes::from_static(b"application/json"));
-        response.body = Bytes::from(format!("{{\"id\":\"{id}\",\"status\":\"{state}\"{extra}}}"));
+        response.body = Bytes::from(format!("{{\"id\":\"{id_text}\",\"status\":\"{state}\"{extra}}}"));
         response
     };
-    let Some((value, content_type)) = read(gateway, write_key(key_hash, sequence)).await else {
-        return Response::problem(404, "no such write (or its status expired)");
-    };
-    if content_type == QUEUED_CONTENT_TYPE {
+    if is_queued(&content_type) {
         return json("queued", "");
     }
-    match WriteStatus::decode(&value) {
+    match WriteStatus::decode(payload) {
         Some(WriteStatus::Delivered(origin_status)) => {
             json("delivered", &format!(",\"origin_status\":{origin_status}"))
         }
@@ -157,6 +180,14 @@ pub async fn status(gateway: &Rc<Gateway>, id_text: &[u8]) -> Response {
         }
         None => Response::problem(500, "unreadable write status"),
     }
+}
+
+/// 96 bits from the operating system's CSPRNG.
+fn random_token() -> [u8; TOKEN_BYTES] {
+    let mut token = [0u8; TOKEN_BYTES];
+    // The OS generator failing is not something to serve through.
+    getrandom::fill(&mut token).expect("the operating system's random generator works");
+    token
 }
 
 /// A reserved key's value and content type, from memory or read back from
@@ -180,22 +211,35 @@ async fn read(gateway: &Gateway, key: Bytes) -> Option<(Bytes, Bytes)> {
 pub fn recover(gateway: &Rc<Gateway>) {
     let stored = gateway.core.store().keys_with_prefix(now_ms(), WRITE_KEY_PREFIX);
     let mut queued: Vec<(u64, u64)> = Vec::new();
+    let mut finished: Vec<(u64, u64)> = Vec::new();
     let mut largest = 0;
     for (key, content_type) in &stored {
         let Some((key_hash, sequence)) = parse_write_key(key) else {
             continue;
         };
         largest = largest.max(sequence);
-        if content_type == QUEUED_CONTENT_TYPE {
+        if is_queued(content_type) {
             queued.push((sequence, key_hash));
+        } else if is_status(content_type) {
+            finished.push((sequence, key_hash));
         }
     }
     queued.sort_unstable();
+    finished.sort_unstable();
     let mut queue = gateway.writes.borrow_mut();
     queue.sequence = queue.sequence.max(largest);
     for &(sequence, key_hash) in &queued {
         queue.push(key_hash, sequence);
     }
+    // Sizes of statuses not in memory are not known here: each counts as
+    // the largest a status record takes, which keeps the bound conservative.
+    for &(sequence, key_hash) in &finished {
+        queue.statuses.push_back((key_hash, sequence, STATUS_RECORD_BYTES_ESTIMATE));
+        queue.status_bytes += STATUS_RECORD_BYTES_ESTIMATE;
+    }
+    drop(queue);
+    trim_statuses(gateway);
+    let queue = gateway.writes.borrow();
     gateway.core.metrics().writes(queue.queued);
     drop(queue);
     if !queued.is_empty() {
@@ -261,15 +305,23 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
     let Some((encoded, content_type)) = read(gateway, key.clone()).await else {
         return;
     };
-    if content_type != QUEUED_CONTENT_TYPE {
+    if !is_queued(&content_type) {
         return; // Finished already.
     }
-    let Some(write) = QueuedWrite::decode(&encoded).map(ProxyRequest::from_queued) else {
-        finish(gateway, key, WriteStatus::Failed("unreadable queue record".to_string()), &encoded);
+    let opened = open_record(&content_type, &encoded);
+    let receipt = opened.and_then(|(receipt, _)| receipt);
+    let write = opened.and_then(|(_, payload)| QueuedWrite::decode(payload)).map(ProxyRequest::from_queued);
+    let Some(write) = write else {
+        let failed = WriteStatus::Failed("unreadable queue record".to_string());
+        finish(gateway, key, receipt, failed, &encoded);
         gateway.core.metrics().write_done(false);
         return;
     };
-    let id = format_id(key_hash, sequence);
+    // The origin's Idempotency-Key: the public id where there is one.
+    let id = match receipt {
+        Some(receipt) => format_id(key_hash, sequence, &receipt.token),
+        None => format!("{key_hash:016x}-{sequence:x}"),
+    };
     let tries = gateway.config.write_retries.max(1);
     let mut last_error = String::new();
     for attempt in 0..tries {
@@ -283,7 +335,7 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
                 if response.status < 400 {
                     gateway.cache.borrow_mut().remove(key_hash);
                 }
-                finish(gateway, key, WriteStatus::Delivered(response.status), &encoded);
+                finish(gateway, key, receipt, WriteStatus::Delivered(response.status), &encoded);
                 gateway.core.metrics().write_done(true);
                 return;
             }
@@ -291,7 +343,8 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
             Err(error) => last_error = error.to_string(),
         }
     }
-    finish(gateway, key, WriteStatus::Failed(format!("after {tries} tries: {last_error}")), &encoded);
+    let failed = WriteStatus::Failed(format!("after {tries} tries: {last_error}"));
+    finish(gateway, key, receipt, failed, &encoded);
     gateway.core.metrics().write_done(false);
 }
 
@@ -310,23 +363,65 @@ fn backoff(attempt: u32, seed: &Cell<u64>) -> Duration {
 
 /// Records the final status in place of the queued request (one record),
 /// after appending a failure to the dead-letter segment.
-fn finish(gateway: &Gateway, key: Bytes, status: WriteStatus, encoded: &Bytes) {
+fn finish(gateway: &Gateway, key: Bytes, receipt: Option<Receipt>, status: WriteStatus, encoded: &Bytes) {
     let now = now_ms();
     if matches!(status, WriteStatus::Failed(_)) {
         if let Err(error) = dead_letter(gateway, &key, now, encoded) {
             logging::warn("dead-letter append failed", &[("shard", &gateway.core.id()), ("error", &error)]);
         }
     }
+    // A legacy write keeps a legacy status (readable by the operator only).
+    let (value, content_type) = match receipt {
+        Some(receipt) => {
+            let mut value = Vec::with_capacity(64);
+            receipt.encode(&mut value);
+            value.extend_from_slice(&status.encode());
+            (Bytes::from(value), STATUS_CONTENT_TYPE)
+        }
+        None => (status.encode(), LEGACY_STATUS_CONTENT_TYPE),
+    };
+    let record_bytes = (key.len() + value.len() + content_type.len()) as u64;
+    let (key_hash, sequence) = parse_write_key(&key).expect("a write key");
     let put = Op::Put {
         key,
-        value: status.encode(),
-        content_type: Bytes::from_static(STATUS_CONTENT_TYPE),
+        value,
+        content_type: Bytes::from_static(content_type),
         ttl_ms: Some(STATUS_TTL_MS),
         conditions: Default::default(),
     };
     // A status record is a few bytes under a fixed-size key: it always fits.
     let stored = gateway.core.store().apply(now, put);
     assert!(stored.is_ok(), "a write status fits a record");
+    let mut queue = gateway.writes.borrow_mut();
+    queue.statuses.push_back((key_hash, sequence, record_bytes));
+    queue.status_bytes += record_bytes;
+    drop(queue);
+    trim_statuses(gateway);
+}
+
+/// Status bytes one shard keeps; past them the oldest statuses go first.
+const STATUS_BYTES_MAX: u64 = 16 << 20;
+/// What a status counts for when its size is not known (after a restart).
+const STATUS_RECORD_BYTES_ESTIMATE: u64 = 160;
+
+/// Deletes the oldest statuses while the shard keeps more than
+/// [`STATUS_BYTES_MAX`] of them (their 24 h expiry aside).
+fn trim_statuses(gateway: &Gateway) {
+    loop {
+        let mut queue = gateway.writes.borrow_mut();
+        if queue.status_bytes <= STATUS_BYTES_MAX {
+            return;
+        }
+        let Some((key_hash, sequence, bytes)) = queue.statuses.pop_front() else {
+            return;
+        };
+        queue.status_bytes -= bytes;
+        drop(queue);
+        let delete = Op::Delete { key: write_key(key_hash, sequence), conditions: Default::default() };
+        let deleted = gateway.core.store().apply(now_ms(), delete);
+        assert!(deleted.is_ok(), "a delete always fits a record");
+        gateway.core.metrics().write_status_evicted();
+    }
 }
 
 /// Appends a failed write to `{data-dir}/dead-letter/shard-{n}.log` and

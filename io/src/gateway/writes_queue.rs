@@ -19,6 +19,9 @@ pub struct Queue {
     pub(super) busy: HashSet<u64>,
     pub(super) queued: usize,
     pub(super) deliverers: usize,
+    /// Finished writes' statuses, oldest first: (key hash, sequence, bytes).
+    pub(super) statuses: VecDeque<(u64, u64, u64)>,
+    pub(super) status_bytes: u64,
     idle: Vec<Waker>,
 }
 

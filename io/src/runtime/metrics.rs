@@ -141,6 +141,7 @@ pub struct ShardMetrics {
     writes_delivered: AtomicU64,
     writes_failed: AtomicU64,
     writes_retried: AtomicU64,
+    write_statuses_evicted: AtomicU64,
 }
 
 /// Most `--origin` flags (a fixed array keeps the metrics allocation-free).
@@ -312,11 +313,16 @@ impl ShardMetrics {
     pub fn write_retried(&self) {
         bump(&self.writes_retried, 1);
     }
+
+    /// A finished write's status was dropped to keep the status store in bounds.
+    pub fn write_status_evicted(&self) {
+        bump(&self.write_statuses_evicted, 1);
+    }
 }
 
 /// The per-shard families that are one counter or gauge each: name, type,
 /// help, and the field that holds the value.
-const FAMILIES: [(&str, &str, &str, Field); 35] = [
+const FAMILIES: [(&str, &str, &str, Field); 36] = [
     ("shardgate_cross_core_hops_total", "counter", "Requests forwarded to their owner shard, by sending shard.", |m| {
         &m.hops_out
     }),
@@ -423,6 +429,12 @@ const FAMILIES: [(&str, &str, &str, Field); 35] = [
     ("shardgate_async_writes_retried_total", "counter", "Delivery attempts that are retried later.", |m| {
         &m.writes_retried
     }),
+    (
+        "shardgate_async_write_statuses_evicted_total",
+        "counter",
+        "Finished writes' statuses dropped, oldest first, to keep the status store within its bytes.",
+        |m| &m.write_statuses_evicted,
+    ),
 ];
 
 /// All shards' metrics.
