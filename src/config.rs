@@ -87,6 +87,9 @@ pub struct Cli {
     /// Longest pause while a request body arrives; longer → 408 [default: 60s]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_BODY_TIMEOUT")]
     body_timeout: Option<String>,
+    /// Longest time a client may accept no byte of a response; then it is closed [default: 60s]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_SEND_TIMEOUT")]
+    send_timeout: Option<String>,
     /// Listen backlog of each core's socket [default: 4096]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_BACKLOG")]
     backlog: Option<String>,
@@ -159,6 +162,7 @@ struct File {
     header_timeout: Option<toml::Value>,
     idle_timeout: Option<toml::Value>,
     body_timeout: Option<toml::Value>,
+    send_timeout: Option<toml::Value>,
     backlog: Option<toml::Value>,
     log_format: Option<toml::Value>,
     /// A URL or an array of URLs.
@@ -203,6 +207,7 @@ pub struct Config {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    pub send_timeout: Duration,
     pub backlog: i32,
     pub log_format: LogFormat,
     /// Gateway mode: `Some` when at least one `--origin` is given.
@@ -374,6 +379,7 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
         header_timeout: connection.header_timeout,
         idle_timeout: connection.idle_timeout,
         body_timeout: connection.body_timeout,
+        send_timeout: connection.send_timeout,
         backlog: connection.backlog,
         log_format: setting("log-format", cli.log_format, file.log_format, LogFormat::Text, |v| match v {
             "text" => Ok(LogFormat::Text),
@@ -445,6 +451,7 @@ struct ConnectionSettings {
     header_timeout: Duration,
     idle_timeout: Duration,
     body_timeout: Duration,
+    send_timeout: Duration,
     backlog: i32,
 }
 
@@ -469,6 +476,7 @@ fn connection_settings(cli: &mut Cli, file: &mut File) -> Result<ConnectionSetti
         header_timeout: timeout("header-timeout", cli.header_timeout.take(), file.header_timeout.take(), 10)?,
         idle_timeout: timeout("idle-timeout", cli.idle_timeout.take(), file.idle_timeout.take(), 60)?,
         body_timeout: timeout("body-timeout", cli.body_timeout.take(), file.body_timeout.take(), 60)?,
+        send_timeout: timeout("send-timeout", cli.send_timeout.take(), file.send_timeout.take(), 60)?,
         backlog: setting("backlog", cli.backlog.take(), file.backlog.take(), 4096, |v| {
             parse_count(v, 1, 1 << 20).map(|n| n as i32)
         })?,

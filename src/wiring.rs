@@ -44,6 +44,7 @@ pub fn run(config: Config) -> Result<()> {
         header_timeout: config.header_timeout,
         idle_timeout: config.idle_timeout,
         body_timeout: config.body_timeout,
+        send_timeout: config.send_timeout,
         backlog: config.backlog,
         log: LogConfig {
             data_dir: config.data_dir.clone(),

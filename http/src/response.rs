@@ -174,17 +174,27 @@ pub struct Framing<'a> {
     pub rate: Option<&'a RateHeaders>,
 }
 
-/// Appends `response` to `out`.
+/// Bodies of at least this many bytes are not copied into the output: the
+/// encoder hands them back and the caller writes them from the response's
+/// own shared buffer, so one stored value served to many slow readers is
+/// held once, not once per reader.
+pub const SHARED_BODY_BYTES_MIN: usize = 16 * 1024;
+
+/// Appends `response` to `out`. Returns the body to write after `out` when
+/// it is large ([`SHARED_BODY_BYTES_MIN`]); smaller bodies are appended.
 ///
 /// Kept in one straight-line function on purpose: it runs once per
 /// response on the hot path (pipelined GETs spend a large share of their
 /// instructions here), and splitting it would move field values through
 /// calls that the optimiser does not always inline.
-pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing: Framing<'_>) {
+#[must_use = "a large body is returned, not appended"]
+pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing: Framing<'_>) -> Option<Bytes> {
     let Framing { head_only, persistence, rate } = framing;
     let status = response.status;
     let content_type = response.content_type.as_deref().unwrap_or_default();
-    out.reserve(HEAD_FIXED_BYTES_MAX + content_type.len() + response.body.len());
+    let shared = response.body.len() >= SHARED_BODY_BYTES_MIN;
+    let body_copied = if shared { 0 } else { response.body.len() };
+    out.reserve(HEAD_FIXED_BYTES_MAX + content_type.len() + body_copied);
     match &response.extra {
         Extra::None | Extra::Allow(_) => out.extend_from_slice(status_line(status)),
         Extra::Proxied(proxied) => {
@@ -248,9 +258,14 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
         Persistence::Close => out.extend_from_slice(b"\r\nConnection: close"),
     }
     out.extend_from_slice(b"\r\n\r\n");
-    if !bodyless && !head_only {
-        out.extend_from_slice(&response.body);
+    if bodyless || head_only {
+        return None;
     }
+    if shared {
+        return Some(response.body.clone());
+    }
+    out.extend_from_slice(&response.body);
+    None
 }
 
 /// Upper bound of a head's bytes besides the content type: the longest

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Time without progress while a request body is arriving.
     pub body_timeout: Duration,
+    /// Time a peer may accept no byte of a response before it is closed.
+    pub send_timeout: Duration,
     pub backlog: i32,
     pub log: LogConfig,
     pub rate_limits: RateLimits,

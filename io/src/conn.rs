@@ -3,19 +3,29 @@
 //! All complete requests in the input are decoded and dispatched before any
 //! reply is awaited, so the requests of a pipelined batch reach their owner
 //! shards together; their responses are then encoded in request order and
-//! written with one write. Deadlines live in the core's registry
-//! (`core::conns`): the ticker cuts a connection that overstays its phase.
+//! written together. Deadlines live in the core's registry
+//! (`core::conns`): the ticker cuts a connection that overstays its phase,
+//! a writer included (`--send-timeout`, from its last progress).
+//!
+//! Output is bounded three ways: a batch stops decoding at
+//! [`OUTPUT_BATCH_BYTES_MAX`] and is written before more is read (a peer
+//! that does not read stops being read: backpressure, not buffering);
+//! large bodies are written from their shared buffers, never copied
+//! ([`SHARED_BODY_BYTES_MIN`]); and the core's encoded output across all
+//! connections has a budget (`core::conns::OUTPUT_BYTES_MAX`) past which
+//! connections wait before decoding more.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use monoio::buf::IoBufMut;
+use bytes::Bytes;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use shardgate_http::codec::{Decoded, Decoder, Method, Request};
-use shardgate_http::response::{encode, Framing, Persistence, RateHeaders, Response, CONTINUE};
+use shardgate_http::response::{encode, Framing, Persistence, RateHeaders, Response, CONTINUE, SHARED_BODY_BYTES_MIN};
 
 use crate::core::{Core, Phase};
 use crate::dispatch::{Dispatched, Dispatcher, Step};
@@ -51,6 +61,41 @@ struct Pending {
     meta: Meta,
 }
 
+/// Encoded responses waiting to be written: heads and small bodies copied
+/// into `bytes`, large bodies kept as their shared buffers, each after the
+/// copied bytes before it.
+#[derive(Default)]
+struct Output {
+    bytes: Vec<u8>,
+    /// (offset in `bytes` the body follows, the body).
+    shared: Vec<(usize, Bytes)>,
+    shared_bytes: usize,
+}
+
+impl Output {
+    fn with_capacity(bytes: usize) -> Output {
+        Output { bytes: Vec::with_capacity(bytes), shared: Vec::new(), shared_bytes: 0 }
+    }
+
+    /// Bytes a batch has produced, copied and shared.
+    fn len(&self) -> usize {
+        self.bytes.len() + self.shared_bytes
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.shared.is_empty()
+    }
+
+    /// Encodes `response` at the end.
+    fn encode(&mut self, response: &Response, date: &shardgate_http::response::DateCache, framing: Framing<'_>) {
+        if let Some(body) = encode(&mut self.bytes, response, date, framing) {
+            debug_assert!(body.len() >= SHARED_BODY_BYTES_MIN);
+            self.shared_bytes += body.len();
+            self.shared.push((self.bytes.len(), body));
+        }
+    }
+}
+
 /// One connection's buffers and decoder.
 struct Connection {
     stream: TcpStream,
@@ -58,7 +103,7 @@ struct Connection {
     peer: Option<IpAddr>,
     decoder: Decoder,
     input: Vec<u8>,
-    output: Vec<u8>,
+    output: Output,
     batch: Vec<Pending>,
     input_bytes_max: usize,
 }
@@ -85,11 +130,17 @@ pub async fn serve(dispatcher: Rc<Dispatcher>, stream: TcpStream, key: usize) {
         peer,
         decoder: Decoder::new(limits),
         input: Vec::with_capacity(BUFFER_BYTES),
-        output: Vec::with_capacity(BUFFER_BYTES),
+        output: Output::with_capacity(BUFFER_BYTES),
         batch: Vec::with_capacity(PIPELINE_BATCH_MAX),
         input_bytes_max: limits.head_bytes_max + 2 * limits.body_bytes_max + BUFFER_BYTES,
     };
     let lingering = loop {
+        if core.conns().output_full() {
+            // The core's output is at its budget: decode nothing more until
+            // other connections' output drains (or their send timeout ends them).
+            core.metrics().output_wait();
+            core.conns().output_room().await;
+        }
         match connection.turn(&dispatcher).await {
             Turn::Again => continue,
             Turn::Close(lingering) => break lingering,
@@ -136,15 +187,10 @@ impl Connection {
         }
         self.input.drain(..outcome.consumed);
         if self.decoder.take_continue() {
-            self.output.extend_from_slice(CONTINUE);
+            self.output.bytes.extend_from_slice(CONTINUE);
         }
-        if !self.output.is_empty() {
-            let (result, written) = self.stream.write_all(std::mem::take(&mut self.output)).await;
-            self.output = written;
-            self.output.clear();
-            if result.is_err() {
-                return Turn::Close(false);
-            }
+        if !self.output.is_empty() && !self.flush(core).await {
+            return Turn::Close(false);
         }
         if close {
             return Turn::Close(outcome.error);
@@ -159,11 +205,47 @@ impl Connection {
         Turn::Read
     }
 
+    /// Writes all of the output, the send deadline re-armed after every
+    /// write that makes progress; the copied bytes count against the core's
+    /// output budget meanwhile. Returns false when the peer stopped taking
+    /// bytes (an error, or the ticker cut it at the send timeout).
+    async fn flush(&mut self, core: &Core) -> bool {
+        let held = self.output.bytes.len();
+        core.conns().hold_output(held);
+        let shared = std::mem::take(&mut self.output.shared);
+        let mut bytes = std::mem::take(&mut self.output.bytes);
+        let mut from = 0;
+        let mut written = true;
+        for (until, body) in &shared {
+            let (ok, returned) = write_copied(&mut self.stream, bytes, from, *until, core, self.key).await;
+            bytes = returned;
+            from = *until;
+            written = ok && write_shared(&mut self.stream, body.clone(), core, self.key).await;
+            if !written {
+                break;
+            }
+        }
+        if written {
+            let end = bytes.len();
+            let (ok, returned) = write_copied(&mut self.stream, bytes, from, end, core, self.key).await;
+            bytes = returned;
+            written = ok;
+        }
+        core.conns().release_output(held);
+        core.conns().set_busy(self.key);
+        if !written && core.conns().timed_out(self.key) {
+            core.metrics().send_timeout();
+        }
+        bytes.clear();
+        self.output = Output { bytes, shared: Vec::new(), shared_bytes: 0 };
+        written
+    }
+
     /// Reads more input, within the input limit and the phase's deadline.
     /// Returns Some when the connection must close (`true`: lingering).
     async fn read(&mut self, core: &Core) -> Option<bool> {
         shrink(&mut self.input);
-        shrink(&mut self.output);
+        shrink(&mut self.output.bytes);
         if self.input.len() == self.input.capacity() {
             if self.input.len() >= self.input_bytes_max {
                 let response = Response::problem(413, "request framing exceeds the input buffer limit");
@@ -228,7 +310,7 @@ impl Batch<'_> {
         decoder: &mut Decoder,
         input: &[u8],
         batch: &mut Vec<Pending>,
-        output: &mut Vec<u8>,
+        output: &mut Output,
     ) -> BatchOutcome {
         let core = self.dispatcher.core();
         let mut outcome = BatchOutcome { consumed: 0, requests: 0, close: false, error: false, lease_wait: None };
@@ -275,10 +357,10 @@ impl Batch<'_> {
 
 /// Encodes one response and counts it. Returns true when the connection
 /// must close after it.
-fn write_response(core: &Core, output: &mut Vec<u8>, response: &Response, meta: &Meta) -> bool {
+fn write_response(core: &Core, output: &mut Output, response: &Response, meta: &Meta) -> bool {
     let persistence = if response.close { Persistence::Close } else { meta.persistence };
     let framing = Framing { head_only: meta.head_only, persistence, rate: meta.rate.as_ref() };
-    encode(output, response, &core.date(), framing);
+    output.encode(response, &core.date(), framing);
     core.metrics().request(meta.route, response.status);
     persistence == Persistence::Close
 }
@@ -297,11 +379,48 @@ fn shrink(buffer: &mut Vec<u8>) {
     }
 }
 
+/// Writes `bytes[from..until]`, re-arming the send deadline after each
+/// write that makes progress. Returns whether it all went, and the buffer.
+async fn write_copied(
+    stream: &mut TcpStream,
+    mut bytes: Vec<u8>,
+    mut from: usize,
+    until: usize,
+    core: &Core,
+    key: usize,
+) -> (bool, Vec<u8>) {
+    while from < until {
+        core.conns().arm(key, Phase::Writing, core.now_ms());
+        let (result, slice) = stream.write(bytes.slice(from..until)).await;
+        bytes = slice.into_inner();
+        match result {
+            Ok(0) | Err(_) => return (false, bytes),
+            Ok(n) => from += n,
+        }
+    }
+    (true, bytes)
+}
+
+/// Writes a shared body, as [`write_copied`] does.
+async fn write_shared(stream: &mut TcpStream, mut body: Bytes, core: &Core, key: usize) -> bool {
+    while !body.is_empty() {
+        core.conns().arm(key, Phase::Writing, core.now_ms());
+        let (result, sent) = stream.write(body).await;
+        match result {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => body = Bytes::slice(&sent, n..),
+        }
+    }
+    true
+}
+
 async fn respond_and_close(core: &Core, stream: &mut TcpStream, response: Response) {
     let mut output = Vec::with_capacity(256 + response.body.len());
     core.tick(SystemTime::now());
     let framing = Framing { head_only: false, persistence: Persistence::Close, rate: None };
-    encode(&mut output, &response, &core.date(), framing);
+    if let Some(body) = encode(&mut output, &response, &core.date(), framing) {
+        output.extend_from_slice(&body);
+    }
     core.metrics().request(Route::Other, response.status);
     let _ = stream.write_all(output).await;
 }
@@ -333,7 +452,9 @@ pub fn refuse(core: &Core, stream: &TcpStream) {
     let mut output = Vec::with_capacity(256);
     let response = Response::overloaded("this shard is at its connection limit");
     let framing = Framing { head_only: false, persistence: Persistence::Close, rate: None };
-    encode(&mut output, &response, &core.date(), framing);
+    if let Some(body) = encode(&mut output, &response, &core.date(), framing) {
+        output.extend_from_slice(&body);
+    }
     // SAFETY: the fd is open for the duration of the call; the buffer is ours.
     unsafe {
         libc::send(stream.as_raw_fd(), output.as_ptr().cast(), output.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);

@@ -373,3 +373,20 @@ fn a_write_status_is_readable_only_by_its_writer_or_the_operator() {
     let without_token = alice[..alice.rfind('-').unwrap()].to_string();
     status(&without_token, "X-API-Key: alice\r\n").assert_problem(404);
 }
+
+#[test]
+fn a_client_that_never_reads_is_closed_at_the_send_timeout() {
+    let server = Server::start(&["--shards", "1", "--send-timeout", "1s", "--max-body", "16MiB"]);
+    let big = "b".repeat(8 << 20);
+    assert_eq!(server.send(&put("/v1/kv/big", &big)).status, 201);
+    // Pipelines GETs of 8 MiB and reads nothing: the kernel's buffers fill
+    // and the server's write makes no progress.
+    let mut slow = server.client();
+    slow.write("GET /v1/kv/big HTTP/1.1\r\nHost: t\r\n\r\n".repeat(4).as_bytes());
+    crate::harness::eventually("the stalled writer is cut", || {
+        server.metric("shardgate_send_timeouts_total", &[]) >= 1.0
+    });
+    crate::harness::eventually("its connection is gone", || server.metric("shardgate_connections_open", &[]) <= 1.0);
+    // Others were served all along.
+    assert_eq!(server.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+}

@@ -8,8 +8,23 @@ fn date() -> DateCache {
 
 fn check(response: &Response, head_only: bool, persistence: Persistence, expect: &str) {
     let mut out = Vec::new();
-    encode(&mut out, response, &date(), Framing { head_only, persistence, rate: None });
+    let shared = encode(&mut out, response, &date(), Framing { head_only, persistence, rate: None });
+    assert_eq!(shared, None, "small bodies are copied");
     assert_eq!(String::from_utf8(out).unwrap(), expect);
+}
+
+#[test]
+fn large_bodies_are_handed_back_not_copied() {
+    let body = Bytes::from(vec![b'v'; SHARED_BODY_BYTES_MIN]);
+    let response = Response { status: 200, body: body.clone(), ..Response::default() };
+    let mut out = Vec::new();
+    let framing = Framing { head_only: false, persistence: Persistence::KeepAlive11, rate: None };
+    let shared = encode(&mut out, &response, &date(), framing).expect("handed back");
+    assert_eq!(shared.as_ptr(), body.as_ptr(), "the same buffer, not a copy");
+    let head = String::from_utf8(out).unwrap();
+    assert!(head.ends_with("\r\n\r\n") && head.contains(&format!("Content-Length: {SHARED_BODY_BYTES_MIN}")));
+    let head_only = Framing { head_only: true, ..framing };
+    assert_eq!(encode(&mut Vec::new(), &response, &date(), head_only), None, "HEAD sends no body");
 }
 
 #[test]
@@ -78,7 +93,7 @@ fn rate_limit_fields() {
     let rate = RateHeaders { items: [Some(item(false, 100, 10, 50, 3)), Some(item(true, 10, 1, 0, 1))] };
     let mut out = Vec::new();
     let framing = Framing { head_only: false, persistence: Persistence::KeepAlive11, rate: Some(&rate) };
-    encode(&mut out, &Response::new(204), &date(), framing);
+    let _ = encode(&mut out, &Response::new(204), &date(), framing);
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("\r\nRateLimit-Policy: \"default\";q=100;w=10, \"writes\";q=10;w=1\r\n"), "{text}");
     assert!(text.contains("\r\nRateLimit: \"default\";r=50;t=3, \"writes\";r=0;t=1\r\n"), "{text}");
@@ -86,6 +101,6 @@ fn rate_limit_fields() {
     let mut out = Vec::new();
     let empty = RateHeaders::default();
     let framing = Framing { head_only: false, persistence: Persistence::KeepAlive11, rate: Some(&empty) };
-    encode(&mut out, &Response::new(204), &date(), framing);
+    let _ = encode(&mut out, &Response::new(204), &date(), framing);
     assert!(!String::from_utf8(out).unwrap().contains("RateLimit"));
 }

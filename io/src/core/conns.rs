@@ -20,8 +20,11 @@ pub enum Phase {
     Head,
     /// Waiting for body bytes: 408 when they stop coming.
     Body,
-    /// Processing or writing: no deadline.
+    /// Processing: no deadline.
     Busy,
+    /// Writing a response: closed when the peer accepts no byte for the
+    /// send timeout (nginx's `send_timeout`).
+    Writing,
 }
 
 /// The registry entry of one open connection.
@@ -41,7 +44,14 @@ pub struct Timeouts {
     pub header: Duration,
     pub idle: Duration,
     pub body: Duration,
+    pub send: Duration,
 }
+
+/// Bytes of encoded output waiting to be written, across one core's
+/// connections, past which connections wait before decoding more
+/// requests. Large bodies are written from their shared buffers and do not
+/// count (`http::response::SHARED_BODY_BYTES_MIN`).
+pub const OUTPUT_BYTES_MAX: usize = 64 << 20;
 
 /// A core's open connections, bounded by `connections_max`.
 pub struct Conns {
@@ -50,6 +60,11 @@ pub struct Conns {
     timeouts: Timeouts,
     shutting_down: Cell<bool>,
     listener_fd: Cell<Option<RawFd>>,
+    /// Encoded output waiting to be written, all connections together.
+    output_bytes: Cell<usize>,
+    /// Connections waiting for `output_bytes` to fall below the budget; at
+    /// most one entry per connection.
+    output_waiters: RefCell<Vec<std::task::Waker>>,
 }
 
 impl Conns {
@@ -60,6 +75,8 @@ impl Conns {
             timeouts,
             shutting_down: Cell::new(false),
             listener_fd: Cell::new(None),
+            output_bytes: Cell::new(0),
+            output_waiters: RefCell::new(Vec::new()),
         }
     }
 
@@ -111,6 +128,7 @@ impl Conns {
                 now_ms + timeouts.header.as_millis() as u64
             }
             Phase::Body => now_ms + timeouts.body.as_millis() as u64,
+            Phase::Writing => now_ms + timeouts.send.as_millis() as u64,
             Phase::Busy => 0,
         };
         if phase != Phase::Head {
@@ -125,15 +143,58 @@ impl Conns {
         self.slab.borrow()[key].timed_out
     }
 
-    /// Cuts the read side of every waiting connection whose deadline passed.
-    pub fn cut_expired(&self, now_ms: u64) {
+    /// Cuts every waiting connection whose deadline passed: the read side
+    /// of one waiting to read (its read then ends), both sides of one
+    /// waiting to write (its write then fails). Returns how many writers
+    /// it cut (send timeouts).
+    pub fn cut_expired(&self, now_ms: u64) -> usize {
+        let mut writers = 0;
         for (_, conn) in self.slab.borrow_mut().iter_mut() {
             if conn.phase != Phase::Busy && !conn.timed_out && conn.deadline_ms <= now_ms {
                 conn.timed_out = true;
+                let how = if conn.phase == Phase::Writing { libc::SHUT_RDWR } else { libc::SHUT_RD };
+                writers += usize::from(conn.phase == Phase::Writing);
                 // SAFETY: the fd stays open while it is in the registry.
-                unsafe { libc::shutdown(conn.fd, libc::SHUT_RD) };
+                unsafe { libc::shutdown(conn.fd, how) };
             }
         }
+        writers
+    }
+
+    /// Counts `bytes` of encoded output as waiting to be written.
+    pub fn hold_output(&self, bytes: usize) {
+        self.output_bytes.set(self.output_bytes.get() + bytes);
+    }
+
+    /// `bytes` of output were written (or dropped with their connection).
+    pub fn release_output(&self, bytes: usize) {
+        self.output_bytes.set(self.output_bytes.get() - bytes);
+        if self.output_bytes.get() < OUTPUT_BYTES_MAX {
+            for waker in self.output_waiters.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Whether the core's output is at its budget: connections then wait
+    /// ([`Conns::output_room`]) before decoding more requests.
+    pub fn output_full(&self) -> bool {
+        self.output_bytes.get() >= OUTPUT_BYTES_MAX
+    }
+
+    /// Resolves once the core's output is below its budget.
+    pub async fn output_room(&self) {
+        std::future::poll_fn(|cx| {
+            if !self.output_full() {
+                return std::task::Poll::Ready(());
+            }
+            let mut waiters = self.output_waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     pub fn set_listener(&self, fd: RawFd) {

@@ -55,7 +55,12 @@ impl Core {
         let store =
             Store::recovering(id, Arc::clone(&shared.metrics), &config.log.data_dir, config.kv_bytes_per_shard());
         let forwards = Forwards::new(id, Arc::clone(&shared.mesh), Arc::clone(&shared.metrics));
-        let timeouts = Timeouts { header: config.header_timeout, idle: config.idle_timeout, body: config.body_timeout };
+        let timeouts = Timeouts {
+            header: config.header_timeout,
+            idle: config.idle_timeout,
+            body: config.body_timeout,
+            send: config.send_timeout,
+        };
         let conns = Conns::new(config.connections_max, timeouts);
         let now = SystemTime::now();
         Core {

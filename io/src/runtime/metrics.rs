@@ -142,6 +142,8 @@ pub struct ShardMetrics {
     writes_failed: AtomicU64,
     writes_retried: AtomicU64,
     write_statuses_evicted: AtomicU64,
+    send_timeouts: AtomicU64,
+    output_waits: AtomicU64,
 }
 
 /// Most `--origin` flags (a fixed array keeps the metrics allocation-free).
@@ -314,6 +316,16 @@ impl ShardMetrics {
         bump(&self.writes_retried, 1);
     }
 
+    /// A connection was closed because its peer accepted no byte for the send timeout.
+    pub fn send_timeout(&self) {
+        bump(&self.send_timeouts, 1);
+    }
+
+    /// A connection waited for the core's output budget before decoding more.
+    pub fn output_wait(&self) {
+        bump(&self.output_waits, 1);
+    }
+
     /// A finished write's status was dropped to keep the status store in bounds.
     pub fn write_status_evicted(&self) {
         bump(&self.write_statuses_evicted, 1);
@@ -322,7 +334,7 @@ impl ShardMetrics {
 
 /// The per-shard families that are one counter or gauge each: name, type,
 /// help, and the field that holds the value.
-const FAMILIES: [(&str, &str, &str, Field); 36] = [
+const FAMILIES: [(&str, &str, &str, Field); 38] = [
     ("shardgate_cross_core_hops_total", "counter", "Requests forwarded to their owner shard, by sending shard.", |m| {
         &m.hops_out
     }),
@@ -331,6 +343,18 @@ const FAMILIES: [(&str, &str, &str, Field); 36] = [
     }),
     ("shardgate_load_shed_total", "counter", "Requests answered 503 because a bounded queue was full.", |m| &m.shed),
     ("shardgate_connections_open", "gauge", "Open client connections.", |m| &m.connections_open),
+    (
+        "shardgate_send_timeouts_total",
+        "counter",
+        "Connections closed because the client accepted no byte of a response for --send-timeout.",
+        |m| &m.send_timeouts,
+    ),
+    (
+        "shardgate_output_budget_waits_total",
+        "counter",
+        "Times a connection waited before decoding more because the shard's unwritten output was at its budget.",
+        |m| &m.output_waits,
+    ),
     ("shardgate_connections_refused_total", "counter", "Connections refused at --max-connections.", |m| {
         &m.connections_refused
     }),
