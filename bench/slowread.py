@@ -9,8 +9,8 @@ server's resident memory (VmRSS, /proc/PID/status) and times /healthz on a
 fresh connection. The target: RSS growth under 128 MiB, /healthz within
 10 ms, with 2,000 such connections.
 
-Usage: python3 bench/slowread.py [--connections 2000] [--pipeline 8]
-                                 [--settle 5] [--baseline OLD_BINARY] [--out FILE]
+Usage: python3 bench/slowread.py [--connections 2000] [--pipeline 8] [--settle 5]
+                                 [--rounds 3] [--baseline OLD_BINARY] [--out FILE]
 Needs a release build (cargo build --release); runs as a user allowed to
 raise its open-file limit (root here).
 """
@@ -126,7 +126,8 @@ def main():
     parser.add_argument("--pipeline", type=int, default=8)
     parser.add_argument("--settle", type=float, default=5.0)
     parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--baseline", help="another shardgate binary measured the same way, after")
+    parser.add_argument("--baseline", help="another shardgate binary, measured in the same rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, the servers alternating within each")
     parser.add_argument("--out", help="also write the Markdown table here")
     args = parser.parse_args()
     if not os.path.exists(BIN):
@@ -136,19 +137,30 @@ def main():
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
     builds = [("shardgate", BIN)] + ([("baseline", args.baseline)] if args.baseline else [])
-    rows = [measure(binary, label, args) for label, binary in builds]
+    runs = {label: [] for label, _ in builds}
+    for _ in range(args.rounds):
+        for label, binary in builds:
+            runs[label].append(measure(binary, label, args))
+    rows = []
+    for label, results in runs.items():
+        median = {k: statistics.median(r[k] for r in results) for k in results[0] if k != "label"}
+        median["label"] = label
+        median["rounds"] = ", ".join(f"{r['growth_mib']:.0f}" for r in results)
+        median["healthz_rounds"] = ", ".join(f"{r['healthz_max_ms']:.2f}" for r in results)
+        rows.append(median)
     lines = [
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on `{socket.gethostname()}` "
         f"({os.cpu_count()} CPUs, {os.uname().release}); server on CPU {args.server_cpu}, `--shards 1`; "
         f"{args.connections} connections each pipelining {args.pipeline} GETs of a 1 MiB value and never reading; "
-        f"RSS read {args.settle:.0f} s after the last connection; /healthz timed 20 times on fresh connections.",
+        f"RSS read {args.settle:.0f} s after the last connection; /healthz timed 20 times on fresh connections; "
+        f"{args.rounds} rounds, the servers alternating, medians (per-round values in the last two columns).",
         "",
-        "| server | RSS before | RSS with the slow readers | growth | /healthz median | /healthz max |",
-        "|---|---|---|---|---|---|",
+        "| server | RSS before | RSS with the slow readers | growth | /healthz median | /healthz max | growth per round (MiB) | /healthz max per round (ms) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['label']} | {r['before_mib']:.0f} MiB | {r['after_mib']:.0f} MiB | {r['growth_mib']:.0f} MiB "
-                     f"| {r['healthz_median_ms']:.2f} ms | {r['healthz_max_ms']:.2f} ms |")
+                     f"| {r['healthz_median_ms']:.2f} ms | {r['healthz_max_ms']:.2f} ms | {r['rounds']} | {r['healthz_rounds']} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -44,8 +44,11 @@ pub const CONTENT_TYPE_DEFAULT: &[u8] = b"application/octet-stream";
 /// Content types common enough to keep one static copy of. A stored value
 /// whose type is one of these shares it: no allocation per entry, and
 /// handing it out costs no reference-count update.
-const CONTENT_TYPES_INTERNED: [&[u8]; 10] = [
+const CONTENT_TYPES_INTERNED: [&[u8]; 13] = [
     CONTENT_TYPE_DEFAULT,
+    crate::queued::QUEUED_CONTENT_TYPE,
+    crate::queued::STATUS_CONTENT_TYPE,
+    crate::queued::LEGACY_QUEUED_CONTENT_TYPE,
     b"application/json",
     b"application/x-www-form-urlencoded",
     b"text/plain",
@@ -62,6 +65,31 @@ fn interned(content_type: Bytes) -> Bytes {
     match CONTENT_TYPES_INTERNED.iter().find(|&&known| known == &content_type[..]) {
         Some(known) => Bytes::from_static(known),
         None => content_type,
+    }
+}
+
+/// Whether a content type costs memory of its own (it is not interned).
+fn content_type_charged(content_type: &[u8]) -> bool {
+    !CONTENT_TYPES_INTERNED.contains(&content_type)
+}
+
+/// What a resident value costs the cache's budget: its bytes, and its
+/// content type's unless interned. An uncommon content type is held only
+/// while its value is: an evicted entry keeps none (the record has it), so
+/// the keydir's content types stay within `--cache-bytes` too.
+fn charge(value: &[u8], content_type: &[u8]) -> u64 {
+    let type_bytes = if content_type_charged(content_type) { content_type.len() } else { 0 };
+    (value.len() + type_bytes) as u64
+}
+
+/// An entry's content type once its value leaves memory: interned ones
+/// stay, others are read back with the value (an empty one means that).
+fn content_type_when_cold(content_type: Bytes) -> Bytes {
+    let content_type = interned(content_type);
+    if content_type_charged(&content_type) {
+        Bytes::new()
+    } else {
+        content_type
     }
 }
 
@@ -206,7 +234,7 @@ impl Books {
     /// index slot, and its record (now dead in the log).
     fn forget(&mut self, key: &Bytes, entry: &Entry) {
         self.forget_keeping_cache(key, entry);
-        self.cache.forget(&entry.slot, entry.value.as_ref().map_or(0, |v| v.len() as u64));
+        self.cache.forget(&entry.slot, entry.value.as_ref().map_or(0, |v| charge(v, &entry.content_type)));
     }
 
     /// As `forget`, but the cached value's slot is handed on to the entry
@@ -247,7 +275,7 @@ impl Residents for Keydir<'_> {
     fn find(&mut self, hash: u64, generation: u32) -> Option<(&mut Slot, u64, bool)> {
         let durable_end = self.durable_end;
         let entry = self.entry(hash, generation)?;
-        let bytes = entry.value.as_ref().map_or(0, |v| v.len() as u64);
+        let bytes = entry.value.as_ref().map_or(0, |v| charge(v, &entry.content_type));
         let may_evict = !entry.location.is_none() && entry.location.end() <= durable_end;
         Some((&mut entry.slot, bytes, may_evict))
     }
@@ -255,6 +283,7 @@ impl Residents for Keydir<'_> {
     fn evict(&mut self, hash: u64, generation: u32) {
         if let Some(entry) = self.entry(hash, generation) {
             entry.value = None;
+            entry.content_type = content_type_when_cold(std::mem::take(&mut entry.content_type));
             entry.slot = Slot::default();
             *self.evictions += 1;
         }
@@ -382,12 +411,12 @@ impl KvShard {
         };
         let etag = Etag::of(&content_type, &value);
         let content_type = interned(content_type);
-        let bytes = value.len() as u64;
+        let bytes = charge(&value, &content_type);
         let slot = match &replaced {
             // A cached value replaced in place keeps its slot; the write
             // counts as a read of it.
             Some(old) if old.slot.is_held() => {
-                let old_bytes = old.value.as_ref().map_or(0, |v| v.len() as u64);
+                let old_bytes = old.value.as_ref().map_or(0, |v| charge(v, &old.content_type));
                 self.books.cache.resize(&old.slot, old_bytes, bytes);
                 let mut slot = old.slot;
                 slot.touch();
@@ -477,18 +506,23 @@ impl KvShard {
         }
         self.remove(&key);
         self.set_durable_end(location.end());
+        let content_type = match &value {
+            Some(_) => interned(content_type),
+            None => content_type_when_cold(content_type),
+        };
         let slot = match &value {
-            Some(value) => self.books.cache.admit(self.hasher.hash_one(&key[..]), value.len() as u64),
+            Some(value) => self.books.cache.admit(self.hasher.hash_one(&key[..]), charge(value, &content_type)),
             None => Slot::default(),
         };
-        let entry = Entry { value, content_type: interned(content_type), etag, expires_at_ms, location, slot };
+        let entry = Entry { value, content_type, etag, expires_at_ms, location, slot };
         self.insert(key, entry);
         self.make_room();
     }
 
-    /// Hands back a value read from its record at `location`. It is cached
-    /// again if the key still points at that record; returns whether it did.
-    pub fn fill(&mut self, key: &[u8], location: Location, value: Bytes) -> bool {
+    /// Hands back a value read from its record at `location`, with the
+    /// record's content type. It is cached again if the key still points at
+    /// that record; returns whether it did.
+    pub fn fill(&mut self, key: &[u8], location: Location, value: Bytes, content_type: Bytes) -> bool {
         let hash = self.hash(key);
         let found = self.partitions[partition_of(hash)].find_mut(hash, |(k, _)| &k[..] == key);
         let Some((_, entry)) = found else {
@@ -497,7 +531,8 @@ impl KvShard {
         if entry.location != location || entry.value.is_some() {
             return false;
         }
-        entry.slot = self.books.cache.admit(hash, value.len() as u64);
+        entry.content_type = interned(content_type);
+        entry.slot = self.books.cache.admit(hash, charge(&value, &entry.content_type));
         entry.value = Some(value);
         self.make_room();
         true

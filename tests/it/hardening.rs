@@ -390,3 +390,26 @@ fn a_client_that_never_reads_is_closed_at_the_send_timeout() {
     // Others were served all along.
     assert_eq!(server.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
 }
+
+#[test]
+fn content_types_count_against_the_memory_budget() {
+    let server =
+        Server::start(&["--shards", "1", "--cache-bytes", "64KiB", "--max-header", "256KiB", "--durability", "sync"]);
+    let content_type = |i: usize| format!("application/x-{i}-{}", "t".repeat(8 * 1024));
+    let mut client = server.client();
+    for i in 0..40 {
+        let response =
+            client.request(&with_field("PUT", &format!("/v1/kv/k{i}"), "Content-Type", &content_type(i), "v"));
+        assert_eq!(response.status, 201);
+    }
+    // One more write, after the others are durable (so evictable): the
+    // budget is enforced at each write.
+    assert_eq!(client.request(&put("/v1/kv/last", "x")).status, 201);
+    // 320 KiB of content types on one-byte values: only the budget's worth stays.
+    assert!(server.metric("shardgate_cache_bytes", &[]) <= 64.0 * 1024.0);
+    assert!(server.metric("shardgate_cache_evictions_total", &[]) > 0.0);
+    for i in 0..40 {
+        let response = client.request(&format!("GET /v1/kv/k{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert_eq!((response.status, response.header("content-type")), (200, Some(content_type(i).as_str())), "k{i}");
+    }
+}

@@ -207,12 +207,13 @@ impl Store {
     }
 
     /// Reads `key`'s evicted value from its record at `location`, verifies
-    /// it (checksum, key, op) and caches it again. Returns the GET's outcome.
+    /// it (checksum, key, op) and caches it again. Returns the GET's outcome,
+    /// with the content type the record holds.
     pub async fn read_cold(
         &self,
         key: Bytes,
         mut location: Location,
-        content_type: Bytes,
+        _content_type: Bytes,
         etag: Etag,
     ) -> Result<Outcome, ReadError> {
         for _ in 0..READ_ATTEMPTS_MAX {
@@ -233,7 +234,7 @@ impl Store {
                 None => Err(io::Error::from(io::ErrorKind::NotFound)),
             };
             match result {
-                Ok(bytes) => return self.fill(&key, location, bytes, content_type, etag),
+                Ok(bytes) => return self.fill(&key, location, bytes, etag),
                 Err(error) if matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof) => {
                     // Compacted away meanwhile: look again where the record went.
                     match self.read(unix_ms(SystemTime::now()), &key, &Conditions::default()) {
@@ -249,24 +250,21 @@ impl Store {
     }
 
     /// Verifies a record read back and caches its value again.
-    fn fill(
-        &self,
-        key: &[u8],
-        location: Location,
-        bytes: Vec<u8>,
-        content_type: Bytes,
-        etag: Etag,
-    ) -> Result<Outcome, ReadError> {
-        let value_range = {
+    fn fill(&self, key: &[u8], location: Location, bytes: Vec<u8>, etag: Etag) -> Result<Outcome, ReadError> {
+        let (value_range, type_range) = {
             let (record, length) = record::decode(&bytes).map_err(|e| ReadError::Unreadable(e.to_string()))?;
             if length != bytes.len() || record.key != key || record.op != RecordOp::Put {
                 return Err(ReadError::Unreadable("the record at the key's location is another one".to_string()));
             }
-            let start = record.value.as_ptr() as usize - bytes.as_ptr() as usize;
-            start..start + record.value.len()
+            let offset = |part: &[u8]| part.as_ptr() as usize - bytes.as_ptr() as usize;
+            let (value_at, type_at) = (offset(record.value), offset(record.content_type));
+            (value_at..value_at + record.value.len(), type_at..type_at + record.content_type.len())
         };
-        let value = Bytes::from(bytes).slice(value_range);
-        self.shard.borrow_mut().fill(key, location, value.clone());
+        let bytes = Bytes::from(bytes);
+        // The record's content type: the keydir keeps none for a cold entry
+        // whose type is not a common one.
+        let (value, content_type) = (bytes.slice(value_range), bytes.slice(type_range));
+        self.shard.borrow_mut().fill(key, location, value.clone(), content_type.clone());
         self.metrics().disk_read();
         Ok(Outcome::Value { value, content_type, etag })
     }

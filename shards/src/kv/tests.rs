@@ -142,7 +142,7 @@ fn values_past_the_budget_are_evicted_only_once_durable() {
     // Conditional reads need no value.
     let tag = String::from_utf8(etag.encode().to_vec()).unwrap();
     assert_eq!(shard.get(NOW, key.as_bytes(), &if_none_match(&tag)), Outcome::NotModified { etag });
-    assert!(shard.fill(key.as_bytes(), location, Bytes::from(value.clone())));
+    assert!(shard.fill(key.as_bytes(), location, Bytes::from(value.clone()), Bytes::from_static(b"text/plain")));
     assert_eq!(value_of(shard.handle(NOW, get(key))), Some(Bytes::from(value.clone())));
     assert!(shard.bytes_held() <= 1000);
 }
@@ -156,7 +156,7 @@ fn a_stale_fill_is_ignored() {
     let Outcome::Cold { location, .. } = shard.handle(NOW, get("a")) else { panic!("a was evicted") };
     // The key is overwritten before the read comes back: the old value must not return.
     shard.handle_at(NOW, put("a", "new"), at(400));
-    assert!(!shard.fill(b"a", location, Bytes::from_static(b"old")));
+    assert!(!shard.fill(b"a", location, Bytes::from_static(b"old"), Bytes::from_static(b"text/plain")));
     assert_eq!(value_of(shard.handle(NOW, get("a"))), Some(Bytes::from_static(b"new")));
     // Records replaced or deleted are reported dead, once each.
     let mut dead = Vec::new();
@@ -201,7 +201,8 @@ fn common_content_types_are_interned() {
     let json = interned(Bytes::copy_from_slice(b"application/json"));
     assert_eq!(&json[..], b"application/json");
     // A static Bytes points into the binary, not the heap copy we passed.
-    assert_eq!(json.as_ptr(), CONTENT_TYPES_INTERNED[1].as_ptr());
+    let slot = CONTENT_TYPES_INTERNED.iter().position(|t| *t == b"application/json").expect("interned");
+    assert_eq!(json.as_ptr(), CONTENT_TYPES_INTERNED[slot].as_ptr());
     let rare = Bytes::copy_from_slice(b"application/vnd.example+json");
     assert_eq!(interned(rare.clone()).as_ptr(), rare.as_ptr());
 }
@@ -216,4 +217,34 @@ fn keys_spread_over_every_partition() {
     assert_eq!(sizes.iter().sum::<usize>(), shard.keys());
     // 1000 per partition on average; binomial noise is about 31.
     assert!(sizes.iter().all(|&n| (850..1150).contains(&n)), "{sizes:?}");
+}
+
+#[test]
+fn uncommon_content_types_count_against_the_budget_and_leave_with_their_value() {
+    let mut shard = KvShard::new(10_000);
+    let content_type = Bytes::from(format!("application/x-{}", "t".repeat(3_000)));
+    let typed = |key: &str| Op::Put {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::from_static(b"v"),
+        content_type: content_type.clone(),
+        ttl_ms: None,
+        conditions: Conditions::default(),
+    };
+    for i in 0..10u64 {
+        assert!(matches!(shard.handle_at(NOW, typed(&format!("k{i}")), at(100 * i)), Outcome::Stored { .. }));
+        shard.set_durable_end(100 * (i + 1));
+    }
+    // Ten 3 KiB content types on one-byte values: the budget evicts values,
+    // and an evicted entry keeps no content type of its own.
+    assert!(shard.bytes_held() <= 10_000, "{}", shard.bytes_held());
+    assert!(shard.evictions() >= 6, "{}", shard.evictions());
+    let cold = (0..10).find_map(|i| match shard.handle(NOW, get(&format!("k{i}"))) {
+        Outcome::Cold { location, content_type, .. } => Some((i, location, content_type)),
+        _ => None,
+    });
+    let (i, location, cold_type) = cold.expect("an evicted entry");
+    assert!(cold_type.is_empty(), "read back with the value, not held");
+    assert!(shard.fill(format!("k{i}").as_bytes(), location, Bytes::from_static(b"v"), content_type.clone()));
+    let Outcome::Value { content_type: back, .. } = shard.handle(NOW, get(&format!("k{i}"))) else { panic!("filled") };
+    assert_eq!(back, content_type);
 }
