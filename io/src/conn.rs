@@ -173,7 +173,9 @@ impl Connection {
         // middle of one: a request whose bytes are still arriving is finished.
         let mid_request = self.input.len() > outcome.consumed;
         let mut close = outcome.close || (core.conns().shutting_down() && !mid_request);
-        for pending in self.batch.drain(..) {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut failed = false;
+        for pending in batch.drain(..) {
             let response = match pending.step {
                 Step::Ready(response) => response,
                 Step::Kv(waiting) => waiting.response(core.shard_count()).await,
@@ -181,6 +183,17 @@ impl Connection {
                 Step::Wait(_) => unreachable!("a request waiting for a lease is not in the batch"),
             };
             close |= write_response(core, &mut self.output, &response, &pending.meta);
+            // Written as it grows: a batch's responses are not all held
+            // until the last one is ready.
+            if self.output.len() >= OUTPUT_BATCH_BYTES_MAX && !self.flush(core).await {
+                failed = true;
+                break;
+            }
+        }
+        batch.clear();
+        self.batch = batch;
+        if failed {
+            return Turn::Close(false);
         }
         if outcome.requests > 0 {
             core.metrics().duration(started.elapsed().as_micros() as u64, outcome.requests as u64);
