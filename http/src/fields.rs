@@ -19,6 +19,15 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
+/// Every `Connection` line's options, comma-joined, for [`named_by_connection`].
+pub fn connection_options(headers: &[httparse::Header<'_>]) -> Vec<u8> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.iter().copied().chain(*b","))
+        .collect()
+}
+
 /// Whether `name` is listed in a `Connection` field value (also hop-by-hop).
 pub fn named_by_connection(connection: &[u8], name: &[u8]) -> bool {
     connection.split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(name))

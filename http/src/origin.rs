@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use crate::codec::{Chunked, HttpError, Limits};
-use crate::fields::{is_hop_by_hop, named_by_connection};
+use crate::fields::{connection_options, is_hop_by_hop, named_by_connection};
 
 /// Largest origin response body; larger is an error (the gateway buffers bodies).
 pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
@@ -132,12 +132,7 @@ pub fn parse_head(input: &mut Vec<u8>, expect_body: bool) -> Result<Option<Head>
 
 fn head_of(parsed: &httparse::Response<'_, '_>, length: usize, expect_body: bool) -> Result<Head, ResponseError> {
     let status = parsed.code.expect("complete parse has a status");
-    let connection: Vec<u8> = parsed
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| h.value.iter().copied().chain(*b","))
-        .collect();
+    let connection = connection_options(parsed.headers);
     let mut fields = CacheFields::default();
     let mut headers = Vec::with_capacity(512);
     let mut content_length: Option<usize> = None;

@@ -10,7 +10,7 @@ use shardgate_shards::queued::QueuedWrite;
 use shardgate_shards::route::key_hash;
 
 use crate::codec::{Method, Request, HEADERS_MAX};
-use crate::fields::{is_hop_by_hop, named_by_connection, origin_form, push_field};
+use crate::fields::{connection_options, is_hop_by_hop, named_by_connection, origin_form, push_field};
 use crate::response::Response;
 
 /// A client request in owned form, sendable to its owner core.
@@ -58,12 +58,7 @@ impl ProxyRequest {
                 false => Bytes::copy_from_slice(part),
             }
         };
-        let connection: Vec<u8> = parsed
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.iter().copied().chain(*b","))
-            .collect();
+        let connection = connection_options(parsed.headers);
         if named_by_connection(&connection, b"host") {
             return Err(Response::problem(400, "Connection may not nominate Host"));
         }

@@ -135,9 +135,9 @@ pub fn request(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[
 /// A GET or HEAD of a key this core owns: from memory, or read back from disk.
 fn read_local(core: &Rc<Core>, key: &[u8], conditions: &Conditions, owner: u32, now_ms: u64) -> Step {
     match core.store().read(now_ms, key, conditions) {
-        Outcome::Cold { location, content_type, etag } => {
+        Outcome::Cold { location, etag, .. } => {
             let (core, key) = (Rc::clone(core), Bytes::copy_from_slice(key));
-            let read = Box::pin(async move { core.store().read_cold(key, location, content_type, etag).await });
+            let read = Box::pin(async move { core.store().read_cold(key, location, etag).await });
             Step::Pending(Pending::Disk { read, owner })
         }
         outcome => Step::Ready(kv_response(outcome, owner, core.shard_count())),
@@ -164,11 +164,11 @@ pub fn serve_forwarded(core: &Rc<Core>, source: u32, token: u32, op: Op, sync: b
             return;
         }
     };
-    if let Outcome::Cold { location, content_type, etag } = outcome {
+    if let Outcome::Cold { location, etag, .. } = outcome {
         // Read from disk on this core, then answer.
         let core = Rc::clone(core);
         monoio::spawn(async move {
-            let read = core.store().read_cold(key, location, content_type, etag).await;
+            let read = core.store().read_cold(key, location, etag).await;
             let answer = Answer::Kv(read.map_err(|error| read_error_response(&error)));
             core.mesh().reply(source, Reply { token, answer });
         });

@@ -144,11 +144,10 @@ pub enum Outcome {
     },
     Deleted,
     PreconditionFailed,
-    /// The value was evicted from memory: read it from `location` in the
-    /// log, then [`KvShard::fill`] it back. The rest is known.
+    /// The value was evicted from memory: read it (and its content type)
+    /// from its record at `location`, then [`KvShard::fill`] it back.
     Cold {
         location: Location,
-        content_type: Bytes,
         etag: Etag,
     },
 }
@@ -383,11 +382,7 @@ impl KvShard {
                             etag: entry.etag,
                         }
                     }
-                    None => Outcome::Cold {
-                        location: entry.location,
-                        content_type: entry.content_type.clone(),
-                        etag: entry.etag,
-                    },
+                    None => Outcome::Cold { location: entry.location, etag: entry.etag },
                 },
                 None => Outcome::NotFound,
             },

@@ -277,22 +277,8 @@ impl Scan {
 
 /// Decodes records from the start of `segment` until its end or the first
 /// record that does not decode, handing each to `visit` with its offset.
-pub fn scan<'a>(segment: &'a [u8], mut visit: impl FnMut(usize, Record<'a>)) -> Scan {
-    let mut offset = 0;
-    let mut records = 0;
-    while offset < segment.len() {
-        match decode(&segment[offset..]) {
-            Ok((record, length)) => {
-                visit(offset, record);
-                offset += length;
-                records += 1;
-            }
-            Err(error) => {
-                return Scan { valid_bytes: offset, records, stop: Some(error), skipped_ranges: 0, skipped_bytes: 0 }
-            }
-        }
-    }
-    Scan { valid_bytes: offset, records, stop: None, skipped_ranges: 0, skipped_bytes: 0 }
+pub fn scan<'a>(segment: &'a [u8], visit: impl FnMut(usize, Record<'a>)) -> Scan {
+    scan_with(segment, visit, false)
 }
 
 /// Like [`scan`], for a sealed segment: a bad record loses that record
@@ -300,7 +286,11 @@ pub fn scan<'a>(segment: &'a [u8], mut visit: impl FnMut(usize, Record<'a>)) -> 
 /// sits and the record decodes (its checksum holds), and records the bytes
 /// it skipped. `valid_bytes` is then the whole segment: nothing is cut off
 /// a sealed segment, whose later records are still good.
-pub fn scan_sealed<'a>(segment: &'a [u8], mut visit: impl FnMut(usize, Record<'a>)) -> Scan {
+pub fn scan_sealed<'a>(segment: &'a [u8], visit: impl FnMut(usize, Record<'a>)) -> Scan {
+    scan_with(segment, visit, true)
+}
+
+fn scan_with<'a>(segment: &'a [u8], mut visit: impl FnMut(usize, Record<'a>), sealed: bool) -> Scan {
     let mut offset = 0;
     let mut records = 0;
     let mut stop = None;
@@ -312,6 +302,9 @@ pub fn scan_sealed<'a>(segment: &'a [u8], mut visit: impl FnMut(usize, Record<'a
                 offset += length;
                 records += 1;
             }
+            Err(error) if !sealed => {
+                return Scan { valid_bytes: offset, records, stop: Some(error), skipped_ranges, skipped_bytes };
+            }
             Err(error) => {
                 stop = stop.or(Some(error));
                 // A candidate that does not decode either is stepped over in turn.
@@ -322,7 +315,7 @@ pub fn scan_sealed<'a>(segment: &'a [u8], mut visit: impl FnMut(usize, Record<'a
             }
         }
     }
-    Scan { valid_bytes: segment.len(), records, stop, skipped_ranges, skipped_bytes }
+    Scan { valid_bytes: offset, records, stop, skipped_ranges, skipped_bytes }
 }
 
 /// The first offset at or after `from` where a record may start: its magic

@@ -62,11 +62,6 @@ impl Gateway {
         &self.core
     }
 
-    /// Idle pooled connections of every origin (for `shardgate check`-like reports and tests).
-    pub fn origins(&self) -> &[Origin] {
-        &self.origins
-    }
-
     /// The client identity of a request, as the rate limiter sees it: its
     /// `X-API-Key`, else its address (the last `X-Forwarded-For` hop with
     /// `--trust-forwarded-for`).

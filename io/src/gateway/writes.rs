@@ -196,12 +196,10 @@ async fn read(gateway: &Gateway, key: Bytes) -> Option<(Bytes, Bytes)> {
     let store = gateway.core.store();
     match store.read(now_ms(), &key, &Default::default()) {
         Outcome::Value { value, content_type, .. } => Some((value, content_type)),
-        Outcome::Cold { location, content_type, etag } => {
-            match store.read_cold(key, location, content_type, etag).await {
-                Ok(Outcome::Value { value, content_type, .. }) => Some((value, content_type)),
-                _ => None,
-            }
-        }
+        Outcome::Cold { location, etag, .. } => match store.read_cold(key, location, etag).await {
+            Ok(Outcome::Value { value, content_type, .. }) => Some((value, content_type)),
+            _ => None,
+        },
         _ => None,
     }
 }

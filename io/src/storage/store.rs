@@ -209,13 +209,7 @@ impl Store {
     /// Reads `key`'s evicted value from its record at `location`, verifies
     /// it (checksum, key, op) and caches it again. Returns the GET's outcome,
     /// with the content type the record holds.
-    pub async fn read_cold(
-        &self,
-        key: Bytes,
-        mut location: Location,
-        _content_type: Bytes,
-        etag: Etag,
-    ) -> Result<Outcome, ReadError> {
+    pub async fn read_cold(&self, key: Bytes, mut location: Location, etag: Etag) -> Result<Outcome, ReadError> {
         for _ in 0..READ_ATTEMPTS_MAX {
             let segment = self.log.borrow().book.segment_of(location.offset);
             let read = segment.map(|first| {
