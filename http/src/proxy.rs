@@ -179,23 +179,7 @@ impl ProxyRequest {
             push_field(&mut out, b"Host", default_host);
         }
         if let Some(peer) = self.peer {
-            let address = peer.to_string();
-            let value = match forwarded_for {
-                Some(prior) => [prior, b", ", address.as_bytes()].concat(),
-                None => address.clone().into_bytes(),
-            };
-            push_field(&mut out, b"X-Forwarded-For", &value);
-            // RFC 7239 §6: an IPv6 address is bracketed and quoted.
-            let node = match peer {
-                IpAddr::V4(_) => address,
-                IpAddr::V6(_) => format!("\"[{address}]\""),
-            };
-            let element = format!("for={node};proto=http");
-            let value = match forwarded {
-                Some(prior) => [prior, b", ", element.as_bytes()].concat(),
-                None => element.into_bytes(),
-            };
-            push_field(&mut out, b"Forwarded", &value);
+            push_forwarding(&mut out, peer, forwarded_for, forwarded);
         }
         let value = match via {
             Some(prior) => [prior, b", 1.1 shardgate"].concat(),
@@ -219,6 +203,28 @@ impl ProxyRequest {
         }
         Bytes::from(out)
     }
+}
+
+/// Appends `X-Forwarded-For` and `Forwarded` (RFC 7239) naming `peer`,
+/// after the values the client sent when they were kept (trusted).
+fn push_forwarding(out: &mut Vec<u8>, peer: IpAddr, forwarded_for: Option<&[u8]>, forwarded: Option<&[u8]>) {
+    let address = peer.to_string();
+    let value = match forwarded_for {
+        Some(prior) => [prior, b", ", address.as_bytes()].concat(),
+        None => address.clone().into_bytes(),
+    };
+    push_field(out, b"X-Forwarded-For", &value);
+    // RFC 7239 §6: an IPv6 address is bracketed and quoted.
+    let node = match peer {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(_) => format!("\"[{address}]\""),
+    };
+    let element = format!("for={node};proto=http");
+    let value = match forwarded {
+        Some(prior) => [prior, b", ", element.as_bytes()].concat(),
+        None => element.into_bytes(),
+    };
+    push_field(out, b"Forwarded", &value);
 }
 
 /// The client's own forwarding fields: kept only when the gateway trusts

@@ -212,18 +212,7 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(&[u8], hint::Live
     let found = segments(dir)?;
     remove_orphan_hints(dir, &found)?;
     let last = found.len().saturating_sub(1);
-    // Per segment: its hint file's bytes (when usable) or the segment's own.
-    let mut contents: Vec<(bool, Vec<u8>)> = Vec::with_capacity(found.len());
-    for (index, (first, path)) in found.iter().enumerate() {
-        let hinted = (index < last)
-            .then(|| fs::read(dir.join(hint_name(*first))).ok())
-            .flatten()
-            .filter(|bytes| hint::decode(bytes).is_ok());
-        contents.push(match hinted {
-            Some(bytes) => (true, bytes),
-            None => (false, fs::read(path)?),
-        });
-    }
+    let contents = read_contents(dir, &found)?;
     let sources: Vec<hint::Source<'_>> = found
         .iter()
         .zip(&contents)
@@ -242,34 +231,24 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(&[u8], hint::Live
     let mut skipped_total = 0;
     let mut sizes = Vec::with_capacity(found.len());
     for (index, (scan, (first, path))) in recovered.scans.iter().zip(&found).enumerate() {
+        let read_bytes = contents[index].1.len();
         let Some(Scan { valid_bytes, stop, skipped_ranges, skipped_bytes, .. }) = *scan else {
             sizes.push((*first, fs::metadata(path)?.len()));
             continue;
         };
         sizes.push((*first, valid_bytes as u64));
         if skipped_ranges > 0 {
-            // A sealed segment loses its bad records only; say which.
-            let error = stop.map_or("none".to_string(), |e| e.to_string());
-            logging::error(
-                "corrupt records skipped in a sealed segment",
-                &[
-                    ("path", &path.display()),
-                    ("ranges", &skipped_ranges),
-                    ("bytes", &skipped_bytes),
-                    ("first_error", &error),
-                ],
-            );
+            log_skipped(path, skipped_ranges, skipped_bytes, stop);
             skipped_total += skipped_bytes as u64;
         }
-        let discarded = contents[index].1.len() - valid_bytes;
-        if discarded == 0 {
-            continue;
+        let discarded = read_bytes - valid_bytes;
+        if discarded > 0 {
+            assert_eq!(index, last, "only the newest segment is cut at a torn tail");
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(valid_bytes as u64)?;
+            file.sync_all()?;
+            truncated_bytes += discarded as u64;
         }
-        assert_eq!(index, last, "only the newest segment is cut at a torn tail");
-        let file = OpenOptions::new().write(true).open(path)?;
-        file.set_len(valid_bytes as u64)?;
-        file.sync_all()?;
-        truncated_bytes += discarded as u64;
     }
     let end = sizes.last().map_or(0, |(first, bytes)| first + bytes);
     let hinted = contents.iter().filter(|(hinted, _)| *hinted).count();
@@ -282,6 +261,33 @@ pub fn replay(dir: &Path, now_ms: u64, mut restore: impl FnMut(&[u8], hint::Live
         segments: sizes,
         hinted_segments: hinted,
     })
+}
+
+/// Per segment: its hint file's bytes (when the segment is sealed and the
+/// hint file intact), else the segment's own.
+fn read_contents(dir: &Path, found: &[(u64, PathBuf)]) -> io::Result<Vec<(bool, Vec<u8>)>> {
+    let last = found.len().saturating_sub(1);
+    let mut contents = Vec::with_capacity(found.len());
+    for (index, (first, path)) in found.iter().enumerate() {
+        let hinted = (index < last)
+            .then(|| fs::read(dir.join(hint_name(*first))).ok())
+            .flatten()
+            .filter(|bytes| hint::decode(bytes).is_ok());
+        contents.push(match hinted {
+            Some(bytes) => (true, bytes),
+            None => (false, fs::read(path)?),
+        });
+    }
+    Ok(contents)
+}
+
+/// A sealed segment lost its bad records only; says which.
+fn log_skipped(path: &Path, ranges: usize, bytes: usize, first: Option<record::DecodeError>) {
+    let error = first.map_or("none".to_string(), |e| e.to_string());
+    logging::error(
+        "corrupt records skipped in a sealed segment",
+        &[("path", &path.display()), ("ranges", &ranges), ("bytes", &bytes), ("first_error", &error)],
+    );
 }
 
 /// The shard's I/O thread: appends each job to the active segment, rolls
