@@ -413,3 +413,56 @@ fn content_types_count_against_the_memory_budget() {
         assert_eq!((response.status, response.header("content-type")), (200, Some(content_type(i).as_str())), "k{i}");
     }
 }
+
+/// Waiters for one key's origin fetch are bounded (1,024 per flight): the
+/// ones past the bound get `503` at once and are counted, never queued, and
+/// the fetch still answers everyone who got a place.
+#[test]
+fn waiters_past_the_flight_bound_get_503_at_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const WAITERS_MAX: usize = 1024;
+    const PAST: usize = 40;
+    let total = 1 + WAITERS_MAX + PAST;
+    raise_nofile(4 * total as u64 + 256);
+    let release = std::sync::Arc::new(AtomicBool::new(false));
+    let released = std::sync::Arc::clone(&release);
+    let origin = Origin::start(move |_| {
+        // The fetch is held until the test has seen every request answered
+        // or waiting (bounded: 30 s).
+        for _ in 0..3000 {
+            if released.load(Ordering::Acquire) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Reply::ok("max-age=60", "hot")
+    });
+    let url = origin.url();
+    let server = Server::start(&["--origin", &url, "--shards", "1", "--rate-limit", "off", "--origin-timeout", "30s"]);
+    let mut clients: Vec<_> = (0..total).map(|_| crate::harness::Client::connect(server.addr)).collect();
+    for client in &mut clients {
+        client.write(b"GET /hot HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    }
+    crate::harness::eventually("every request past the bound is shed", || {
+        server.metric("shardgate_load_shed_total", &[]) >= PAST as f64
+    });
+    release.store(true, Ordering::Release);
+    let statuses: Vec<u16> = clients.iter_mut().map(|client| client.response().status).collect();
+    let count = |status| statuses.iter().filter(|&&s| s == status).count();
+    assert_eq!((count(200), count(503)), (1 + WAITERS_MAX, PAST), "{statuses:?}");
+    assert_eq!(server.metric("shardgate_load_shed_total", &[]), PAST as f64);
+    assert_eq!(origin.seen().len(), 1, "one fetch for every request that got a place");
+}
+
+/// Raises this process's open-file limit (inherited by the server it
+/// starts) for tests that hold many connections.
+fn raise_nofile(wanted: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
