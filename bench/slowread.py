@@ -20,13 +20,14 @@ import os
 import resource
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "shardgate")
+sys.path.insert(0, os.path.join(ROOT, "bench", "wrk"))
+import compare  # noqa: E402
+
+BIN = compare.BIN
 VALUE_BYTES = 1 << 20
 
 
@@ -39,15 +40,10 @@ def rss_kib(pid):
 
 
 def start(binary, cpu):
-    data_dir = tempfile.mkdtemp(prefix="shardgate-slowread-")
-    args = ["taskset", "-c", str(cpu), binary, "--listen", "127.0.0.1:0", "--shards", "1", "--rate-limit", "off",
-            "--data-dir", data_dir, "--max-connections", "100000", "--max-body", "4MiB"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith("listening on "):
-            host, port = line.split()[-1].rsplit(":", 1)
-            return proc, (host, int(port))
-    raise RuntimeError(f"{binary} did not start")
+    proc, base = compare.start_shardgate(cpu, "auto", binary=binary,
+                                         extra=["--max-connections", "100000", "--max-body", "4MiB"])
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    return proc, (host, int(port))
 
 
 def request(addr, raw, timeout=5.0):
@@ -67,17 +63,6 @@ def request(addr, raw, timeout=5.0):
         return int(head.split()[1])
 
 
-def wait_ready(addr):
-    for _ in range(600):
-        try:
-            if request(addr, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n") == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("never ready")
-
-
 def healthz_ms(addr, samples=20):
     times = []
     for _ in range(samples):
@@ -91,7 +76,6 @@ def healthz_ms(addr, samples=20):
 def measure(binary, label, args):
     proc, addr = start(binary, args.server_cpu)
     try:
-        wait_ready(addr)
         value = b"v" * VALUE_BYTES
         put = b"PUT /v1/kv/big HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(value) + value
         assert request(addr, put) in (200, 201)

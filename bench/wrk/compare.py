@@ -69,10 +69,12 @@ def start_nginx(cpu):
     return proc, f"http://127.0.0.1:{port}/"
 
 
-def start_shardgate(cpu, driver, shards=1, extra=(), binary=BIN):
-    data_dir = tempfile.mkdtemp(prefix="shardgate-compare-")
+def start_shardgate(cpu, driver, shards=1, extra=(), binary=BIN, rate_limit="off"):
+    """Starts shardgate on a free port with a fresh data directory; returns
+    once it is ready, with its base URL."""
+    data_dir = tempfile.mkdtemp(prefix="shardgate-bench-")
     proc = subprocess.Popen(["taskset", "-c", str(cpu), binary, "--listen", "127.0.0.1:0", "--shards", str(shards),
-                             "--io-driver", driver, "--rate-limit", "off", "--data-dir", data_dir, *extra],
+                             "--io-driver", driver, "--rate-limit", rate_limit, "--data-dir", data_dir, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if line.startswith("listening on "):

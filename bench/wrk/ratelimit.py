@@ -26,16 +26,7 @@ LIMIT_ON = "4000000000/1s"
 
 
 def start(cpu, shards, limit):
-    data_dir = compare.tempfile.mkdtemp(prefix="shardgate-ratelimit-")
-    proc = subprocess.Popen(["taskset", "-c", str(cpu), compare.BIN, "--listen", "127.0.0.1:0",
-                             "--shards", str(shards), "--rate-limit", limit, "--data-dir", data_dir],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith("listening on "):
-            base = f"http://{line.split()[-1]}"
-            compare.wait_ready(base)
-            return proc, base
-    raise RuntimeError("shardgate did not start")
+    return compare.start_shardgate(cpu, "auto", shards=shards, rate_limit=limit)
 
 
 def run(pid, url, cpu, duration, connections, keys):
