@@ -98,7 +98,7 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
         ttl_ms: None,
         conditions: Default::default(),
     };
-    let logged_end = match store.apply(now_ms(), op) {
+    let logged_end = match store.apply(gateway.core.now_ms(), op) {
         Ok((_, logged_end)) => logged_end,
         Err(field) => {
             let refused = shardgate_shards::kvapi::too_long(field);
@@ -194,7 +194,7 @@ fn random_token() -> [u8; TOKEN_BYTES] {
 /// its segment.
 async fn read(gateway: &Gateway, key: Bytes) -> Option<(Bytes, Bytes)> {
     let store = gateway.core.store();
-    match store.read(now_ms(), &key, &Default::default()) {
+    match store.read(gateway.core.now_ms(), &key, &Default::default()) {
         Outcome::Value { value, content_type, .. } => Some((value, content_type)),
         Outcome::Cold { location, etag, .. } => match store.read_cold(key, location, etag).await {
             Ok(Outcome::Value { value, content_type, .. }) => Some((value, content_type)),
@@ -207,7 +207,7 @@ async fn read(gateway: &Gateway, key: Bytes) -> Option<(Bytes, Bytes)> {
 /// Queues every write left in the log (called once the shard recovered),
 /// each key's writes in sequence order.
 pub fn recover(gateway: &Rc<Gateway>) {
-    let stored = gateway.core.store().keys_with_prefix(now_ms(), WRITE_KEY_PREFIX);
+    let stored = gateway.core.store().keys_with_prefix(gateway.core.now_ms(), WRITE_KEY_PREFIX);
     let mut queued: Vec<(u64, u64)> = Vec::new();
     let mut finished: Vec<(u64, u64)> = Vec::new();
     let mut largest = 0;
@@ -416,7 +416,7 @@ fn trim_statuses(gateway: &Gateway) {
         queue.status_bytes -= bytes;
         drop(queue);
         let delete = Op::Delete { key: write_key(key_hash, sequence), conditions: Default::default() };
-        let deleted = gateway.core.store().apply(now_ms(), delete);
+        let deleted = gateway.core.store().apply(gateway.core.now_ms(), delete);
         assert!(deleted.is_ok(), "a delete always fits a record");
         gateway.core.metrics().write_status_evicted();
     }
