@@ -162,7 +162,19 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Kills the server; when a test fails with it running, prints whether
+    /// it was still alive and the last lines it logged, so a failure seen
+    /// once (in CI) says what the server did.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let status = self.child.try_wait();
+            let lines = self.stderr.lock().map(|lines| lines.clone()).unwrap_or_default();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("shardgate at {} (exit: {status:?}) logged, last {} lines:", self.addr, tail.len());
+            for line in tail {
+                eprintln!("  {line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -267,7 +279,12 @@ impl Client {
 
     fn fill(&mut self) {
         let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).expect("read (timed out?)");
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => break read.expect("read (timed out?)"),
+            }
+        };
         assert!(n > 0, "connection closed mid-response; have {:?}", String::from_utf8_lossy(&self.buffer));
         self.buffer.extend_from_slice(&chunk[..n]);
     }
