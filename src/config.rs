@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 pub use shardgate_io::config::Durability;
-use shardgate_io::config::{DriverChoice, GatewayConfig, OriginAddress, Secret};
+use shardgate_io::config::{DriverChoice, GatewayConfig, OriginAddress, OriginLimit, OverloadConfig, Secret};
 use shardgate_io::runtime::metrics::ORIGINS_MAX;
 use shardgate_shards::ratelimit::{Policy, WINDOW_MS_MAX};
 
@@ -49,6 +49,9 @@ pub struct Cli {
     /// Appended but not yet durable log bytes per shard; past it writes get 503 [default: 64MiB]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_LOG_BACKLOG_BYTES")]
     log_backlog_bytes: Option<String>,
+    /// Longest a sync write or a read of an evicted value waits for the disk; past it, new ones get 503 [default: 1s]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_DISK_QUEUE_TIMEOUT")]
+    disk_queue_timeout: Option<String>,
     /// Memory budget for stored values across all shards [default: 1GiB]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CACHE_BYTES")]
     cache_bytes: Option<String>,
@@ -109,6 +112,18 @@ pub struct Cli {
     /// Idle keep-alive connections kept per origin per shard [default: 64]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_POOL")]
     origin_pool: Option<String>,
+    /// Requests in flight to one origin, all shards together: N, or auto (found from latency, 4 to 512) [default: auto]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_MAX_CONNECTIONS")]
+    origin_max_connections: Option<String>,
+    /// Requests that may wait for a free origin slot, all shards together; more → 503 [default: 1024]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_QUEUE")]
+    origin_queue: Option<String>,
+    /// Longest wait for a free origin slot; then a stale copy where allowed, else 503 [default: 1s]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_QUEUE_TIMEOUT")]
+    origin_queue_timeout: Option<String>,
+    /// Retries to an origin (and async-write redeliveries) as a share of its requests over 10 s, e.g. 20% [default: 20%]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_RETRY_BUDGET")]
+    retry_budget: Option<String>,
     /// Freshness of cacheable responses that carry none; 0 does not store them [default: 0]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_DEFAULT_TTL")]
     default_ttl: Option<String>,
@@ -148,6 +163,7 @@ struct File {
     flush_interval: Option<toml::Value>,
     segment_bytes: Option<toml::Value>,
     log_backlog_bytes: Option<toml::Value>,
+    disk_queue_timeout: Option<toml::Value>,
     cache_bytes: Option<toml::Value>,
     /// A limit string, or a table: `limit`, `writes`, `state_bytes` and a
     /// `keys` table of API key → limit.
@@ -170,6 +186,10 @@ struct File {
     origin_connect_timeout: Option<toml::Value>,
     origin_timeout: Option<toml::Value>,
     origin_pool: Option<toml::Value>,
+    origin_max_connections: Option<toml::Value>,
+    origin_queue: Option<toml::Value>,
+    origin_queue_timeout: Option<toml::Value>,
+    retry_budget: Option<toml::Value>,
     default_ttl: Option<toml::Value>,
     breaker: Option<toml::Value>,
     async_writes: Option<toml::Value>,
@@ -192,6 +212,7 @@ pub struct Config {
     pub flush_interval: Duration,
     pub segment_bytes_max: u64,
     pub log_backlog_bytes_max: u64,
+    pub disk_queue_timeout: Duration,
     pub cache_bytes: u64,
     /// None: off.
     pub rate_limit: Option<Policy>,
@@ -347,6 +368,7 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
         flush_interval: log.flush_interval,
         segment_bytes_max: log.segment_bytes_max,
         log_backlog_bytes_max: log.log_backlog_bytes_max,
+        disk_queue_timeout: log.disk_queue_timeout,
         cache_bytes: setting("cache-bytes", cli.cache_bytes, file.cache_bytes, 1 << 30, |v| {
             parse_size(v).and_then(|n| within(n, 64 * 1024, u64::MAX / 2))
         })?,
@@ -397,6 +419,7 @@ struct LogSettings {
     flush_interval: Duration,
     segment_bytes_max: u64,
     log_backlog_bytes_max: u64,
+    disk_queue_timeout: Duration,
 }
 
 fn log_settings(cli: &mut Cli, file: &mut File) -> Result<LogSettings, String> {
@@ -439,6 +462,13 @@ fn log_settings(cli: &mut Cli, file: &mut File) -> Result<LogSettings, String> {
             file.log_backlog_bytes.take(),
             64 << 20,
             |v| parse_size(v).and_then(|n| within(n, 64 << 10, 16 << 30)),
+        )?,
+        disk_queue_timeout: setting(
+            "disk-queue-timeout",
+            cli.disk_queue_timeout.take(),
+            file.disk_queue_timeout.take(),
+            Duration::from_secs(1),
+            |v| parse_duration(v).and_then(|d| within_duration(d, Duration::from_millis(1), Duration::from_secs(600))),
         )?,
     })
 }
@@ -557,8 +587,38 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
             100_000,
             |v| parse_count(v, 1, 10_000_000).map(|n| n as usize),
         )?,
+        overload: overload_settings(cli, file)?,
     };
     Ok((!config.origins.is_empty()).then_some(config))
+}
+
+/// The origin's concurrency limit, its queue and the retry budget.
+fn overload_settings(cli: &mut Cli, file: &mut File) -> Result<OverloadConfig, String> {
+    Ok(OverloadConfig {
+        origin_limit: setting(
+            "origin-max-connections",
+            cli.origin_max_connections.take(),
+            file.origin_max_connections.take(),
+            OriginLimit::Auto,
+            |v| match v {
+                "auto" => Ok(OriginLimit::Auto),
+                _ => parse_count(v, 1, 100_000).map(|n| OriginLimit::Fixed(n as u32)),
+            },
+        )?,
+        queue_entries_max: setting("origin-queue", cli.origin_queue.take(), file.origin_queue.take(), 1024, |v| {
+            parse_count(v, 0, 1_000_000).map(|n| n as usize)
+        })?,
+        queue_timeout: setting(
+            "origin-queue-timeout",
+            cli.origin_queue_timeout.take(),
+            file.origin_queue_timeout.take(),
+            Duration::from_secs(1),
+            |v| parse_duration(v).and_then(|d| within_duration(d, Duration::from_millis(1), Duration::from_secs(60))),
+        )?,
+        retry_budget_percent: setting("retry-budget", cli.retry_budget.take(), file.retry_budget.take(), 20, |v| {
+            parse_count(v.strip_suffix('%').unwrap_or(v), 0, 100).map(|n| n as u32)
+        })?,
+    })
 }
 
 /// `--admin-token`, or the token in `--admin-token-file`. A secret: no

@@ -52,6 +52,7 @@ pub fn run(config: Config) -> Result<()> {
             flush_interval: config.flush_interval,
             segment_bytes_max: config.segment_bytes_max,
             backlog_bytes_max: config.log_backlog_bytes_max as usize,
+            disk_queue_timeout: config.disk_queue_timeout,
             recovery_delay: recovery_delay_for_tests(),
             full_disk_switch: std::env::var_os("SHARDGATE_TEST_FULL_DISK_FILE").map(std::path::PathBuf::from),
         },

@@ -119,6 +119,10 @@ pub struct LogConfig {
     pub segment_bytes_max: u64,
     /// Bytes appended but not yet durable; past it, writes get 503.
     pub backlog_bytes_max: usize,
+    /// Longest a sync write or a cold read may wait for the disk
+    /// (`--disk-queue-timeout`): a group commit outstanding this long
+    /// turns new sync writes away, a read queued this long gets 503.
+    pub disk_queue_timeout: Duration,
     /// Test hook: recovery waits this long first, so a test can see the
     /// server while it recovers. Zero in production.
     pub recovery_delay: Duration,
@@ -174,6 +178,28 @@ pub struct GatewayConfig {
     pub admin_token: Option<Secret>,
     pub write_retries: u32,
     pub write_queue_entries_max: usize,
+    pub overload: OverloadConfig,
+}
+
+/// How much of an origin's capacity shardgate may use, and what waits
+/// (docs/spec.md §7, "Backpressure").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverloadConfig {
+    /// Requests in flight to one origin, all shards together.
+    pub origin_limit: OriginLimit,
+    /// Requests waiting for a slot of one origin, all shards together.
+    pub queue_entries_max: usize,
+    /// Longest a request waits for a slot.
+    pub queue_timeout: Duration,
+    /// Retries allowed per 100 requests to an origin (sliding window).
+    pub retry_budget_percent: u32,
+}
+
+/// `--origin-max-connections`: a fixed number, or found from latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginLimit {
+    Fixed(u32),
+    Auto,
 }
 
 /// One `--origin`.

@@ -123,7 +123,11 @@ impl Dispatcher {
             _ => Response {
                 status: 200,
                 content_type: Some(Bytes::from_static(b"text/plain; version=0.0.4; charset=utf-8")),
-                body: Bytes::from(self.core.metrics_all().render(&mesh.forward_depths(), mesh.is_ready())),
+                body: Bytes::from(self.core.metrics_all().render(
+                    &mesh.forward_depths(),
+                    mesh.is_ready(),
+                    &self.core.origin_gauges(),
+                )),
                 ..Response::default()
             },
         }

@@ -118,7 +118,7 @@ pub fn request(core: &Rc<Core>, request: &Request<'_>, raw_key: &[u8], query: &[
             Err(response) => refuse(response),
         };
     }
-    if let Some(refusal) = core.write_refusal().filter(|_| is_write) {
+    if let Some(refusal) = core.write_refusal(sync).filter(|_| is_write) {
         return refuse(refusal);
     }
     let (outcome, logged_end) = match store.apply(now_ms, op) {
@@ -150,7 +150,7 @@ fn read_local(core: &Rc<Core>, key: &[u8], conditions: &Conditions, owner: u32, 
 pub fn serve_forwarded(core: &Rc<Core>, source: u32, token: u32, op: Op, sync: bool, now_ms: u64) {
     let mesh = core.mesh();
     let is_write = !matches!(op, Op::Get { .. });
-    if let Some(refusal) = core.write_refusal().filter(|_| is_write) {
+    if let Some(refusal) = core.write_refusal(sync).filter(|_| is_write) {
         mesh.reply(source, Reply { token, answer: Answer::Kv(Err(refusal)) });
         return;
     }
@@ -191,10 +191,11 @@ fn refused_response(refused: RequestError) -> Response {
 }
 
 /// The response to a failed read from disk: 503 when the read queue is
-/// full, 500 when the record is unreadable (a failing disk).
+/// full or the read waited past its deadline, 500 when the record is
+/// unreadable (a failing disk).
 pub fn read_error_response(error: &ReadError) -> Response {
     match error {
-        ReadError::QueueFull => Response::overloaded(&error.to_string()),
+        ReadError::QueueFull | ReadError::Timeout => Response::overloaded(&error.to_string()),
         ReadError::Unreadable(_) => Response::problem(500, &error.to_string()),
     }
 }

@@ -11,8 +11,9 @@
 //!   and its asynchronous writes).
 //! - [`core`]: one core's state: its store, its forwarded requests, its
 //!   connections, its clock.
-//! - [`origin`]: the origin client (pool, timeouts, balancing, breakers);
-//!   knows nothing of caching.
+//! - [`origin`]: the origin client (pool, timeouts, balancing, breakers,
+//!   retry budget); knows nothing of caching. [`admission`]: the slots
+//!   and the fair queue in front of each origin.
 //! - [`storage`]: segments, group commit, cold reads, compaction,
 //!   re-homing, hint files; knows nothing of HTTP.
 //! - [`runtime`]: driver choice, listeners, the cross-core mesh, work off
@@ -22,6 +23,7 @@
 //! The HTTP/1.1 codec is the `shardgate-http` crate; pure state and rules
 //! are `shardgate-shards`.
 
+pub mod admission;
 pub mod config;
 pub mod conn;
 pub mod core;

@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +20,9 @@ use shardgate_http::origin::{parse_head, BodyFraming, Head, OriginResponse, Resp
 use shardgate_http::response::Response;
 use shardgate_shards::breaker::{Admit, Breaker};
 
+use crate::admission::Admission;
 use crate::config::OriginAddress;
+use crate::runtime::metrics::Rejection;
 
 /// Read buffer for origin responses, grown for larger ones.
 const READ_BYTES: usize = 16 * 1024;
@@ -36,6 +39,8 @@ pub struct Origin {
     /// The last health check (or connect) succeeded.
     pub healthy: Cell<bool>,
     pub breaker: RefCell<Breaker>,
+    /// Its slots, queue and retry budget on this core.
+    pub admission: Rc<Admission>,
 }
 
 /// Why an exchange with the origin failed.
@@ -53,6 +58,10 @@ pub enum OriginError {
     Response(#[from] ResponseError),
     #[error("the circuit to every origin is open")]
     CircuitOpen,
+    #[error("the origin is at its concurrency limit ({})", .0.name())]
+    Overloaded(Rejection),
+    #[error("the retry budget of the origin is spent")]
+    RetryRefused,
 }
 
 impl OriginError {
@@ -61,7 +70,9 @@ impl OriginError {
     pub fn response(&self) -> Response {
         match self {
             OriginError::Timeout => Response::problem(504, &self.to_string()),
-            OriginError::CircuitOpen => Response::overloaded(&self.to_string()),
+            OriginError::CircuitOpen | OriginError::Overloaded(_) | OriginError::RetryRefused => {
+                Response::overloaded(&self.to_string())
+            }
             _ => Response::problem(502, &self.to_string()),
         }
     }
@@ -76,7 +87,7 @@ pub struct ExchangeSettings {
 }
 
 impl Origin {
-    pub fn new(address: OriginAddress, breaker: Breaker) -> Origin {
+    pub fn new(address: OriginAddress, breaker: Breaker, admission: Rc<Admission>) -> Origin {
         let host = address.address.to_string().into_bytes();
         Origin {
             address,
@@ -84,6 +95,7 @@ impl Origin {
             idle: RefCell::new(Vec::new()),
             healthy: Cell::new(true),
             breaker: RefCell::new(breaker),
+            admission,
         }
     }
 
@@ -98,7 +110,8 @@ impl Origin {
 
     /// Sends `request` and reads the response. A pooled connection that
     /// the origin closed meanwhile is retried once on a new connection when
-    /// the request is idempotent (nothing came back, so it did not run).
+    /// the request is idempotent (nothing came back, so it did not run) and
+    /// the retry budget allows.
     pub async fn exchange(
         &self,
         request: Bytes,
@@ -126,7 +139,7 @@ impl Origin {
                     }
                     return Ok(response);
                 }
-                Ok(Err(RoundTrip::NothingBack(_))) if reused && idempotent => continue,
+                Ok(Err(RoundTrip::NothingBack(_))) if reused && idempotent && self.admission.try_retry() => continue,
                 Ok(Err(RoundTrip::NothingBack(error) | RoundTrip::Failed(error))) => return Err(error),
             }
         }

@@ -21,17 +21,18 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use shardgate_shards::compaction::SegmentBook;
 use shardgate_shards::kv::KvShard;
 
-use crate::config::{Driver, ServerConfig};
+use crate::config::{Driver, GatewayConfig, OriginLimit, ServerConfig};
 use crate::conn;
 use crate::core::{Answer, Core, CoreMesh, Reply, Shared};
 use crate::dispatch::Dispatcher;
 use crate::gateway;
 use crate::runtime::driver::{uring_builder, RING_ENTRIES};
 use crate::runtime::metrics::Metrics;
+use crate::runtime::slots::Slots;
 use crate::runtime::watchdog::{self, Heartbeats};
 use crate::runtime::{listener, logging, offload, pin_to_cpu, unix_ms, YieldNow};
 use crate::storage::compact::{Compactor, Gate};
-use crate::storage::durable::{self, CoreLog};
+use crate::storage::durable::{self, CoreLog, LogBounds};
 use crate::storage::reader::Reader;
 use crate::storage::segments::{self, Flushed};
 
@@ -97,11 +98,13 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         .collect::<io::Result<Vec<_>>>()
         .map_err(|source| StartError::Bind { address, source })?;
     let origin_urls = config.gateway.as_ref().map(|g| g.origins.iter().map(|o| o.url.clone()).collect());
+    let origin_slots = origin_slots(config.gateway.as_ref(), shard_count);
     let shared = Shared {
         config: Arc::new(config),
         mesh: Arc::new(CoreMesh::new(shard_count)),
         metrics: Arc::new(Metrics::new(shard_count).with_origins(origin_urls.unwrap_or_default())),
         heartbeats: Arc::new(Heartbeats::new(shard_count)),
+        origin_slots,
     };
     watchdog::spawn(Arc::clone(&shared.heartbeats)).map_err(|source| StartError::Shard { shard: 0, source })?;
     let (report_tx, report_rx) = mpsc::channel();
@@ -134,6 +137,18 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     }
     shards.sort_by_key(|info| info.shard);
     Ok(Server { local_addr: address, shards, mesh: shared.mesh, threads })
+}
+
+/// One [`Slots`] per `--origin`, shared by every core.
+fn origin_slots(gateway: Option<&GatewayConfig>, shard_count: u32) -> Arc<[Arc<Slots>]> {
+    let Some(gateway) = gateway else {
+        return Arc::new([]);
+    };
+    let limit = match gateway.overload.origin_limit {
+        OriginLimit::Fixed(limit) => Some(limit),
+        OriginLimit::Auto => None,
+    };
+    gateway.origins.iter().map(|_| Arc::new(Slots::new(limit, shard_count))).collect()
 }
 
 type Report = Result<ShardInfo, StartError>;
@@ -188,6 +203,7 @@ async fn core_main(
     monoio::spawn(recover_in_background(Rc::clone(&dispatcher), cpu));
     if let Some(gateway) = dispatcher.gateway() {
         monoio::spawn(gateway::health_loop(Rc::clone(gateway)));
+        gateway::start_admission(gateway);
     }
     let _ = report.send(Ok(ShardInfo { shard, cpu, driver }));
     drop(report);
@@ -288,13 +304,16 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
     let log = CoreLog::new(
         log_config.durability,
         log_config.flush_interval,
-        log_config.backlog_bytes_max,
+        LogBounds {
+            backlog_bytes_max: log_config.backlog_bytes_max,
+            disk_queue_timeout: log_config.disk_queue_timeout,
+        },
         book,
         replayed.sequence_max,
         jobs,
         flushed,
     );
-    Ok((kv, log, Reader::spawn(shard)?))
+    Ok((kv, log, Reader::spawn(shard, log_config.disk_queue_timeout)?))
 }
 
 async fn accept_loop(dispatcher: &Rc<Dispatcher>, listener: &TcpListener) {

@@ -16,6 +16,8 @@
 //!   `X-Durability`), answering values or a status and a detail.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
+//! - [`overload`]: overload control toward an origin: the adaptive
+//!   concurrency limit, the fair waiting queue, the retry budget.
 //! - [`ratelimit`]: sliding-window counters per client identity on its
 //!   owner shard, and the leases other cores spend locally.
 //! - [`quota`]: the rate limiter's arithmetic: client identities, lease
@@ -37,6 +39,7 @@ pub mod hint;
 pub mod httpcache;
 pub mod kv;
 pub mod kvapi;
+pub mod overload;
 pub mod queued;
 pub mod quota;
 pub mod ratelimit;

@@ -22,7 +22,8 @@ pub use conns::{Conns, Phase, Timeouts};
 pub use forwards::{Answer, CoreMesh, Forward, Forwards, LeaseTicket, Message, Reply, ReplyFuture};
 
 use crate::config::ServerConfig;
-use crate::runtime::metrics::{Metrics, ShardMetrics};
+use crate::runtime::metrics::{DiskRefusal, Metrics, OriginGauges, ShardMetrics};
+use crate::runtime::slots::Slots;
 use crate::runtime::unix_ms;
 use crate::runtime::watchdog::{Busy, Heartbeats};
 use crate::storage::{Refusal, Store};
@@ -35,6 +36,8 @@ pub struct Shared {
     pub mesh: Arc<CoreMesh>,
     pub metrics: Arc<Metrics>,
     pub heartbeats: Arc<Heartbeats>,
+    /// Each `--origin`'s slots (gateway mode; empty otherwise).
+    pub origin_slots: Arc<[Arc<Slots>]>,
 }
 
 pub struct Core {
@@ -84,6 +87,12 @@ impl Core {
 
     pub fn config(&self) -> &Arc<ServerConfig> {
         &self.shared.config
+    }
+
+    /// Each origin's in-flight count and limit, for /metrics.
+    pub fn origin_gauges(&self) -> Vec<OriginGauges> {
+        let slots = self.shared.origin_slots.iter();
+        slots.map(|slots| OriginGauges { in_flight: slots.in_flight(), limit: slots.limit() }).collect()
     }
 
     pub fn shared(&self) -> &Shared {
@@ -139,15 +148,19 @@ impl Core {
         self.date.borrow()
     }
 
-    /// The response refusing a write now (failing disk, full log backlog).
-    pub fn write_refusal(&self) -> Option<Response> {
-        let refusal = self.store.refusal()?;
+    /// The response refusing a write now (failing disk, full log backlog;
+    /// for a `sync` write, too many waiting or a disk past its deadline).
+    pub fn write_refusal(&self, sync: bool) -> Option<Response> {
+        let refusal = self.store.refusal(sync)?;
+        let overloaded = |reason| {
+            self.metrics().disk_refused(reason);
+            Response::overloaded(&refusal.to_string())
+        };
         Some(match refusal {
             Refusal::DiskFailing => Response::problem(507, &refusal.to_string()),
-            Refusal::BacklogFull => {
-                self.metrics().shed();
-                Response::overloaded(&refusal.to_string())
-            }
+            Refusal::BacklogFull => overloaded(DiskRefusal::BacklogFull),
+            Refusal::SyncWaitersFull => overloaded(DiskRefusal::SyncWaitersFull),
+            Refusal::SyncTimeout => overloaded(DiskRefusal::SyncTimeout),
         })
     }
 

@@ -23,8 +23,8 @@ pub mod writes;
 mod writes_queue;
 
 use flight::{Flight, FlightWait, Shared, FLIGHTS_MAX};
-use state::{bearer_matches, now_ms, send};
-pub use state::{health_loop, Gateway};
+use state::{bearer_matches, now_ms, send, Asker};
+pub use state::{health_loop, start_admission, Gateway};
 
 use std::rc::Rc;
 
@@ -274,6 +274,11 @@ fn stale_copy(gateway: &Gateway, request: &ProxyRequest) -> Option<(Response, Ca
     }
 }
 
+/// A client's request: its identity takes its share of the origin's queue.
+fn asker(gateway: &Gateway, request: &ProxyRequest) -> Asker {
+    Asker { identity: gateway.identity(request).unwrap_or(0), retry: false }
+}
+
 fn request_facts(request: &ProxyRequest) -> RequestFacts {
     RequestFacts { cacheable_method: true, has_authorization: request.field(b"authorization").is_some() }
 }
@@ -340,6 +345,7 @@ async fn fill(
         |host| request.encode_for_origin(host, Some(&validators.clone().unwrap_or_default())),
         true,
         true,
+        asker(gateway, request),
     )
     .await;
     let now = now_ms();
@@ -443,11 +449,12 @@ async fn pass(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) -> (Response, C
     let result = if cacheable { CacheResult::Miss } else { CacheResult::Bypass };
     let idempotent = !matches!(request.method, Method::Post | Method::Patch);
     let request_ms = now_ms();
+    let asker = asker(gateway, request);
     let sent = if cacheable {
-        send(gateway, |host| request.encode_for_origin(host, Some(&Validators::default())), true, true).await
+        send(gateway, |host| request.encode_for_origin(host, Some(&Validators::default())), true, true, asker).await
     } else {
         let expect_body = request.method != Method::Head;
-        send(gateway, |host| request.encode_for_origin(host, None), expect_body, idempotent).await
+        send(gateway, |host| request.encode_for_origin(host, None), expect_body, idempotent, asker).await
     };
     let response = match sent {
         Err(error) => return (error_response(error.response(), result), result),

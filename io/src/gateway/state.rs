@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use shardgate_shards::quota::identity_of;
 
 use super::flight::Flight;
 use super::writes_queue::Queue;
+use crate::admission::{Admission, AdmissionSettings};
 use crate::config::GatewayConfig;
 use crate::core::Core;
 use crate::origin::{self, ExchangeSettings, Origin, OriginError};
@@ -37,14 +39,23 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(core: Rc<Core>, config: &GatewayConfig) -> Gateway {
         let cache_bytes = core.config().http_cache_bytes_per_shard();
+        let overload = config.overload;
+        let settings = AdmissionSettings {
+            queue_entries: overload.queue_entries_max.div_ceil(core.shard_count() as usize),
+            queue_timeout: overload.queue_timeout,
+            retry_budget_percent: overload.retry_budget_percent,
+        };
         let origins = config
             .origins
             .iter()
-            .map(|address| {
-                Origin::new(
-                    address.clone(),
-                    Breaker::new(config.breaker_failures, config.breaker_open.as_millis() as u64),
-                )
+            .enumerate()
+            .map(|(index, address)| {
+                let slots = Arc::clone(&core.shared().origin_slots[index]);
+                let metrics = Arc::clone(&core.shared().metrics);
+                let who = (core.id(), index, address.url.clone());
+                let admission = Rc::new(Admission::new(who, slots, settings, metrics));
+                let breaker = Breaker::new(config.breaker_failures, config.breaker_open.as_millis() as u64);
+                Origin::new(address.clone(), breaker, admission)
             })
             .collect();
         Gateway {
@@ -96,19 +107,35 @@ pub(super) fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
+/// Who asks for an exchange: the client identity whose share of the
+/// origin's queue it takes, and whether it is a retry (an async write's
+/// redelivery) that the retry budget must allow.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Asker {
+    pub identity: u64,
+    pub retry: bool,
+}
+
 /// Sends a request to the next origin the balancer and breakers allow,
-/// recording the result with that origin's breaker. A request whose
-/// connection could not be made was never sent: it tries the next origin
-/// (nginx's `proxy_next_upstream error`), at most once per origin.
+/// once it holds one of that origin's slots, recording the result with
+/// the origin's breaker. A request whose connection could not be made was
+/// never sent: it tries the next origin (nginx's `proxy_next_upstream
+/// error`), at most once per origin, as a retry the budget must allow.
 pub(super) async fn send(
     gateway: &Gateway,
     encode: impl Fn(&[u8]) -> Bytes,
     expect_body: bool,
     idempotent: bool,
+    asker: Asker,
 ) -> Result<OriginResponse, OriginError> {
     let mut result = Err(OriginError::CircuitOpen);
-    for _ in 0..gateway.origins.len() {
-        result = send_once(gateway, &encode, expect_body, idempotent).await;
+    for attempt in 0..gateway.origins.len() {
+        let asker = Asker { retry: asker.retry || attempt > 0, ..asker };
+        let sent = send_once(gateway, &encode, expect_body, idempotent, asker).await;
+        if attempt > 0 && matches!(sent, Err(OriginError::RetryRefused)) {
+            break; // The first failure stands.
+        }
+        result = sent;
         if !matches!(result, Err(OriginError::Connect(_) | OriginError::ConnectTimeout)) {
             break;
         }
@@ -121,11 +148,19 @@ async fn send_once(
     encode: &impl Fn(&[u8]) -> Bytes,
     expect_body: bool,
     idempotent: bool,
+    asker: Asker,
 ) -> Result<OriginResponse, OriginError> {
     let (index, probe) = origin::pick(&gateway.origins, &gateway.next_origin, now_ms())?;
     let origin = &gateway.origins[index];
     let guard = ProbeGuard { origin, armed: probe };
+    if !asker.retry {
+        origin.admission.first_attempt();
+    } else if !origin.admission.try_retry() {
+        return Err(OriginError::RetryRefused);
+    }
+    let permit = origin.admission.acquire(asker.identity).await.map_err(OriginError::Overloaded)?;
     let result = origin.exchange(encode(origin.host()), expect_body, idempotent, gateway.limits()).await;
+    permit.finish(result.is_ok());
     std::mem::forget(guard);
     let success = matches!(&result, Ok(response) if response.status < 500);
     let mut breaker = origin.breaker.borrow_mut();
@@ -148,6 +183,14 @@ impl Drop for ProbeGuard<'_> {
         if self.armed {
             self.origin.breaker.borrow_mut().probe_abandoned();
         }
+    }
+}
+
+/// Starts the task per origin that hands this core's waiters the slots
+/// other cores free.
+pub fn start_admission(gateway: &Gateway) {
+    for origin in &gateway.origins {
+        monoio::spawn(Rc::clone(&origin.admission).pump());
     }
 }
 

@@ -47,8 +47,9 @@ use shardgate_shards::record::{Record, RecordOp};
 
 use shardgate_http::proxy::ProxyRequest;
 
-use super::state::{now_ms, send, Gateway};
+use super::state::{now_ms, send, Asker, Gateway};
 use crate::config::Durability;
+use crate::origin::OriginError;
 use crate::runtime::logging;
 use crate::runtime::metrics::CacheResult;
 use crate::storage::segments::sync_dir;
@@ -76,7 +77,7 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
         Ok(sync) => sync,
         Err(refused) => return Response::problem(refused.status, refused.detail),
     };
-    if let Some(refusal) = gateway.core.write_refusal() {
+    if let Some(refusal) = gateway.core.write_refusal(sync) {
         return refusal;
     }
     let sequence = {
@@ -322,12 +323,22 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
     };
     let tries = gateway.config.write_retries.max(1);
     let mut last_error = String::new();
-    for attempt in 0..tries {
+    let mut attempt = 0;
+    while attempt < tries {
         if attempt > 0 {
-            gateway.core.metrics().write_retried();
             monoio::time::sleep(backoff(attempt, seed)).await;
         }
-        let sent = send(gateway, |host| write.encode_for_delivery(host, &id), true, true).await;
+        // A redelivery is a retry: the origin's retry budget must allow it.
+        // One it refuses waits another backoff and costs no try.
+        let asker = Asker { identity: key_hash, retry: attempt > 0 };
+        let sent = send(gateway, |host| write.encode_for_delivery(host, &id), true, true, asker).await;
+        if matches!(sent, Err(OriginError::RetryRefused)) {
+            continue;
+        }
+        if attempt > 0 {
+            gateway.core.metrics().write_retried();
+        }
+        attempt += 1;
         match sent {
             Ok(response) if response.status < 500 => {
                 if response.status < 400 {

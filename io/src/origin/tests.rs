@@ -17,7 +17,7 @@ fn errors_map_to_their_statuses() {
 fn pick_rotates_over_healthy_admitted_origins() {
     let address =
         |port| OriginAddress { url: format!("http://127.0.0.1:{port}"), address: ([127, 0, 0, 1], port).into() };
-    let origins: Vec<Origin> = (1..=3).map(|p| Origin::new(address(p), Breaker::new(1, 1000))).collect();
+    let origins: Vec<Origin> = (1..=3).map(|p| Origin::new(address(p), Breaker::new(1, 1000), admission(p))).collect();
     let next = Cell::new(0);
     let picks: Vec<usize> = (0..6).map(|_| pick(&origins, &next, 0).unwrap().0).collect();
     assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
@@ -33,4 +33,16 @@ fn pick_rotates_over_healthy_admitted_origins() {
     }
     assert!(matches!(pick(&origins, &next, 30), Err(OriginError::CircuitOpen)));
     assert_eq!(pick(&origins, &next, 1020).map(|(_, probe)| probe).ok(), Some(true), "half-open: a probe");
+}
+
+fn admission(port: u16) -> std::rc::Rc<crate::admission::Admission> {
+    use std::sync::Arc;
+    let settings = crate::admission::AdmissionSettings {
+        queue_entries: 1,
+        queue_timeout: std::time::Duration::from_secs(1),
+        retry_budget_percent: 20,
+    };
+    let metrics = Arc::new(crate::runtime::metrics::Metrics::new(1));
+    let slots = Arc::new(crate::runtime::slots::Slots::new(Some(1), 1));
+    std::rc::Rc::new(crate::admission::Admission::new((0, 0, port.to_string()), slots, settings, metrics))
 }

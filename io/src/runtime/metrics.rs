@@ -144,7 +144,61 @@ pub struct ShardMetrics {
     write_statuses_evicted: AtomicU64,
     send_timeouts: AtomicU64,
     output_waits: AtomicU64,
+    /// Per `--origin`: requests of this shard waiting for a slot.
+    origin_queue_depths: [AtomicU64; ORIGINS_MAX],
+    /// Per reason ([`REJECTIONS`] order), per `--origin`.
+    origin_rejections: [[AtomicU64; ORIGINS_MAX]; REJECTIONS.len()],
+    /// Per outcome (spent, refused), per `--origin`.
+    origin_retries: [[AtomicU64; ORIGINS_MAX]; 2],
+    /// Per reason ([`DISK_REFUSALS`] order).
+    disk_refusals: [AtomicU64; DISK_REFUSALS.len()],
 }
+
+/// Why a request was refused a slot of an origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The origin's queue (this core's share of it) was full.
+    QueueFull,
+    /// The client identity held its share of the queue.
+    QueueShare,
+    /// No slot came free within `--origin-queue-timeout`.
+    QueueTimeout,
+}
+
+const REJECTIONS: [(Rejection, &str); 3] = [
+    (Rejection::QueueFull, "queue_full"),
+    (Rejection::QueueShare, "queue_share"),
+    (Rejection::QueueTimeout, "queue_timeout"),
+];
+
+impl Rejection {
+    pub fn name(self) -> &'static str {
+        REJECTIONS[self as usize].1
+    }
+}
+
+/// Why a request was turned away from the disk at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskRefusal {
+    /// The shard's cold-read queue was full.
+    ReadQueueFull,
+    /// A cold read waited `--disk-queue-timeout`.
+    ReadTimeout,
+    /// As many sync writes as allowed wait for their group commit.
+    SyncWaitersFull,
+    /// The outstanding group commit is older than `--disk-queue-timeout`.
+    SyncTimeout,
+    /// The unflushed log backlog is full.
+    BacklogFull,
+}
+
+const DISK_REFUSALS: [(DiskRefusal, &str); 5] = [
+    (DiskRefusal::ReadQueueFull, "read_queue_full"),
+    (DiskRefusal::ReadTimeout, "read_timeout"),
+    (DiskRefusal::SyncWaitersFull, "sync_waiters_full"),
+    (DiskRefusal::SyncTimeout, "sync_timeout"),
+    (DiskRefusal::BacklogFull, "backlog_full"),
+];
 
 /// Most `--origin` flags (a fixed array keeps the metrics allocation-free).
 pub const ORIGINS_MAX: usize = 16;
@@ -330,6 +384,35 @@ impl ShardMetrics {
     pub fn write_status_evicted(&self) {
         bump(&self.write_statuses_evicted, 1);
     }
+
+    /// `waiting` requests of this shard wait for a slot of origin `index`.
+    pub fn origin_queue(&self, index: usize, waiting: usize) {
+        self.origin_queue_depths[index].store(waiting as u64, Relaxed);
+    }
+
+    /// A request was refused a slot of origin `index`.
+    pub fn origin_rejected(&self, index: usize, reason: Rejection) {
+        bump(&self.origin_rejections[reason as usize][index], 1);
+        bump(&self.shed, 1);
+    }
+
+    /// A retry to origin `index` was sent (`spent`) or refused by the budget.
+    pub fn origin_retry(&self, index: usize, spent: bool) {
+        bump(&self.origin_retries[usize::from(!spent)][index], 1);
+    }
+
+    /// A request was turned away from the disk.
+    pub fn disk_refused(&self, reason: DiskRefusal) {
+        bump(&self.disk_refusals[reason as usize], 1);
+        bump(&self.shed, 1);
+    }
+}
+
+/// What /metrics shows of an origin's process-wide slots.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OriginGauges {
+    pub in_flight: u32,
+    pub limit: u32,
 }
 
 /// The per-shard families that are one counter or gauge each: name, type,
@@ -486,8 +569,8 @@ impl Metrics {
 
     /// Renders every family in the Prometheus text exposition format 0.0.4.
     /// `channel_depths`: each shard's inbound cross-core queue; `ready`:
-    /// whether every shard serves.
-    pub fn render(&self, channel_depths: &[usize], ready: bool) -> String {
+    /// whether every shard serves; `origins`: each origin's slots.
+    pub fn render(&self, channel_depths: &[usize], ready: bool, origins: &[OriginGauges]) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_durations(&mut out);
@@ -527,9 +610,67 @@ impl Metrics {
                     writeln!(out, "shardgate_origin_breaker_state{{shard=\"{shard}\",origin=\"{origin}\"}} {state}");
             }
         }
+        self.render_overload(&mut out, origins);
         header(&mut out, "shardgate_ready", "gauge", "1 when every shard is serving.");
         let _ = writeln!(out, "shardgate_ready {}", u8::from(ready));
         out
+    }
+
+    fn render_overload(&self, out: &mut String, origins: &[OriginGauges]) {
+        type Gauge = fn(&OriginGauges) -> u32;
+        let process_wide: [(&str, &str, Gauge); 2] = [
+            ("shardgate_origin_in_flight", "Requests in flight to each origin, all shards together.", |g| g.in_flight),
+            ("shardgate_origin_limit", "Requests each origin may have in flight now (fixed, or found by auto).", |g| {
+                g.limit
+            }),
+        ];
+        for (name, help, value) in process_wide {
+            header(out, name, "gauge", help);
+            for (origin, gauges) in self.origins.iter().zip(origins) {
+                let _ = writeln!(out, "{name}{{origin=\"{origin}\"}} {}", value(gauges));
+            }
+        }
+        header(out, "shardgate_origin_queue_depth", "gauge", "Requests waiting for a slot of each origin, by shard.");
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (index, origin) in self.origins.iter().enumerate() {
+                let depth = metrics.origin_queue_depths[index].load(Relaxed);
+                let _ = writeln!(out, "shardgate_origin_queue_depth{{shard=\"{shard}\",origin=\"{origin}\"}} {depth}");
+            }
+        }
+        let help = "Requests refused a slot of each origin, by reason (queue_full, queue_share, queue_timeout).";
+        header(out, "shardgate_origin_rejected_total", "counter", help);
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (reason, reason_name) in REJECTIONS {
+                for (index, origin) in self.origins.iter().enumerate() {
+                    let count = metrics.origin_rejections[reason as usize][index].load(Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "shardgate_origin_rejected_total{{shard=\"{shard}\",origin=\"{origin}\",reason=\"{reason_name}\"}} {count}"
+                    );
+                }
+            }
+        }
+        let help = "Retries to each origin (async-write redeliveries included) the retry budget spent or refused.";
+        header(out, "shardgate_origin_retries_total", "counter", help);
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (slot, outcome) in ["spent", "refused"].into_iter().enumerate() {
+                for (index, origin) in self.origins.iter().enumerate() {
+                    let count = metrics.origin_retries[slot][index].load(Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "shardgate_origin_retries_total{{shard=\"{shard}\",origin=\"{origin}\",outcome=\"{outcome}\"}} {count}"
+                    );
+                }
+            }
+        }
+        let help = "Requests the disk turned away at once (cold-read queue or deadline, sync-write waiters or deadline, log backlog).";
+        header(out, "shardgate_disk_rejected_total", "counter", help);
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (reason, name) in DISK_REFUSALS {
+                let count = metrics.disk_refusals[reason as usize].load(Relaxed);
+                let _ = writeln!(out, "shardgate_disk_rejected_total{{shard=\"{shard}\",reason=\"{name}\"}} {count}");
+            }
+        }
     }
 
     fn render_requests(&self, out: &mut String) {

@@ -5,6 +5,8 @@
 //! - [`listener`]: the per-core `SO_REUSEPORT` listeners.
 //! - [`mesh`]: the bounded cross-core mailboxes, generic over their messages.
 //! - [`offload`]: work handed to another thread, awaited through a waker.
+//! - [`slots`]: an origin's process-wide in-flight count and limit, with
+//!   a wake-up per core.
 //! - [`metrics`]: per-shard counters and the Prometheus rendering (a leaf).
 //! - [`watchdog`]: the event-loop stall detector.
 //! - [`logging`]: structured log lines (key=value text or JSON).
@@ -18,6 +20,7 @@ pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod offload;
+pub mod slots;
 pub mod watchdog;
 
 use std::future::Future;

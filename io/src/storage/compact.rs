@@ -89,7 +89,7 @@ impl Compactor {
             let open = match gate() {
                 Gate::Stop => return,
                 Gate::Closed => false,
-                Gate::Open => self.store.refusal().is_none(),
+                Gate::Open => self.store.refusal(false).is_none(),
             };
             if !open {
                 continue;
@@ -158,7 +158,7 @@ impl Compactor {
         let mut walked = Walked { consumed: 0, want: READ_CHUNK_BYTES, copies_end: None };
         let mut need_more = false;
         while walked.consumed < chunk.len() && !need_more {
-            if gate() != Gate::Open || self.store.refusal().is_some() {
+            if gate() != Gate::Open || self.store.refusal(false).is_some() {
                 return Ok(None);
             }
             let step = Instant::now();

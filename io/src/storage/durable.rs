@@ -44,10 +44,25 @@ struct Deferred {
     outcome: Outcome,
 }
 
+/// Sync writes of one shard that may wait for their group commit; more
+/// are refused with 503 at once.
+pub const SYNC_WAITERS_MAX: usize = 4096;
+
+/// The bounds of what waits for the log: its unflushed bytes, and how long
+/// a group commit may stay outstanding before sync writes are turned away.
+#[derive(Clone, Copy, Debug)]
+pub struct LogBounds {
+    pub backlog_bytes_max: usize,
+    pub disk_queue_timeout: Duration,
+}
+
 pub struct CoreLog {
     pub durability: Durability,
     flush_interval: Duration,
     backlog_bytes_max: usize,
+    disk_queue_timeout: Duration,
+    /// When the job the I/O thread holds was handed over.
+    in_flight_since: Option<Instant>,
     pending: Vec<u8>,
     /// Log offset of `pending[0]`.
     pending_start: u64,
@@ -74,13 +89,14 @@ impl CoreLog {
     pub fn unused() -> CoreLog {
         let (jobs, _nobody) = mpsc::sync_channel(1);
         let book = SegmentBook::new(1 << 20, 0);
-        CoreLog::new(Durability::Async, Duration::from_millis(5), 0, book, 0, jobs, Arc::default())
+        let bounds = LogBounds { backlog_bytes_max: 0, disk_queue_timeout: Duration::from_secs(1) };
+        CoreLog::new(Durability::Async, Duration::from_millis(5), bounds, book, 0, jobs, Arc::default())
     }
 
     pub fn new(
         durability: Durability,
         flush_interval: Duration,
-        backlog_bytes_max: usize,
+        bounds: LogBounds,
         book: SegmentBook,
         sequence_max: u64,
         jobs: mpsc::SyncSender<FlushJob>,
@@ -92,7 +108,9 @@ impl CoreLog {
             rolls: VecDeque::new(),
             durability,
             flush_interval,
-            backlog_bytes_max,
+            backlog_bytes_max: bounds.backlog_bytes_max,
+            disk_queue_timeout: bounds.disk_queue_timeout,
+            in_flight_since: None,
             pending: Vec::new(),
             pending_start: end,
             in_flight_end: None,
@@ -108,14 +126,30 @@ impl CoreLog {
     }
 
     /// Why a write cannot be taken now, if it cannot: the disk fails
-    /// writes, or the unflushed backlog is full.
-    pub fn refusal(&self) -> Option<Refusal> {
+    /// writes, or the unflushed backlog is full; for a `sync` write also:
+    /// [`SYNC_WAITERS_MAX`] sync writes wait, or the oldest bytes not yet
+    /// durable have waited `--disk-queue-timeout` (the disk is behind, and
+    /// a new sync write would wait longer still).
+    pub fn refusal(&self, sync: bool) -> Option<Refusal> {
         if self.flushed.failed.load(Ordering::Acquire) {
             return Some(Refusal::DiskFailing);
         }
         let backlog = self.appended_end() - self.durable_end();
         if backlog as usize >= self.backlog_bytes_max {
             return Some(Refusal::BacklogFull);
+        }
+        if !sync {
+            return None;
+        }
+        if self.waiters.len() + self.deferred.len() >= SYNC_WAITERS_MAX {
+            return Some(Refusal::SyncWaitersFull);
+        }
+        let oldest = match (self.in_flight_since, self.first_pending_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if oldest.is_some_and(|since| since.elapsed() >= self.disk_queue_timeout) {
+            return Some(Refusal::SyncTimeout);
         }
         None
     }
@@ -249,6 +283,7 @@ pub async fn flusher(log: Rc<RefCell<CoreLog>>) {
         };
         state.pending_start += bytes.len() as u64;
         state.in_flight_end = Some(state.pending_start);
+        state.in_flight_since = Some(Instant::now());
         if state.pending.is_empty() {
             state.first_pending_at = None;
             state.sync_wanted = false;
@@ -278,6 +313,7 @@ pub async fn completions(log: Rc<RefCell<CoreLog>>, reply: impl Fn(u32, u32, Out
         seen = state.durable_end();
         if state.in_flight_end.is_some_and(|end| end <= seen) {
             state.in_flight_end = None;
+            state.in_flight_since = None;
             if let Some(waker) = state.flusher.take() {
                 waker.wake();
             }

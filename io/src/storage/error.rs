@@ -7,6 +7,10 @@ pub enum Refusal {
     DiskFailing,
     #[error("the log's unflushed backlog is full")]
     BacklogFull,
+    #[error("too many sync writes wait for the disk on this shard")]
+    SyncWaitersFull,
+    #[error("the disk has not finished a group commit within --disk-queue-timeout")]
+    SyncTimeout,
 }
 
 /// Why an evicted value could not be read back.
@@ -14,6 +18,8 @@ pub enum Refusal {
 pub enum ReadError {
     #[error("too many reads from disk queued on this shard")]
     QueueFull,
+    #[error("a read from disk waited longer than --disk-queue-timeout")]
+    Timeout,
     #[error("a stored value could not be read back from disk: {0}")]
     Unreadable(String),
 }

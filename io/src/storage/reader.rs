@@ -2,7 +2,10 @@
 //!
 //! Each shard has one reader thread ([`offload::Worker`]) fed by a bounded
 //! queue ([`READ_QUEUE_ENTRIES`]; full → the read is refused at once and
-//! the GET gets 503). The thread keeps a few segment files open; a file
+//! the GET gets 503). A read waits at most `--disk-queue-timeout`: the
+//! caller stops waiting then (503), and the thread skips a job whose
+//! deadline passed in the queue, so a backlog behind a slow disk drains
+//! without reading. The thread keeps a few segment files open; a file
 //! compacted away is still readable through an open descriptor, and a read
 //! that finds it gone fails with `NotFound`, after which the caller looks
 //! the key up again (its record has moved).
@@ -13,6 +16,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::runtime::offload::{self, Completion, Slot};
 
@@ -22,6 +26,7 @@ pub const READ_QUEUE_ENTRIES: usize = 1024;
 const OPEN_FILES_MAX: usize = 64;
 
 struct ReadJob {
+    deadline: Instant,
     path: PathBuf,
     offset: u64,
     bytes: u32,
@@ -31,23 +36,35 @@ struct ReadJob {
 /// A shard's reader thread.
 pub struct Reader {
     worker: offload::Worker<ReadJob>,
+    timeout: Duration,
 }
 
 impl Reader {
-    pub fn spawn(shard: u32) -> io::Result<Reader> {
+    /// A reader whose reads wait at most `timeout`.
+    pub fn spawn(shard: u32, timeout: Duration) -> io::Result<Reader> {
         let mut open: HashMap<PathBuf, File> = HashMap::new();
         let worker = offload::Worker::spawn(format!("shardgate-read-{shard}"), READ_QUEUE_ENTRIES, move |job| {
-            let ReadJob { path, offset, bytes, slot } = job;
+            let ReadJob { deadline, path, offset, bytes, slot } = job;
+            if Instant::now() >= deadline {
+                slot.complete(Err(io::ErrorKind::TimedOut.into()));
+                return;
+            }
             slot.complete(read(&mut open, path, offset, bytes));
         })?;
-        Ok(Reader { worker })
+        Ok(Reader { worker, timeout })
+    }
+
+    /// How long a read may wait.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Queues a read of `bytes` at `offset` of `path`; None when the queue is full.
     pub fn read(&self, path: PathBuf, offset: u64, bytes: u32) -> Option<Completion<io::Result<Vec<u8>>>> {
         let slot = Slot::new();
         let completion = Completion::of(&slot);
-        self.worker.try_send(ReadJob { path, offset, bytes, slot }).ok()?;
+        let deadline = Instant::now() + self.timeout;
+        self.worker.try_send(ReadJob { deadline, path, offset, bytes, slot }).ok()?;
         Some(completion)
     }
 }

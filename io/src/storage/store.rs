@@ -26,7 +26,7 @@ use super::error::{ReadError, Refusal};
 use super::reader::Reader;
 use super::segments::{segment_name, shard_dir};
 use crate::config::Durability;
-use crate::runtime::metrics::{Metrics, ShardMetrics};
+use crate::runtime::metrics::{DiskRefusal, Metrics, ShardMetrics};
 use crate::runtime::unix_ms;
 
 /// Lookups of a moving record before giving up (compaction moved it each time).
@@ -92,9 +92,10 @@ impl Store {
         self.log.borrow_mut().defer_reply(end, source, token, outcome);
     }
 
-    /// Why a write cannot be taken now, if it cannot.
-    pub fn refusal(&self) -> Option<Refusal> {
-        self.log.borrow().refusal()
+    /// Why a write (a `sync` one, waiting for its group commit) cannot be
+    /// taken now, if it cannot.
+    pub fn refusal(&self, sync: bool) -> Option<Refusal> {
+        self.log.borrow().refusal(sync)
     }
 
     /// Applies an op to the keydir and logs a successful write. Returns the
@@ -214,15 +215,22 @@ impl Store {
             let segment = self.log.borrow().book.segment_of(location.offset);
             let read = segment.map(|first| {
                 let path = self.dir.join(segment_name(first));
-                self.reader
-                    .borrow()
-                    .as_ref()
-                    .and_then(|reader| reader.read(path, location.offset - first, location.bytes))
+                let reader = self.reader.borrow();
+                let reader = reader.as_ref()?;
+                Some((reader.read(path, location.offset - first, location.bytes)?, reader.timeout()))
             });
             let result = match read {
-                Some(Some(completion)) => completion.await,
+                // Waits at most --disk-queue-timeout; the reader skips a job
+                // whose wait is over, so a backlog drains at once.
+                Some(Some((completion, timeout))) => match monoio::time::timeout(timeout, completion).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        self.metrics().disk_refused(DiskRefusal::ReadTimeout);
+                        return Err(ReadError::Timeout);
+                    }
+                },
                 Some(None) => {
-                    self.metrics().shed();
+                    self.metrics().disk_refused(DiskRefusal::ReadQueueFull);
                     return Err(ReadError::QueueFull);
                 }
                 None => Err(io::Error::from(io::ErrorKind::NotFound)),
@@ -236,6 +244,10 @@ impl Store {
                         Outcome::Cold { .. } => break,
                         other => return Ok(other),
                     }
+                }
+                Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                    self.metrics().disk_refused(DiskRefusal::ReadTimeout);
+                    return Err(ReadError::Timeout);
                 }
                 Err(error) => return Err(ReadError::Unreadable(error.to_string())),
             }

@@ -1,0 +1,298 @@
+//! Overload control toward an origin, as arithmetic: how many requests may
+//! be in flight ([`AdaptiveLimit`], a Vegas-class estimator), who waits for
+//! a free slot and who is refused ([`FairQueue`]), and how many retries the
+//! origin may see ([`RetryBudget`], Envoy's retry-budget rule). Time comes
+//! in as `now_ms`; round-trip times as microseconds.
+//!
+//! # The adaptive limit
+//! Netflix's concurrency-limits `VegasLimit` with BBR's ProbeRTT: every
+//! window of at least [`WINDOW_MS`] and [`WINDOW_SAMPLES_MIN`] samples
+//! compares the window's shortest round trip with the no-load round trip.
+//! The queue the origin holds is estimated as `limit × (1 − noload / rtt)`
+//! (Little's law applied to the extra wait); below `alpha` the limit grows
+//! by `√limit` (when the window used at least half of it), above `beta` it
+//! falls halfway to what the origin served without queueing plus `beta`.
+//! An origin that serves C requests at once settles at C plus one or two.
+//!
+//! The no-load time is measured, not guessed: the first window and one
+//! every [`PROBE_INTERVAL_MS`] are probes, in which the limit is a quarter
+//! of itself (at least the floor) so that the origin's own queue drains
+//! and its bare latency shows; a probe's minimum replaces the baseline
+//! (lower minima seen between probes lower it at once). A probe costs
+//! about 1% of the origin's throughput. Because the baseline is re-learnt,
+//! an origin that became slower for good (a brown-out) is followed: the
+//! limit falls when its latency rises, and climbs back after the next
+//! probe shows the new latency to be its bare one.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+
+/// Shortest window of round-trip samples the limit is recomputed from.
+pub const WINDOW_MS: u64 = 100;
+/// Fewest samples a window needs (a slow origin's window lasts longer).
+pub const WINDOW_SAMPLES_MIN: u32 = 8;
+/// How often the no-load round trip is measured again.
+pub const PROBE_INTERVAL_MS: u64 = 10_000;
+/// Where `auto` starts (Netflix's default initial limit).
+pub const AUTO_INITIAL: u32 = 20;
+
+/// An adaptive concurrency limit for one origin.
+#[derive(Clone, Debug)]
+pub struct AdaptiveLimit {
+    floor: u32,
+    ceiling: u32,
+    limit: f64,
+    /// The bare round trip: the last probe's, or less if seen since.
+    noload_us: u64,
+    probing: bool,
+    probe_started_ms: Option<u64>,
+    window_started_ms: Option<u64>,
+    window_samples: u32,
+    window_rtt_min_us: u64,
+    window_in_flight_max: u32,
+}
+
+impl AdaptiveLimit {
+    /// A limit between `floor` and `ceiling` (both at least 1), starting at
+    /// [`AUTO_INITIAL`] within them, with a probe.
+    pub fn new(floor: u32, ceiling: u32) -> AdaptiveLimit {
+        assert!(floor >= 1 && floor <= ceiling, "the floor is at least 1 and under the ceiling");
+        AdaptiveLimit {
+            floor,
+            ceiling,
+            limit: f64::from(AUTO_INITIAL.clamp(floor, ceiling)),
+            noload_us: u64::MAX,
+            probing: true,
+            probe_started_ms: None,
+            window_started_ms: None,
+            window_samples: 0,
+            window_rtt_min_us: u64::MAX,
+            window_in_flight_max: 0,
+        }
+    }
+
+    /// The requests that may be in flight now (lower during a probe).
+    pub fn limit(&self) -> u32 {
+        if self.probing {
+            self.probe_limit()
+        } else {
+            self.limit as u32
+        }
+    }
+
+    pub fn probing(&self) -> bool {
+        self.probing
+    }
+
+    fn probe_limit(&self) -> u32 {
+        ((self.limit as u32) / 4).max(self.floor)
+    }
+
+    /// Records one exchange that took `rtt_us` with `in_flight` requests
+    /// outstanding when it started (itself included). Returns the new
+    /// limit when a window closed and the limit changed.
+    pub fn sample(&mut self, now_ms: u64, rtt_us: u64, in_flight: u32) -> Option<u32> {
+        if self.probing && in_flight > self.probe_limit() {
+            return None; // Started before the probe drained the origin.
+        }
+        let started = *self.window_started_ms.get_or_insert(now_ms);
+        self.probe_started_ms.get_or_insert(now_ms);
+        self.window_samples += 1;
+        self.window_rtt_min_us = self.window_rtt_min_us.min(rtt_us.max(1));
+        self.window_in_flight_max = self.window_in_flight_max.max(in_flight);
+        if now_ms.saturating_sub(started) < WINDOW_MS || self.window_samples < WINDOW_SAMPLES_MIN {
+            return None;
+        }
+        let (rtt, used) = (self.window_rtt_min_us, self.window_in_flight_max);
+        self.window_started_ms = None;
+        self.window_samples = 0;
+        self.window_rtt_min_us = u64::MAX;
+        self.window_in_flight_max = 0;
+        let before = self.limit();
+        if self.probing {
+            self.probing = false;
+            self.noload_us = rtt;
+            self.probe_started_ms = Some(now_ms);
+        } else {
+            self.noload_us = self.noload_us.min(rtt);
+            self.limit = self.next(self.noload_us as f64, rtt as f64, used);
+            let last_probe = self.probe_started_ms.unwrap_or(now_ms);
+            self.probing = now_ms.saturating_sub(last_probe) >= PROBE_INTERVAL_MS;
+        }
+        (self.limit() != before).then_some(self.limit())
+    }
+
+    fn next(&self, noload: f64, rtt: f64, used: u32) -> f64 {
+        let limit = self.limit;
+        let queue = limit * (1.0 - noload / rtt);
+        let (alpha, beta) = ((limit * 0.03).max(1.0), (limit * 0.06).max(2.0));
+        let next = if queue > beta {
+            // What the origin served without queueing, plus beta; halfway.
+            let target = limit * noload / rtt + beta;
+            limit - (limit - target).max(1.0) / 2.0
+        } else if queue < alpha && f64::from(used) * 2.0 >= limit {
+            limit + limit.sqrt()
+        } else {
+            limit
+        };
+        next.clamp(f64::from(self.floor), f64::from(self.ceiling))
+    }
+}
+
+/// Why a request found no place in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueRefusal {
+    /// The queue holds its capacity.
+    Full,
+    /// This identity holds its share of the queue already.
+    Share,
+}
+
+/// A bounded first-in first-out queue in which one identity holds at most
+/// `share_max` places, so a single heavy client is refused before it can
+/// fill the queue for everyone. Entries leave from the front ([`pop`]) or
+/// from anywhere by ticket ([`remove`], a waiter that gave up), in O(1).
+///
+/// [`pop`]: FairQueue::pop
+/// [`remove`]: FairQueue::remove
+#[derive(Debug)]
+pub struct FairQueue<T> {
+    /// Entries in ticket order; `None` where one left from the middle.
+    entries: VecDeque<Option<(u64, T)>>,
+    /// Ticket of `entries[0]`.
+    front_ticket: u64,
+    held: usize,
+    capacity: usize,
+    share_max: usize,
+    per_identity: HashMap<u64, usize>,
+}
+
+impl<T> FairQueue<T> {
+    /// `share_max` is clamped to 1..=capacity.
+    pub fn new(capacity: usize, share_max: usize) -> FairQueue<T> {
+        FairQueue {
+            entries: VecDeque::new(),
+            front_ticket: 0,
+            held: 0,
+            capacity,
+            share_max: share_max.clamp(1, capacity.max(1)),
+            per_identity: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.held
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    /// Queues `item` for `identity`. Returns its ticket.
+    pub fn push(&mut self, identity: u64, item: T) -> Result<u64, QueueRefusal> {
+        if self.held >= self.capacity {
+            return Err(QueueRefusal::Full);
+        }
+        let holds = self.per_identity.entry(identity).or_insert(0);
+        if *holds >= self.share_max {
+            return Err(QueueRefusal::Share);
+        }
+        *holds += 1;
+        self.held += 1;
+        let ticket = self.front_ticket + self.entries.len() as u64;
+        self.entries.push_back(Some((identity, item)));
+        Ok(ticket)
+    }
+
+    /// The oldest entry still queued.
+    pub fn pop(&mut self) -> Option<T> {
+        while let Some(entry) = self.entries.pop_front() {
+            self.front_ticket += 1;
+            if let Some((identity, item)) = entry {
+                self.left(identity);
+                return Some(item);
+            }
+        }
+        None
+    }
+
+    /// Takes the entry of `ticket` out, wherever it is; None when it left.
+    pub fn remove(&mut self, ticket: u64) -> Option<T> {
+        let index = usize::try_from(ticket.checked_sub(self.front_ticket)?).ok()?;
+        let (identity, item) = self.entries.get_mut(index)?.take()?;
+        self.left(identity);
+        while matches!(self.entries.front(), Some(None)) {
+            self.entries.pop_front();
+            self.front_ticket += 1;
+        }
+        Some(item)
+    }
+
+    fn left(&mut self, identity: u64) {
+        self.held -= 1;
+        if let Some(holds) = self.per_identity.get_mut(&identity) {
+            *holds -= 1;
+            if *holds == 0 {
+                self.per_identity.remove(&identity);
+            }
+        }
+    }
+}
+
+/// Length of the window retries are counted in, and its buckets.
+pub const RETRY_WINDOW_MS: u64 = 10_000;
+const RETRY_BUCKETS: usize = 10;
+const RETRY_BUCKET_MS: u64 = RETRY_WINDOW_MS / RETRY_BUCKETS as u64;
+/// Retries allowed per window whatever the traffic (Envoy's
+/// `min_retry_concurrency` is 3), so a quiet origin still gets retried.
+pub const RETRIES_MIN: u64 = 3;
+
+/// Retries to one origin capped at a fraction of its requests over a
+/// sliding window ([`RETRY_WINDOW_MS`], in [`RETRY_BUCKETS`] buckets):
+/// retries can add at most `percent` to the load a failing origin sees.
+#[derive(Clone, Debug)]
+pub struct RetryBudget {
+    percent: u64,
+    /// (bucket start, requests, retries), a ring indexed by bucket number.
+    buckets: [(u64, u64, u64); RETRY_BUCKETS],
+}
+
+impl RetryBudget {
+    pub fn new(percent: u32) -> RetryBudget {
+        RetryBudget { percent: u64::from(percent), buckets: [(u64::MAX, 0, 0); RETRY_BUCKETS] }
+    }
+
+    fn bucket(&mut self, now_ms: u64) -> &mut (u64, u64, u64) {
+        let start = now_ms - now_ms % RETRY_BUCKET_MS;
+        let slot = &mut self.buckets[((now_ms / RETRY_BUCKET_MS) % RETRY_BUCKETS as u64) as usize];
+        if slot.0 != start {
+            *slot = (start, 0, 0);
+        }
+        slot
+    }
+
+    /// Counts a first attempt.
+    pub fn request(&mut self, now_ms: u64) {
+        self.bucket(now_ms).1 += 1;
+    }
+
+    /// Whether one more retry fits the budget; counted when it does.
+    pub fn try_retry(&mut self, now_ms: u64) -> bool {
+        let oldest = now_ms.saturating_sub(RETRY_WINDOW_MS - RETRY_BUCKET_MS);
+        let (requests, retries) = self
+            .buckets
+            .iter()
+            .filter(|(start, ..)| *start != u64::MAX && *start >= oldest - oldest % RETRY_BUCKET_MS && *start <= now_ms)
+            .fold((0, 0), |(requests, retries), (_, q, r)| (requests + q, retries + r));
+        let allowed = (requests * self.percent / 100).max(RETRIES_MIN);
+        if retries >= allowed {
+            return false;
+        }
+        self.bucket(now_ms).2 += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
