@@ -55,6 +55,7 @@ pub fn run(config: Config) -> Result<()> {
             disk_queue_timeout: config.disk_queue_timeout,
             recovery_delay: recovery_delay_for_tests(),
             full_disk_switch: std::env::var_os("SHARDGATE_TEST_FULL_DISK_FILE").map(std::path::PathBuf::from),
+            stall_disk_switch: std::env::var_os("SHARDGATE_TEST_STALL_DISK_FILE").map(std::path::PathBuf::from),
         },
         rate_limits: RateLimits {
             all: config.rate_limit,

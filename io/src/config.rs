@@ -127,8 +127,11 @@ pub struct LogConfig {
     /// server while it recovers. Zero in production.
     pub recovery_delay: Duration,
     /// Test hook: while this file exists, log writes fail with ENOSPC
-    /// (`storage::segments::FullWhile`). None in production.
+    /// (`storage::segments::Faulty`). None in production.
     pub full_disk_switch: Option<PathBuf>,
+    /// Test hook: while this file exists, log fdatasyncs and cold reads
+    /// wait (`storage::segments::Faulty`). None in production.
+    pub stall_disk_switch: Option<PathBuf>,
 }
 
 /// The rate-limit configuration: policies and the state budget.

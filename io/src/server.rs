@@ -313,7 +313,8 @@ fn recover(shard: u32, config: &ServerConfig, metrics: &Arc<Metrics>) -> io::Res
         jobs,
         flushed,
     );
-    Ok((kv, log, Reader::spawn(shard, log_config.disk_queue_timeout)?))
+    let stall = log_config.stall_disk_switch.clone();
+    Ok((kv, log, Reader::spawn(shard, log_config.disk_queue_timeout, stall)?))
 }
 
 async fn accept_loop(dispatcher: &Rc<Dispatcher>, listener: &TcpListener) {

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backpressure;
 mod bench;
 mod cli;
 mod durability;

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::segments::stall_while;
 use crate::runtime::offload::{self, Completion, Slot};
 
 /// Reads queued per shard; beyond it, refused.
@@ -40,11 +41,13 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// A reader whose reads wait at most `timeout`.
-    pub fn spawn(shard: u32, timeout: Duration) -> io::Result<Reader> {
+    /// A reader whose reads wait at most `timeout`; `stall` is the test
+    /// hook of a slow disk (reads wait while that file exists).
+    pub fn spawn(shard: u32, timeout: Duration, stall: Option<PathBuf>) -> io::Result<Reader> {
         let mut open: HashMap<PathBuf, File> = HashMap::new();
         let worker = offload::Worker::spawn(format!("shardgate-read-{shard}"), READ_QUEUE_ENTRIES, move |job| {
             let ReadJob { deadline, path, offset, bytes, slot } = job;
+            stall_while(stall.as_deref());
             if Instant::now() >= deadline {
                 slot.complete(Err(io::ErrorKind::TimedOut.into()));
                 return;

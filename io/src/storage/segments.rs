@@ -48,15 +48,18 @@ impl Storage for Disk {
     }
 }
 
-/// A disk that is full while `switch` exists: a write then stores half its
-/// bytes and fails with ENOSPC, as a real full disk does mid-write.
-pub struct FullWhile {
-    pub switch: PathBuf,
+/// A disk with test faults: full while `full` exists (a write then stores
+/// half its bytes and fails with ENOSPC, as a real full disk does
+/// mid-write), stalled while `stall` exists (an fdatasync waits, as on a
+/// disk that cannot keep up).
+pub struct Faulty {
+    pub full: Option<PathBuf>,
+    pub stall: Option<PathBuf>,
 }
 
-impl Storage for FullWhile {
+impl Storage for Faulty {
     fn write_all(&self, file: &mut File, bytes: &[u8]) -> io::Result<()> {
-        if self.switch.exists() {
+        if self.full.as_ref().is_some_and(|switch| switch.exists()) {
             file.write_all(&bytes[..bytes.len() / 2])?;
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
@@ -64,15 +67,31 @@ impl Storage for FullWhile {
     }
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
+        stall_while(self.stall.as_deref());
         file.sync_data()
     }
 }
 
-/// The storage a log config asks for.
+/// Longest a test's stall switch holds a disk operation.
+const STALL_MAX: Duration = Duration::from_secs(60);
+
+/// Test hook: waits while `switch` exists (at most [`STALL_MAX`]).
+pub fn stall_while(switch: Option<&Path>) {
+    let Some(switch) = switch else {
+        return;
+    };
+    let started = Instant::now();
+    while switch.exists() && started.elapsed() < STALL_MAX {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The disk a shard's I/O thread writes through: the real one, or one
+/// with the test faults its configuration names.
 pub fn storage_for(config: &LogConfig) -> Box<dyn Storage> {
-    match &config.full_disk_switch {
-        Some(switch) => Box::new(FullWhile { switch: switch.clone() }),
-        None => Box::new(Disk),
+    match (&config.full_disk_switch, &config.stall_disk_switch) {
+        (None, None) => Box::new(Disk),
+        (full, stall) => Box::new(Faulty { full: full.clone(), stall: stall.clone() }),
     }
 }
 

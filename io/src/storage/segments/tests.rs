@@ -23,7 +23,7 @@ fn a_full_disk_is_retried_and_a_half_written_job_cut_back() {
     fs::create_dir_all(&shard_dir).unwrap();
     let (jobs, queue) = mpsc::sync_channel(1);
     let flushed = Arc::new(Flushed::default());
-    let storage = Box::new(FullWhile { switch: switch.clone() });
+    let storage = Box::new(Faulty { full: Some(switch.clone()), stall: None });
     spawn_writer(0, shard_dir.clone(), 0, queue, Arc::clone(&flushed), Arc::new(Metrics::new(1)), storage).unwrap();
     let segment = shard_dir.join(segment_name(0));
 
