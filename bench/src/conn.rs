@@ -87,11 +87,46 @@ impl Default for Stats {
     }
 }
 
-/// A parsed response head: its status and the bytes the whole response takes.
+/// A parsed response head: its status, what a cache made of it, and the
+/// bytes the whole response takes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parsed {
     pub status: u16,
+    pub class: Class,
     pub length: usize,
+}
+
+/// What a cache in front of an origin made of a response, from its
+/// `X-Cache` (shardgate; nginx's `$upstream_cache_status` and the Varnish
+/// bench configuration send the same words) and its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Hit,
+    /// Served by the origin (miss, pass, revalidation).
+    Miss,
+    Stale,
+    /// 503: refused for overload.
+    Rejected,
+    /// Any other error status.
+    Failed,
+}
+
+pub const CLASSES: [(Class, &str); 5] = [
+    (Class::Hit, "hit"),
+    (Class::Miss, "miss"),
+    (Class::Stale, "stale"),
+    (Class::Rejected, "rejected"),
+    (Class::Failed, "failed"),
+];
+
+fn class_of(status: u16, x_cache: Option<&[u8]>) -> Class {
+    match (status, x_cache) {
+        (503, _) => Class::Rejected,
+        (500.., _) => Class::Failed,
+        (_, Some(b"HIT")) => Class::Hit,
+        (_, Some(b"STALE" | b"UPDATING")) => Class::Stale,
+        _ => Class::Miss,
+    }
 }
 
 /// Parses the response at the start of `buffer`. `Ok(None)`: incomplete.
@@ -118,7 +153,8 @@ pub fn parse_response(buffer: &[u8]) -> Result<Option<Parsed>> {
     if buffer.len() < head + body {
         return Ok(None);
     }
-    Ok(Some(Parsed { status, length: head + body }))
+    let x_cache = response.headers.iter().find(|h| h.name.eq_ignore_ascii_case("x-cache")).map(|h| h.value);
+    Ok(Some(Parsed { status, class: class_of(status, x_cache), length: head + body }))
 }
 
 /// A client connection with its unparsed input.
@@ -150,10 +186,15 @@ impl Conn {
 
     /// Takes the next complete response out of the input; its status.
     pub fn next_response(&mut self) -> Result<Option<u16>> {
+        Ok(self.next_classified()?.map(|(status, _)| status))
+    }
+
+    /// The next buffered response's status and class, if complete.
+    pub fn next_classified(&mut self) -> Result<Option<(u16, Class)>> {
         match parse_response(&self.input)? {
             Some(parsed) => {
                 self.input.drain(..parsed.length);
-                Ok(Some(parsed.status))
+                Ok(Some((parsed.status, parsed.class)))
             }
             None => Ok(None),
         }
@@ -246,11 +287,11 @@ mod tests {
     #[test]
     fn responses_are_framed_by_content_length() {
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
-        assert_eq!(parse_response(ok).unwrap(), Some(Parsed { status: 200, length: ok.len() }));
+        assert_eq!(parse_response(ok).unwrap(), Some(Parsed { status: 200, class: Class::Miss, length: ok.len() }));
         assert_eq!(parse_response(&ok[..ok.len() - 1]).unwrap(), None);
         assert_eq!(parse_response(&ok[..10]).unwrap(), None);
         let no_content = b"HTTP/1.1 204 No Content\r\nDate: x\r\n\r\nHTTP/1.1";
-        assert_eq!(parse_response(no_content).unwrap(), Some(Parsed { status: 204, length: 36 }));
+        assert_eq!(parse_response(no_content).unwrap(), Some(Parsed { status: 204, class: Class::Miss, length: 36 }));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
         assert!(parse_response(b"garbage\r\n\r\n").is_err());
     }

@@ -84,6 +84,9 @@ enum Command {
         cache_control: String,
         #[arg(long, default_value_t = 64)]
         body_bytes: usize,
+        /// Requests served at once; more wait in the origin's queue (a database pool). 0: no limit.
+        #[arg(long, default_value_t = 0)]
+        max_concurrency: usize,
     },
     /// The rate limiter's error against an exact sliding log on a generated trace.
     RatelimitAccuracy {
@@ -142,9 +145,9 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args)?,
-        Command::Origin { listen, latency, error_rate, cache_control, body_bytes } => {
+        Command::Origin { listen, latency, error_rate, cache_control, body_bytes, max_concurrency } => {
             let latency = shardgate_bench::scenario::duration(&latency).map_err(anyhow::Error::msg)?;
-            let config = origin::OriginConfig { latency, error_rate, cache_control, body_bytes };
+            let config = origin::OriginConfig { latency, error_rate, cache_control, body_bytes, max_concurrency };
             let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
             runtime.block_on(async {
                 let (listener, addr) = origin::bind(listen)?;
@@ -242,7 +245,7 @@ fn write_outputs(
     let series: Vec<_> = run
         .phases
         .iter()
-        .map(|(label, phase)| serde_json::json!({ "label": label, "seconds": phase.series }))
+        .map(|(label, phase)| serde_json::json!({ "label": label, "seconds": phase.series, "classes": phase.classes }))
         .collect();
     let json = serde_json::json!({
         "scenario": scenario.name,

@@ -1,7 +1,12 @@
 //! A simulated origin API for gateway scenarios and tests: every path
 //! answers after a configurable latency, with a configurable error rate,
 //! `Cache-Control` and body size, a stable per-path `ETag` (so conditional
-//! revalidation gets `304`), and a request counter at `GET /_origin/stats`.
+//! revalidation gets `304`), and counters at `GET /_origin/stats`.
+//!
+//! With `max_concurrency` the origin has a capacity, as an API in front of
+//! a database pool does: at most that many requests are served at once,
+//! the others wait in its own queue (first in, first out). Its latency can
+//! be changed while it runs (`GET /_origin/latency?ms=N`), for brown-outs.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -24,6 +29,67 @@ pub struct OriginConfig {
     /// `Cache-Control` of successful GET responses; empty sends none.
     pub cache_control: String,
     pub body_bytes: usize,
+    /// Requests served at once; more wait. 0: no limit.
+    pub max_concurrency: usize,
+}
+
+/// What the origin counts, shown at `/_origin/stats`.
+#[derive(Default)]
+struct Counters {
+    served: Cell<u64>,
+    /// Being served (past the queue).
+    in_flight: Cell<usize>,
+    in_flight_max: Cell<usize>,
+    queued: Cell<usize>,
+    queued_max: Cell<usize>,
+    latency: Cell<Duration>,
+    waiters: std::cell::RefCell<std::collections::VecDeque<std::task::Waker>>,
+}
+
+impl Counters {
+    /// Waits for a place among the `max` served at once (0: none needed),
+    /// behind those already waiting.
+    async fn enter(&self, max: usize) {
+        if max > 0 && (self.in_flight.get() >= max || self.queued.get() > 0) {
+            self.queued.set(self.queued.get() + 1);
+            self.queued_max.set(self.queued_max.get().max(self.queued.get()));
+            std::future::poll_fn(|cx| {
+                if self.in_flight.get() < max {
+                    return std::task::Poll::Ready(());
+                }
+                self.waiters.borrow_mut().push_back(cx.waker().clone());
+                std::task::Poll::Pending
+            })
+            .await;
+            self.queued.set(self.queued.get() - 1);
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.in_flight_max.set(self.in_flight_max.get().max(self.in_flight.get()));
+    }
+
+    fn leave(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        if let Some(waker) = self.waiters.borrow_mut().pop_front() {
+            waker.wake();
+        }
+    }
+
+    /// The stats body; the maxima restart from the current values, so a
+    /// poller sees each interval's peak.
+    fn stats(&self) -> String {
+        let body = format!(
+            "{{\"requests\":{},\"in_flight\":{},\"in_flight_max\":{},\"queued\":{},\"queued_max\":{},\"latency_ms\":{}}}",
+            self.served.get(),
+            self.in_flight.get(),
+            self.in_flight_max.get(),
+            self.queued.get(),
+            self.queued_max.get(),
+            self.latency.get().as_millis()
+        );
+        self.in_flight_max.set(self.in_flight.get());
+        self.queued_max.set(self.queued.get());
+        body
+    }
 }
 
 /// Largest request head the origin reads.
@@ -31,7 +97,8 @@ const HEAD_BYTES_MAX: usize = 16 * 1024;
 
 /// Serves on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, config: OriginConfig) -> Result<()> {
-    let served = Rc::new(Cell::new(0u64));
+    let served = Rc::new(Counters::default());
+    served.latency.set(config.latency);
     let config = Rc::new(config);
     let mut seed = 1u64;
     loop {
@@ -49,7 +116,7 @@ pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
-async fn connection(mut stream: TcpStream, config: Rc<OriginConfig>, served: Rc<Cell<u64>>, seed: u64) {
+async fn connection(mut stream: TcpStream, config: Rc<OriginConfig>, served: Rc<Counters>, seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut input: Vec<u8> = Vec::with_capacity(8192);
     loop {
@@ -81,13 +148,19 @@ async fn connection(mut stream: TcpStream, config: Rc<OriginConfig>, served: Rc<
         }
         input.drain(..head + body_length);
         let response = if path == "/_origin/stats" {
-            let body = format!("{{\"requests\":{}}}", served.get());
+            let body = served.stats();
             format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        } else if let Some(ms) = path.strip_prefix("/_origin/latency?ms=") {
+            served.latency.set(Duration::from_millis(ms.parse().unwrap_or(0)));
+            "HTTP/1.1 204 No Content\r\n\r\n".to_string()
         } else {
-            served.set(served.get() + 1);
-            if !config.latency.is_zero() {
-                monoio::time::sleep(config.latency).await;
+            served.served.set(served.served.get() + 1);
+            served.enter(config.max_concurrency).await;
+            let latency = served.latency.get();
+            if !latency.is_zero() {
+                monoio::time::sleep(latency).await;
             }
+            served.leave();
             answer(&config, &method, &path, if_none_match.as_deref(), rng.random::<f64>() < config.error_rate)
         };
         let (written, _) = stream.write_all(response.into_bytes()).await;
@@ -165,7 +238,13 @@ mod tests {
     use super::*;
 
     fn config() -> OriginConfig {
-        OriginConfig { latency: Duration::ZERO, error_rate: 0.0, cache_control: "max-age=1".to_string(), body_bytes: 4 }
+        OriginConfig {
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            cache_control: "max-age=1".to_string(),
+            body_bytes: 4,
+            max_concurrency: 0,
+        }
     }
 
     #[test]

@@ -235,12 +235,13 @@ mod tests {
             stats,
             elapsed: Duration::from_secs(2),
             series: vec![
-                Second { offered: 505, responses: 500, errors: 10, p50_us: 500, p99_us: 1000, max_us: 1099 };
+                Second { offered: 505, responses: 500, errors: 10, p50_us: 500, p99_us: 1000, max_us: 1099, classes: [0; 5] };
                 2
             ],
             lag_us: Histogram::new_with_bounds(1, 60_000_000, 2).unwrap(),
             server_cpu: Some(Duration::from_millis(5)),
             server_rss_peak: Some(64 << 20),
+            classes: Vec::new(),
         }
     }
 

@@ -28,7 +28,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 
-use crate::conn::{is_error, parse_response, Conn, Stats, LATENCY_US_MAX};
+use crate::conn::{is_error, parse_response, Class, Conn, Stats, CLASSES, LATENCY_US_MAX};
 use crate::procfs;
 use crate::schedule::RateProfile;
 use crate::workload::{Api, RequestGen, Workload};
@@ -70,6 +70,18 @@ pub struct Second {
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// Responses by [`Class`], in [`CLASSES`] order.
+    pub classes: [u64; CLASSES.len()],
+}
+
+/// The responses of one [`Class`] over a phase.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ClassSummary {
+    pub class: &'static str,
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 /// The outcome of one phase.
@@ -84,6 +96,8 @@ pub struct PhaseResult {
     pub lag_us: Histogram<u64>,
     pub server_cpu: Option<Duration>,
     pub server_rss_peak: Option<u64>,
+    /// Responses by class, with their latencies.
+    pub classes: Vec<ClassSummary>,
 }
 
 /// Counters the threads publish for the progress line.
@@ -147,6 +161,14 @@ pub fn run_phase(
         lag_us: total.lag_us,
         server_cpu,
         server_rss_peak: rss_peak,
+        classes: CLASSES
+            .iter()
+            .zip(&total.class_latency_us)
+            .map(|((_, name), h)| {
+                let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+                ClassSummary { class: name, count: h.len(), p50_us: q(0.5), p99_us: q(0.99), max_us: h.max() }
+            })
+            .collect(),
     })
 }
 
@@ -222,6 +244,7 @@ struct SecondAcc {
     responses: u64,
     errors: u64,
     latency_us: Histogram<u64>,
+    classes: [u64; CLASSES.len()],
 }
 
 impl SecondAcc {
@@ -231,6 +254,7 @@ impl SecondAcc {
             responses: 0,
             errors: 0,
             latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 2).expect("bounds"),
+            classes: [0; CLASSES.len()],
         }
     }
 
@@ -244,6 +268,7 @@ impl SecondAcc {
             p50_us: q(0.5),
             p99_us: q(0.99),
             max_us: h.max(),
+            classes: self.classes,
         }
     }
 }
@@ -254,6 +279,7 @@ struct ThreadResult {
     stats: Stats,
     seconds: Vec<SecondAcc>,
     lag_us: Histogram<u64>,
+    class_latency_us: Vec<Histogram<u64>>,
 }
 
 impl ThreadResult {
@@ -263,6 +289,10 @@ impl ThreadResult {
             stats: Stats::new(),
             seconds: Vec::new(),
             lag_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 2).expect("bounds"),
+            class_latency_us: CLASSES
+                .iter()
+                .map(|_| Histogram::new_with_bounds(1, LATENCY_US_MAX, 2).expect("bounds"))
+                .collect(),
         }
     }
 
@@ -278,12 +308,18 @@ impl ThreadResult {
         self.issued += other.issued;
         self.stats.merge(&other.stats);
         self.lag_us.add(&other.lag_us).expect("same bounds");
+        for (mine, theirs) in self.class_latency_us.iter_mut().zip(&other.class_latency_us) {
+            mine.add(theirs).expect("same bounds");
+        }
         for (i, second) in other.seconds.into_iter().enumerate() {
             let mine = self.second(Duration::from_secs(i as u64));
             mine.offered += second.offered;
             mine.responses += second.responses;
             mine.errors += second.errors;
             mine.latency_us.add(&second.latency_us).expect("same bounds");
+            for (count, theirs) in mine.classes.iter_mut().zip(second.classes) {
+                *count += theirs;
+            }
         }
     }
 }
@@ -303,14 +339,17 @@ impl Recorder {
         self.progress.issued.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn response(&mut self, due: Instant, status: u16, now: Instant) {
+    fn response(&mut self, due: Instant, status: u16, class: Class, now: Instant) {
         let latency = now.saturating_duration_since(due);
         self.result.stats.record(status, latency);
         let bad = is_error(status);
+        let micros = (latency.as_micros() as u64).max(1);
+        self.result.class_latency_us[class as usize].saturating_record(micros);
         let second = self.result.second(due.saturating_duration_since(self.started));
         second.responses += 1;
         second.errors += u64::from(bad);
-        second.latency_us.saturating_record((latency.as_micros() as u64).max(1));
+        second.classes[class as usize] += 1;
+        second.latency_us.saturating_record(micros);
         self.progress.responses.fetch_add(1, Ordering::Relaxed);
         self.progress.errors.fetch_add(u64::from(bad), Ordering::Relaxed);
         self.recorded += 1;
@@ -427,10 +466,10 @@ async fn closed_conn(
         }
         let now = Instant::now();
         loop {
-            match conn.next_response() {
-                Ok(Some(status)) => {
+            match conn.next_classified() {
+                Ok(Some((status, class))) => {
                     let started = sent.pop_front().expect("a response answers a request we sent");
-                    recorder.borrow_mut().response(started, status, now);
+                    recorder.borrow_mut().response(started, status, class, now);
                     due += 1;
                 }
                 Ok(None) => break,
@@ -619,7 +658,7 @@ fn record_responses(input: &[u8], lane: &RefCell<Lane>, recorder: &RefCell<Recor
                     lane.borrow_mut().dead = true;
                     return consumed;
                 };
-                recorder.borrow_mut().response(due, parsed.status, now);
+                recorder.borrow_mut().response(due, parsed.status, parsed.class, now);
             }
             Ok(None) => return consumed,
             Err(_) => {

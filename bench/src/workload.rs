@@ -57,6 +57,10 @@ pub struct Workload {
     /// Keys written before the measured phase (the most popular first).
     #[serde(default)]
     pub preload: u64,
+    /// Fraction of reads for a key no request named before (gateway: a
+    /// miss that only the origin can answer), `/item/miss-{conn}-{n}`.
+    #[serde(default)]
+    pub miss_fraction: f64,
 }
 
 impl Workload {
@@ -66,6 +70,9 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.read_fraction) {
             return Err("workload.read_fraction must be within 0..=1".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.miss_fraction) {
+            return Err("workload.miss_fraction must be within 0..=1".to_string());
         }
         if !(self.zipf >= 0.0 && self.zipf.is_finite()) {
             return Err("workload.zipf must be 0 or more".to_string());
@@ -94,6 +101,9 @@ pub struct RequestGen {
     api_key: Option<String>,
     /// Value bytes; each write sends a prefix of it.
     value: Vec<u8>,
+    connection: usize,
+    /// Misses sent so far (each names a new key).
+    misses: u64,
 }
 
 impl RequestGen {
@@ -102,7 +112,7 @@ impl RequestGen {
         let zipf = (workload.zipf > 0.0).then(|| Zipf::new(workload.keys as f64, workload.zipf).expect("validated"));
         let api_key = (workload.api_keys > 0).then(|| format!("client-{}", connection as u32 % workload.api_keys));
         let value = (0..workload.value_bytes.max()).map(|_| rng.random_range(b'a'..=b'z')).collect();
-        RequestGen { rng, zipf, workload: workload.clone(), api, api_key, value }
+        RequestGen { rng, zipf, workload: workload.clone(), api, api_key, value, connection, misses: 0 }
     }
 
     /// A key id, by popularity rank: id 0 is the most popular.
@@ -124,6 +134,10 @@ impl RequestGen {
     pub fn next(&mut self, out: &mut Vec<u8>) {
         let id = self.key_id();
         if self.rng.random::<f64>() < self.workload.read_fraction {
+            if self.workload.miss_fraction > 0.0 && self.rng.random::<f64>() < self.workload.miss_fraction {
+                self.read_new(out);
+                return;
+            }
             self.read(id, out);
         } else {
             let length = self.value_len();
@@ -136,6 +150,17 @@ impl RequestGen {
     pub fn read(&self, id: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(b"GET ");
         self.target(id, b"/GET/", out);
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: bench\r\n");
+        self.finish_head(out);
+    }
+
+    /// Appends a GET of a key never asked for before.
+    fn read_new(&mut self, out: &mut Vec<u8>) {
+        self.misses += 1;
+        out.extend_from_slice(b"GET /item/miss-");
+        out.extend_from_slice(itoa::Buffer::new().format(self.connection).as_bytes());
+        out.push(b'-');
+        out.extend_from_slice(itoa::Buffer::new().format(self.misses).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nHost: bench\r\n");
         self.finish_head(out);
     }
@@ -185,7 +210,7 @@ mod tests {
     use super::*;
 
     fn workload(zipf: f64, read_fraction: f64, value_bytes: ValueBytes) -> Workload {
-        Workload { keys: 1000, zipf, read_fraction, value_bytes, api_keys: 3, preload: 0 }
+        Workload { keys: 1000, zipf, read_fraction, value_bytes, api_keys: 3, preload: 0, miss_fraction: 0.0 }
     }
 
     #[test]

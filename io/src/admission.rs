@@ -6,6 +6,12 @@
 //! refused before it fills the queue for everyone (HAProxy's `maxconn` +
 //! `timeout queue` per server, with Envoy's `max_pending_requests` bound).
 //!
+//! A queue that stands (its oldest waiter has waited half the timeout)
+//! refuses newcomers at once, CoDel's rule applied at admission: under a
+//! sustained overload the excess is refused in microseconds, and those
+//! admitted wait at most about half the timeout, instead of everyone
+//! waiting the full timeout to be refused.
+//!
 //! A slot a finished exchange frees goes straight to the next waiter of
 //! its core, unless another core has waiters too: then it goes back to the
 //! shared count and that core is woken, so cores take turns. Each core
@@ -50,8 +56,8 @@ pub struct AdmissionSettings {
     pub retry_budget_percent: u32,
 }
 
-#[derive(Default)]
 struct Waiter {
+    queued_at: Instant,
     granted: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
@@ -121,7 +127,15 @@ impl Admission {
             }
             return Ok(self.permit());
         }
-        let waiter = Rc::new(Waiter::default());
+        // A standing queue (CoDel's signal): its oldest waiter has waited
+        // half the timeout, so a newcomer behind it would most likely wait
+        // in vain. Refused at once, the client learns in microseconds.
+        let now = Instant::now();
+        let standing = self.queue.borrow().front().is_some_and(|w| now - w.queued_at >= self.timeout / 2);
+        if standing {
+            return Err(self.refuse(Rejection::QueueStanding));
+        }
+        let waiter = Rc::new(Waiter { queued_at: now, granted: Cell::new(false), waker: RefCell::new(None) });
         let pushed = self.queue.borrow_mut().push(identity, Rc::clone(&waiter));
         let ticket = match pushed {
             Ok(ticket) => ticket,

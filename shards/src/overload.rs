@@ -205,6 +205,11 @@ impl<T> FairQueue<T> {
         Ok(ticket)
     }
 
+    /// The oldest entry still queued, left in place.
+    pub fn front(&self) -> Option<&T> {
+        self.entries.iter().find_map(|entry| entry.as_ref().map(|(_, item)| item))
+    }
+
     /// The oldest entry still queued.
     pub fn pop(&mut self) -> Option<T> {
         while let Some(entry) = self.entries.pop_front() {

@@ -75,7 +75,8 @@ fn the_origin_never_sees_more_than_its_limit_and_every_request_is_answered() {
     }
     assert!(served >= 8, "only {served} served");
     assert!(served < 64, "1 s of queue cannot serve 64 × 300 ms through 8 slots");
-    assert_eq!(rejected(&server, "queue_timeout") as usize, 64 - served);
+    let refused = rejected(&server, "queue_timeout") + rejected(&server, "queue_standing");
+    assert_eq!(refused as usize, 64 - served);
     let metrics = server.send("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").text();
     assert!(metrics.lines().any(|l| l.starts_with("shardgate_origin_limit{") && l.ends_with(" 8")), "{metrics}");
     assert!(server.stderr_lines_with("origin limit rejecting").len() == 1, "one log line for the episode");

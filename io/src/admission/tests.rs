@@ -94,3 +94,18 @@ fn the_retry_budget_counts_first_attempts() {
     }
     assert_eq!((0..20).filter(|_| admission.try_retry()).count(), 7, "20% of 50 = 10, 3 spent");
 }
+
+#[test]
+fn a_standing_queue_refuses_newcomers_at_once() {
+    block_on(async {
+        let admission = admission(1, 8, 100);
+        let _held = admission.acquire(1).await.unwrap();
+        let a = Rc::clone(&admission);
+        let first = monoio::spawn(async move { a.acquire(2).await.map(drop) });
+        monoio::time::sleep(Duration::from_millis(60)).await;
+        let started = Instant::now();
+        assert!(matches!(admission.acquire(3).await, Err(Rejection::QueueStanding)));
+        assert!(started.elapsed() < Duration::from_millis(40), "refused without waiting");
+        assert!(matches!(first.await, Err(Rejection::QueueTimeout)));
+    });
+}

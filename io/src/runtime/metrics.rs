@@ -163,12 +163,16 @@ pub enum Rejection {
     QueueShare,
     /// No slot came free within `--origin-queue-timeout`.
     QueueTimeout,
+    /// The oldest waiter has waited half of `--origin-queue-timeout`: a
+    /// newcomer behind it would likely time out, so it is refused at once.
+    QueueStanding,
 }
 
-const REJECTIONS: [(Rejection, &str); 3] = [
+const REJECTIONS: [(Rejection, &str); 4] = [
     (Rejection::QueueFull, "queue_full"),
     (Rejection::QueueShare, "queue_share"),
     (Rejection::QueueTimeout, "queue_timeout"),
+    (Rejection::QueueStanding, "queue_standing"),
 ];
 
 impl Rejection {
@@ -637,7 +641,7 @@ impl Metrics {
                 let _ = writeln!(out, "shardgate_origin_queue_depth{{shard=\"{shard}\",origin=\"{origin}\"}} {depth}");
             }
         }
-        let help = "Requests refused a slot of each origin, by reason (queue_full, queue_share, queue_timeout).";
+        let help = "Requests refused a slot of each origin, by reason (queue_full, queue_share, queue_timeout, queue_standing).";
         header(out, "shardgate_origin_rejected_total", "counter", help);
         for (shard, metrics) in self.shards.iter().enumerate() {
             for (reason, reason_name) in REJECTIONS {

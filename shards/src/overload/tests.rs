@@ -96,6 +96,7 @@ enum Step {
     Pop(Option<u32>),
     Remove(u64, Option<u32>),
     Len(usize),
+    Front(Option<u32>),
 }
 
 fn check(capacity: usize, share: usize, steps: &[Step]) {
@@ -110,6 +111,7 @@ fn check(capacity: usize, share: usize, steps: &[Step]) {
             Step::Pop(expected) => assert_eq!(queue.pop(), *expected, "step {index}"),
             Step::Remove(ticket, expected) => assert_eq!(queue.remove(*ticket), *expected, "step {index}"),
             Step::Len(expected) => assert_eq!(queue.len(), *expected, "step {index}"),
+            Step::Front(expected) => assert_eq!(queue.front().copied(), *expected, "step {index}"),
         }
     }
 }
@@ -130,14 +132,17 @@ fn the_queue_is_fifo_bounded_and_shared_fairly() {
             Push(1, Ok(0)),
             Push(2, Ok(1)),
             Push(3, Ok(2)),
+            Front(Some(0)),
             Remove(1, Some(1)),
             Remove(1, None),
             Len(2),
             Push(2, Ok(3)),
             Pop(Some(0)),
+            Front(Some(2)),
             Pop(Some(2)),
             Pop(Some(3)),
             Pop(None),
+            Front(None),
             Remove(7, None),
         ],
     );
