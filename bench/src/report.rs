@@ -235,7 +235,15 @@ mod tests {
             stats,
             elapsed: Duration::from_secs(2),
             series: vec![
-                Second { offered: 505, responses: 500, errors: 10, p50_us: 500, p99_us: 1000, max_us: 1099, classes: [0; 5] };
+                Second {
+                    offered: 505,
+                    responses: 500,
+                    errors: 10,
+                    p50_us: 500,
+                    p99_us: 1000,
+                    max_us: 1099,
+                    classes: [0; 5]
+                };
                 2
             ],
             lag_us: Histogram::new_with_bounds(1, 60_000_000, 2).unwrap(),

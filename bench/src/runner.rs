@@ -513,6 +513,10 @@ impl Lane {
     }
 }
 
+/// Connections the open loop looks at for one with room before it takes
+/// the next in turn.
+const LANE_PROBES: usize = 8;
+
 async fn open(
     spec: &ThreadSpec,
     conns: Vec<(Conn, RequestGen)>,
@@ -545,8 +549,15 @@ async fn open(
         let mut recorder_ref = recorder.borrow_mut();
         recorder_ref.issue(due_at);
         recorder_ref.result.lag_us.saturating_record((now.saturating_duration_since(due_at).as_micros() as u64).max(1));
-        // The next live connection, round-robin.
-        let live = (0..lanes.len()).map(|i| (next + i) % lanes.len()).find(|&i| !lanes[i].borrow().dead);
+        // The next live connection, round-robin, preferring one of the
+        // next few that has room (each connection is one client: a request
+        // does not queue behind another client's slow one while others idle).
+        let order = (0..lanes.len()).map(|i| (next + i) % lanes.len());
+        let roomy = order.clone().take(LANE_PROBES).find(|&i| {
+            let lane = lanes[i].borrow();
+            !lane.dead && lane.queued.is_empty() && lane.in_flight.len() < spec.pipeline
+        });
+        let live = roomy.or_else(|| order.clone().find(|&i| !lanes[i].borrow().dead));
         match live {
             Some(i) => {
                 next = i + 1;

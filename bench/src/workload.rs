@@ -58,7 +58,7 @@ pub struct Workload {
     #[serde(default)]
     pub preload: u64,
     /// Fraction of reads for a key no request named before (gateway: a
-    /// miss that only the origin can answer), `/item/miss-{conn}-{n}`.
+    /// miss that only the origin can answer), `/item/miss-{seed}-{conn}-{n}`.
     #[serde(default)]
     pub miss_fraction: f64,
 }
@@ -102,6 +102,7 @@ pub struct RequestGen {
     /// Value bytes; each write sends a prefix of it.
     value: Vec<u8>,
     connection: usize,
+    seed: u64,
     /// Misses sent so far (each names a new key).
     misses: u64,
 }
@@ -112,7 +113,7 @@ impl RequestGen {
         let zipf = (workload.zipf > 0.0).then(|| Zipf::new(workload.keys as f64, workload.zipf).expect("validated"));
         let api_key = (workload.api_keys > 0).then(|| format!("client-{}", connection as u32 % workload.api_keys));
         let value = (0..workload.value_bytes.max()).map(|_| rng.random_range(b'a'..=b'z')).collect();
-        RequestGen { rng, zipf, workload: workload.clone(), api, api_key, value, connection, misses: 0 }
+        RequestGen { rng, zipf, workload: workload.clone(), api, api_key, value, connection, seed, misses: 0 }
     }
 
     /// A key id, by popularity rank: id 0 is the most popular.
@@ -157,7 +158,10 @@ impl RequestGen {
     /// Appends a GET of a key never asked for before.
     fn read_new(&mut self, out: &mut Vec<u8>) {
         self.misses += 1;
+        // The seed keeps runs against one server apart.
         out.extend_from_slice(b"GET /item/miss-");
+        out.extend_from_slice(itoa::Buffer::new().format(self.seed).as_bytes());
+        out.push(b'-');
         out.extend_from_slice(itoa::Buffer::new().format(self.connection).as_bytes());
         out.push(b'-');
         out.extend_from_slice(itoa::Buffer::new().format(self.misses).as_bytes());

@@ -6,11 +6,12 @@
 //! refused before it fills the queue for everyone (HAProxy's `maxconn` +
 //! `timeout queue` per server, with Envoy's `max_pending_requests` bound).
 //!
-//! A queue that stands (its oldest waiter has waited half the timeout)
-//! refuses newcomers at once, CoDel's rule applied at admission: under a
-//! sustained overload the excess is refused in microseconds, and those
-//! admitted wait at most about half the timeout, instead of everyone
-//! waiting the full timeout to be refused.
+//! A queue that stands (its oldest waiter has waited half the timeout, or
+//! the work queued ahead would take a newcomer that long: waiters × mean
+//! exchange time ÷ limit) refuses newcomers at once, CoDel's rule applied
+//! at admission: under a sustained overload the excess is refused in
+//! microseconds, and those admitted wait at most about half the timeout,
+//! instead of everyone waiting the full timeout to be refused.
 //!
 //! A slot a finished exchange frees goes straight to the next waiter of
 //! its core, unless another core has waiters too: then it goes back to the
@@ -44,6 +45,8 @@ pub struct Admission {
     timeout: Duration,
     /// This core's retries to the origin (`--retry-budget`).
     budget: RefCell<RetryBudget>,
+    /// Moving average of this core's exchanges with the origin, µs.
+    exchange_us: Cell<f64>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,8 +75,10 @@ pub struct Permit {
 impl Permit {
     /// The exchange ended; an answered one feeds `auto` its round trip.
     pub fn finish(self, answered: bool) {
+        let rtt = self.started.elapsed().as_micros() as u64;
+        let average = &self.admission.exchange_us;
+        average.set(if average.get() == 0.0 { rtt as f64 } else { average.get() * 0.9 + rtt as f64 * 0.1 });
         if answered {
-            let rtt = self.started.elapsed().as_micros() as u64;
             self.admission.slots.sample(rtt, self.in_flight);
         }
     }
@@ -102,6 +107,7 @@ impl Admission {
             queue: RefCell::new(FairQueue::new(settings.queue_entries, share)),
             timeout: settings.queue_timeout,
             budget: RefCell::new(RetryBudget::new(settings.retry_budget_percent)),
+            exchange_us: Cell::new(0.0),
             metrics,
         }
     }
@@ -131,8 +137,7 @@ impl Admission {
         // half the timeout, so a newcomer behind it would most likely wait
         // in vain. Refused at once, the client learns in microseconds.
         let now = Instant::now();
-        let standing = self.queue.borrow().front().is_some_and(|w| now - w.queued_at >= self.timeout / 2);
-        if standing {
+        if self.standing(now) {
             return Err(self.refuse(Rejection::QueueStanding));
         }
         let waiter = Rc::new(Waiter { queued_at: now, granted: Cell::new(false), waker: RefCell::new(None) });
@@ -152,6 +157,19 @@ impl Admission {
             return Err(self.refuse(Rejection::QueueTimeout));
         }
         Ok(self.permit())
+    }
+
+    /// Whether the queue stands: its oldest waiter has waited half the
+    /// timeout, or the work queued ahead (waiters × mean exchange time ÷
+    /// limit, Little's law) would take a newcomer that long.
+    fn standing(&self, now: Instant) -> bool {
+        let queue = self.queue.borrow();
+        let half = self.timeout / 2;
+        if queue.front().is_some_and(|waiter| now - waiter.queued_at >= half) {
+            return true;
+        }
+        let ahead_us = (queue.len() + 1) as f64 * self.exchange_us.get() / f64::from(self.slots.limit().max(1));
+        !queue.is_empty() && ahead_us >= half.as_micros() as f64
     }
 
     fn permit(self: &Rc<Self>) -> Permit {
@@ -194,7 +212,14 @@ impl Admission {
                 grant(&waiter);
                 self.publish_waiting();
             }
-            None => self.slots.release(self.shard),
+            None => {
+                self.slots.release(self.shard);
+                // The limit fell under the count: this core's waiters get
+                // the next slot that fits (no other core would wake them).
+                if !self.slots.others_wait(self.shard) {
+                    self.grant_queued();
+                }
+            }
         }
     }
 

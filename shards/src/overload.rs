@@ -7,7 +7,9 @@
 //! # The adaptive limit
 //! Netflix's concurrency-limits `VegasLimit` with BBR's ProbeRTT: every
 //! window of at least [`WINDOW_MS`] and [`WINDOW_SAMPLES_MIN`] samples
-//! compares the window's shortest round trip with the no-load round trip.
+//! compares the window's mean round trip with the no-load round trip (a
+//! window's shortest one would miss a queue that comes and goes: any
+//! request that found the origin idle for a moment hides it).
 //! The queue the origin holds is estimated as `limit × (1 − noload / rtt)`
 //! (Little's law applied to the extra wait); below `alpha` the limit grows
 //! by `√limit` (when the window used at least half of it), above `beta` it
@@ -17,8 +19,8 @@
 //! The no-load time is measured, not guessed: the first window and one
 //! every [`PROBE_INTERVAL_MS`] are probes, in which the limit is a quarter
 //! of itself (at least the floor) so that the origin's own queue drains
-//! and its bare latency shows; a probe's minimum replaces the baseline
-//! (lower minima seen between probes lower it at once). A probe costs
+//! and its bare latency shows; a probe's shortest round trip replaces the
+//! baseline (shorter ones seen between probes lower it at once). A probe costs
 //! about 1% of the origin's throughput. Because the baseline is re-learnt,
 //! an origin that became slower for good (a brown-out) is followed: the
 //! limit falls when its latency rises, and climbs back after the next
@@ -50,6 +52,7 @@ pub struct AdaptiveLimit {
     window_started_ms: Option<u64>,
     window_samples: u32,
     window_rtt_min_us: u64,
+    window_rtt_sum_us: u64,
     window_in_flight_max: u32,
 }
 
@@ -68,6 +71,7 @@ impl AdaptiveLimit {
             window_started_ms: None,
             window_samples: 0,
             window_rtt_min_us: u64::MAX,
+            window_rtt_sum_us: 0,
             window_in_flight_max: 0,
         }
     }
@@ -100,23 +104,26 @@ impl AdaptiveLimit {
         self.probe_started_ms.get_or_insert(now_ms);
         self.window_samples += 1;
         self.window_rtt_min_us = self.window_rtt_min_us.min(rtt_us.max(1));
+        self.window_rtt_sum_us += rtt_us.max(1);
         self.window_in_flight_max = self.window_in_flight_max.max(in_flight);
         if now_ms.saturating_sub(started) < WINDOW_MS || self.window_samples < WINDOW_SAMPLES_MIN {
             return None;
         }
-        let (rtt, used) = (self.window_rtt_min_us, self.window_in_flight_max);
+        let (shortest, used) = (self.window_rtt_min_us, self.window_in_flight_max);
+        let mean = self.window_rtt_sum_us / u64::from(self.window_samples);
         self.window_started_ms = None;
         self.window_samples = 0;
         self.window_rtt_min_us = u64::MAX;
+        self.window_rtt_sum_us = 0;
         self.window_in_flight_max = 0;
         let before = self.limit();
         if self.probing {
             self.probing = false;
-            self.noload_us = rtt;
+            self.noload_us = shortest;
             self.probe_started_ms = Some(now_ms);
         } else {
-            self.noload_us = self.noload_us.min(rtt);
-            self.limit = self.next(self.noload_us as f64, rtt as f64, used);
+            self.noload_us = self.noload_us.min(shortest);
+            self.limit = self.next(self.noload_us as f64, mean as f64, used);
             let last_probe = self.probe_started_ms.unwrap_or(now_ms);
             self.probing = now_ms.saturating_sub(last_probe) >= PROBE_INTERVAL_MS;
         }

@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Backpressure scenarios (issue 14): shardgate (`--origin-max-connections
+auto`, and a fixed 16), nginx (`proxy_cache` + `proxy_cache_lock` +
+upstream `max_conns=16`) and Varnish (backend `.max_connections = 16`),
+one server core each, in front of the same simulated origin, which serves
+16 requests at once in 20 ms (capacity C = 800/s) and queues the rest.
+
+  origin-normal    12,000/s: 400 misses/s (C/2) among hits of 1,000 cached paths
+  origin-overload  12,000/s: 2,400 misses/s (3C) among the same hits
+  origin-brownout   4,000/s: 400 misses/s; the hot paths expire every 2 s
+                    (stale-if-error=60); the origin's latency is 500 ms from
+                    10 s to 30 s, 20 ms before and after
+  disk-normal / disk-overload (shardgate only: the others keep no data):
+                    sync PUTs mixed with GET hits, the server's writes
+                    throttled to 1 MiB/s by a blkio cgroup (needs root);
+                    PUTs offered at 3x the group-commit capacity measured
+                    first with a closed loop
+
+Each second the origin's peak concurrency and queue are sampled (every
+100 ms, /_origin/stats) along with shardgate's current limit, and the
+generator counts answers by X-Cache class (hit, miss, stale, rejected).
+Servers run on CPU 0, generator and origin on CPU 1. Writes Markdown to
+--out (default bench/results/DATE-backpressure.md) and the raw JSON next
+to it.
+
+Usage: python3 bench/overload.py [--servers shardgate,shardgate-16,nginx,varnish]
+                                 [--scenarios overload,brownout,disk] [--out FILE]
+Needs: nginx and varnish (apt-get install nginx-light varnish), a release build.
+"""
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk"))
+import compare  # noqa: E402  (free_port, wait_port, start_shardgate)
+
+ROOT = compare.ROOT
+BENCH = os.path.join(ROOT, "target", "release", "shardgate-bench")
+SERVER_CPU, CLIENT_CPU = 0, 1
+CAPACITY = 16  # the origin's concurrent requests
+ORIGIN_MS = 20
+HOT = 1000
+CGROUP = "/sys/fs/cgroup/blkio/shardgate-bench"
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    proxy_cache_path {dir}/cache levels=1:2 keys_zone=c:64m max_size=1g inactive=1h use_temp_path=off;
+    upstream origin {{ server 127.0.0.1:{origin} max_conns={capacity}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache c;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 1s;
+            proxy_cache_revalidate on;
+            proxy_cache_background_update on;
+            proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;
+            add_header X-Cache $upstream_cache_status;
+        }}
+    }}
+}}
+"""
+
+VCL = """vcl 4.1;
+backend default {{
+    .host = "127.0.0.1"; .port = "{origin}";
+    .max_connections = {capacity};
+    .connect_timeout = 1s; .first_byte_timeout = 10s;
+}}
+sub vcl_backend_response {{ set beresp.grace = 60s; }}
+sub vcl_deliver {{
+    if (obj.hits > 0) {{
+        if (obj.ttl < 0s) {{ set resp.http.X-Cache = "STALE"; }} else {{ set resp.http.X-Cache = "HIT"; }}
+    }} else {{ set resp.http.X-Cache = "MISS"; }}
+}}
+"""
+
+
+def get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def start_origin(cache_control):
+    port = compare.free_port()
+    proc = subprocess.Popen(["taskset", "-c", str(CLIENT_CPU), BENCH, "origin", "--listen", f"127.0.0.1:{port}",
+                             "--cache-control", cache_control, "--latency", f"{ORIGIN_MS}ms", "--body-bytes", "256",
+                             "--max-concurrency", str(CAPACITY)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    compare.wait_port(port)
+    return proc, port
+
+
+def start_server(name, origin_port, work):
+    """Returns (processes, pids for CPU accounting, address)."""
+    if name.startswith("shardgate"):
+        extra = ["--origin", f"http://127.0.0.1:{origin_port}"]
+        if name == "shardgate-16":
+            extra += ["--origin-max-connections", str(CAPACITY)]
+        proc, base = compare.start_shardgate(SERVER_CPU, "uring", extra=extra)
+        return [proc], [proc.pid], base.removeprefix("http://")
+    port = compare.free_port()
+    if name == "nginx":
+        conf = os.path.join(work, "nginx.conf")
+        open(conf, "w").write(NGINX_CONF.format(dir=work, origin=origin_port, capacity=CAPACITY, port=port))
+        proc = subprocess.Popen(["taskset", "-c", str(SERVER_CPU), "nginx", "-c", conf, "-p", work],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        vcl = os.path.join(work, "bench.vcl")
+        open(vcl, "w").write(VCL.format(origin=origin_port, capacity=CAPACITY))
+        proc = subprocess.Popen(["taskset", "-c", str(SERVER_CPU), "varnishd", "-n", os.path.join(work, "varnish"),
+                                 "-a", f"127.0.0.1:{port}", "-f", vcl, "-s", "malloc,512m", "-p", "thread_pools=1",
+                                 "-F"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    compare.wait_port(port)
+    time.sleep(0.5)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    # nginx's worker does the work, so do Varnish's children; count them all.
+    return [proc], [proc.pid, *map(int, children)], f"127.0.0.1:{port}"
+
+
+def stop(procs):
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def preload(addr, paths):
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: get(f"http://{addr}{p}", timeout=30), paths))
+
+
+class Sampler(threading.Thread):
+    """Every 100 ms: the origin's stats (peaks reset per read) and, for
+    shardgate, its origin limit; summed per second."""
+
+    def __init__(self, origin_port, server_addr, shardgate):
+        super().__init__(daemon=True)
+        self.origin, self.server, self.shardgate = origin_port, server_addr, shardgate
+        self.samples, self.running = [], True
+
+    def run(self):
+        started = time.time()
+        while self.running:
+            stats = json.loads(get(f"http://127.0.0.1:{self.origin}/_origin/stats"))
+            limit = None
+            if self.shardgate and int((time.time() - started) * 10) % 5 == 0:
+                metrics = get(f"http://{self.server}/metrics").decode()
+                limit = next((float(l.split()[-1]) for l in metrics.splitlines()
+                              if l.startswith("shardgate_origin_limit{")), None)
+            self.samples.append((time.time() - started, stats, limit))
+            time.sleep(0.1)
+
+    def seconds(self):
+        """Per second: peak in flight and queued, requests the origin
+        answered (from the first sample of one second to the next's), and
+        shardgate's limit."""
+        out = {}
+        for at, stats, limit in self.samples:
+            second = out.setdefault(int(at), {"in_flight_max": 0, "queued_max": 0, "requests": stats["requests"],
+                                              "limit": None})
+            second["in_flight_max"] = max(second["in_flight_max"], stats["in_flight_max"])
+            second["queued_max"] = max(second["queued_max"], stats["queued_max"])
+            second["requests_end"] = stats["requests"]
+            if limit is not None:
+                second["limit"] = limit
+        seconds = [out[k] for k in sorted(out)]
+        for this, following in zip(seconds, seconds[1:]):
+            this["requests_end"] = following["requests"]
+        return seconds[:-1] if len(seconds) > 1 else seconds
+
+
+def scenario_file(work, name, rate, miss_fraction, duration, read_fraction=1.0, api="gateway", mode="open",
+                  connections=2048):
+    path = os.path.join(work, f"{name}.toml")
+    rate_line = f"rate = {rate}\n" if mode == "open" else ""
+    open(path, "w").write(f"""name = "{name}"
+description = "{rate}/s {mode} loop"
+mode = "{mode}"
+duration = "{duration}s"
+connections = {connections}
+{rate_line}timeout = "10s"
+
+[workload]
+keys = {HOT}
+read_fraction = {read_fraction}
+miss_fraction = {miss_fraction}
+value_bytes = 64
+api_keys = 64
+preload = {HOT if api != "gateway" else 0}
+""")
+    return path
+
+
+RUNS = iter(range(1, 1 << 30))
+
+
+def run_bench(path, addr, pids, label, out_dir, api="gateway", no_preload=True):
+    """Runs one scenario file; returns the JSON the generator wrote. Each
+    run gets its own seed, so its misses are keys no earlier run named."""
+    command = ["taskset", "-c", str(CLIENT_CPU), BENCH, "run", path, "--addr", addr, "--api", api,
+               "--server-name", label, "--server-pid", ",".join(map(str, pids)), "--out-dir", out_dir,
+               "--seed", str(next(RUNS))]
+    if no_preload:
+        command.append("--no-preload")
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name = os.path.basename(path).removesuffix(".toml")
+    return json.load(open(os.path.join(out_dir, f"{name}-{label}.json")))
+
+
+def gateway_run(server, scenario, out_dir, work):
+    cache_control = "max-age=2, stale-if-error=60" if scenario == "origin-brownout" else "max-age=3600"
+    origin, origin_port = start_origin(cache_control)
+    procs, pids, addr = start_server(server, origin_port, os.path.join(work, f"{server}-{scenario}"))
+    try:
+        preload(addr, [f"/item/key-{i}" for i in range(HOT)])
+        rate, misses, duration = {"origin-normal": (12000, 400, 20), "origin-overload": (12000, 2400, 20),
+                                  "origin-brownout": (4000, 400, 40)}[scenario]
+        # A warm-up run at the same load (its per-second origin figures are
+        # kept: how long an adaptive limit takes to settle), then the run.
+        warm = Sampler(origin_port, addr, server.startswith("shardgate"))
+        warm.start()
+        run_bench(scenario_file(work, "warmup", rate, misses / rate, 10), addr, pids, server, out_dir)
+        warm.running = False
+        warm.join()
+        if scenario == "origin-brownout":
+            time.sleep(3)  # The hot paths expire (max-age=2): the run begins with revalidations.
+        path = scenario_file(work, scenario, rate, misses / rate, duration)
+        sampler = Sampler(origin_port, addr, server.startswith("shardgate"))
+        sampler.start()
+        timers = []
+        if scenario == "origin-brownout":
+            for at, ms in [(10, 500), (30, ORIGIN_MS)]:
+                timers.append(threading.Timer(at + 0.05, get, [f"http://127.0.0.1:{origin_port}/_origin/latency?ms={ms}"]))
+        for timer in timers:
+            timer.start()
+        result = run_bench(path, addr, pids, server, out_dir)
+        sampler.running = False
+        sampler.join()
+        reasons = {}
+        if server.startswith("shardgate"):
+            for line in get(f"http://{addr}/metrics").decode().splitlines():
+                if line.startswith("shardgate_origin_rejected_total{"):
+                    reason = line.split('reason="')[1].split('"')[0]
+                    reasons[reason] = reasons.get(reason, 0) + float(line.split()[-1])
+        return {"bench": result, "origin": sampler.seconds(), "warmup_origin": warm.seconds(), "rejected": reasons}
+    finally:
+        stop(procs)
+        stop([origin])
+
+
+def disk_runs(out_dir, work):
+    """Closed-loop sync PUT capacity with the server's writes throttled to
+    1 MiB/s, then GETs of cached keys alone, then the same GETs while PUTs
+    are offered at 3x that capacity (two generators, so each op has its
+    own latency figures)."""
+    os.makedirs(CGROUP, exist_ok=True)
+    open(f"{CGROUP}/blkio.throttle.write_bps_device", "w").write(f"{disk_device()} {1 << 20}")
+    proc, base = compare.start_shardgate(SERVER_CPU, "uring", extra=["--durability", "sync"])
+    addr = base.removeprefix("http://")
+    results = {}
+    try:
+        for task in os.listdir(f"/proc/{proc.pid}/task"):
+            open(f"{CGROUP}/tasks", "w").write(task)
+        capacity_path = scenario_file(work, "disk-capacity", 0, 0.0, 10, read_fraction=0.0, api="shardgate",
+                                      mode="closed", connections=256)
+        results["capacity"] = run_bench(capacity_path, addr, [proc.pid], "shardgate", out_dir, api="shardgate",
+                                        no_preload=False)
+        put_rate = int(results["capacity"]["rows"][0]["throughput_rps"])
+        results["put_rate"] = put_rate
+        gets = scenario_file(work, "disk-hits", 8000, 0.0, 20, api="shardgate")
+        results["disk-normal"] = run_bench(gets, addr, [proc.pid], "shardgate-alone", out_dir, api="shardgate")
+        puts = scenario_file(work, "disk-puts", 3 * put_rate, 0.0, 20, read_fraction=0.0, api="shardgate")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            hits = pool.submit(run_bench, gets, addr, [proc.pid], "shardgate-loaded", out_dir, "shardgate")
+            writes = pool.submit(run_bench, puts, addr, [proc.pid], "shardgate", out_dir, "shardgate")
+            results["disk-overload"], results["disk-puts"] = hits.result(), writes.result()
+        metrics = get(f"{base}/metrics").decode()
+        results["disk_rejected"] = {l.split("reason=\"")[1].split("\"")[0]: float(l.split()[-1])
+                                    for l in metrics.splitlines() if l.startswith("shardgate_disk_rejected_total{")}
+    finally:
+        stop([proc])
+    return results
+
+
+def disk_device():
+    """MAJ:MIN of the block device under the data directory's file system."""
+    dev = os.stat(tempfile.gettempdir()).st_dev
+    major, minor = os.major(dev), os.minor(dev)
+    if os.path.exists(f"/sys/dev/block/{major}:{minor}/partition"):
+        parent = os.path.realpath(f"/sys/dev/block/{major}:{minor}/..")
+        major, minor = open(os.path.join(parent, "dev")).read().strip().split(":")
+    return f"{major}:{minor}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--servers", default="shardgate,shardgate-16,nginx,varnish")
+    parser.add_argument("--scenarios", default="overload,brownout,disk")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
+                                                      f"{datetime.date.today()}-backpressure.md"))
+    args = parser.parse_args()
+    servers, scenarios = args.servers.split(","), args.scenarios.split(",")
+    work = tempfile.mkdtemp(prefix="shardgate-overload-")
+    out_dir = os.path.join(work, "json")
+    raw = {}
+    names = {"overload": ["origin-normal", "origin-overload"], "brownout": ["origin-brownout"]}
+    for group in [g for g in ("overload", "brownout") if g in scenarios]:
+        for scenario in names[group]:
+            for server in servers:  # servers alternate within each scenario
+                print(f"== {scenario}: {server}", file=sys.stderr)
+                os.makedirs(os.path.join(work, f"{server}-{scenario}"), exist_ok=True)
+                raw[f"{scenario}/{server}"] = gateway_run(server, scenario, out_dir, work)
+    if "disk" in scenarios:
+        print("== disk: shardgate", file=sys.stderr)
+        raw["disk"] = disk_runs(out_dir, work)
+    json_path = args.out.removesuffix(".md") + ".json"
+    json.dump(raw, open(json_path, "w"), indent=1)
+    import overload_report  # noqa: E402
+    open(args.out, "w").write(overload_report.markdown(raw))
+    print(open(args.out).read())
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()

@@ -1,0 +1,111 @@
+"""Markdown for bench/overload.py's results (also: python3 bench/overload_report.py RESULTS.json)."""
+import json
+import statistics
+import sys
+
+CAPACITY_RPS = 16 * 1000 / 20  # the simulated origin: 16 at once, 20 ms each
+WARMUP_S = 5
+
+
+def classes(run):
+    return {c["class"]: c for c in run["series"][0]["classes"]}
+
+
+def ms(us):
+    return f"{us / 1000:.1f} ms" if us >= 1000 else f"{us} µs"
+
+
+def origin_summary(seconds, after=WARMUP_S):
+    steady = seconds[after:-1] or seconds
+    peaks = [s["in_flight_max"] for s in steady]
+    limits = [s["limit"] for s in steady if s["limit"] is not None]
+    return {
+        "peak": max(s["in_flight_max"] for s in seconds),
+        "peak_steady": max(peaks),
+        "median_peak": statistics.median(peaks),
+        "limit": statistics.median(limits) if limits else None,
+        "served_rps": statistics.median([s["requests_end"] - s["requests"] for s in steady]) if steady else 0,
+    }
+
+
+def gateway_rows(raw):
+    lines = ["| scenario | server | offered/s | hits | origin-served | stale | 503 | other 5xx | client timeouts "
+             "| hit p99 | 503 p99 | origin concurrency: peak, steady peak, median | shardgate limit | origin answered/s "
+             "| CPU µs/req |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, run in raw.items():
+        if "/" not in key:
+            continue
+        scenario, server = key.split("/")
+        row = run["bench"]["rows"][0]
+        c = classes(run["bench"])
+        o = origin_summary(run["origin"])
+        limit = "–" if o["limit"] is None else f"{o['limit']:.0f}"
+        cpu = "–" if row["cpu_us_per_request"] is None else f"{row['cpu_us_per_request']:.1f}"
+        lines.append(
+            f"| {scenario} | {server} | {row['offered_rps']:.0f} | {c['hit']['count']} | {c['miss']['count']} "
+            f"| {c['stale']['count']} | {c['rejected']['count']} | {c['failed']['count']} | {row['failures']} "
+            f"| {ms(c['hit']['p99_us'])} | {ms(c['rejected']['p99_us'])} "
+            f"| {o['peak']}, {o['peak_steady']}, {o['median_peak']:.0f} | {limit} | {o['served_rps']:.0f} "
+            f"| {cpu} |")
+    return lines
+
+
+def ratios(raw):
+    lines = ["| server | hit p99 normal → overload | ratio | origin answered/s under overload ÷ capacity (800/s) |",
+             "|---|---|---|---|"]
+    servers = sorted({k.split("/")[1] for k in raw if k.startswith("origin-overload/")})
+    for server in servers:
+        normal, over = raw.get(f"origin-normal/{server}"), raw.get(f"origin-overload/{server}")
+        if not (normal and over):
+            continue
+        a, b = classes(normal["bench"])["hit"]["p99_us"], classes(over["bench"])["hit"]["p99_us"]
+        served = origin_summary(over["origin"])["served_rps"]
+        lines.append(f"| {server} | {ms(a)} → {ms(b)} | {b / max(a, 1):.2f}x | {served / CAPACITY_RPS:.2f} |")
+    return lines
+
+
+def per_second(run):
+    lines = ["| s | origin peak in flight | origin queue peak | shardgate limit | hits | origin-served | stale | 503 "
+             "| other 5xx + timeouts |", "|---|---|---|---|---|---|---|---|---|"]
+    for i, (o, s) in enumerate(zip(run["origin"], run["bench"]["series"][0]["seconds"])):
+        hit, miss, stale, rejected, failed = s["classes"]
+        limit = "–" if o["limit"] is None else f"{o['limit']:.0f}"
+        lines.append(f"| {i} | {o['in_flight_max']} | {o['queued_max']} | {limit} | {hit} | {miss} | {stale} "
+                     f"| {rejected} | {failed + max(0, s['errors'] - rejected - failed)} |")
+    return lines
+
+
+def disk(raw):
+    d = raw["disk"]
+    alone, loaded, puts = d["disk-normal"], d["disk-overload"], d["disk-puts"]
+    a, b = alone["rows"][0]["p99_us"], loaded["rows"][0]["p99_us"]
+    pc = classes(puts)
+    return [
+        f"Sync-PUT capacity with writes throttled to 1 MiB/s (closed loop, 256 connections): "
+        f"**{d['put_rate']}/s**; PUTs then offered at {3 * d['put_rate']}/s.",
+        "",
+        "| | GETs alone | GETs during 3x PUTs |", "|---|---|---|",
+        f"| GET p50 / p99 / max | {ms(alone['rows'][0]['p50_us'])} / {ms(a)} / {ms(alone['rows'][0]['max_us'])} "
+        f"| {ms(loaded['rows'][0]['p50_us'])} / {ms(b)} / {ms(loaded['rows'][0]['max_us'])} |",
+        f"| GET errors | {alone['rows'][0]['failures']} | {loaded['rows'][0]['failures']} |",
+        "",
+        f"GET p99 ratio loaded/alone: **{b / max(a, 1):.2f}x**. PUTs: {pc['miss']['count']} accepted "
+        f"(p99 {ms(pc['miss']['p99_us'])}), {pc['rejected']['count']} refused with 503 "
+        f"(p99 {ms(pc['rejected']['p99_us'])}), {puts['rows'][0]['failures']} client timeouts; "
+        f"refusals by reason: {d['disk_rejected']}.",
+    ]
+
+
+def markdown(raw):
+    out = ["## Gateway scenarios", "", *gateway_rows(raw), "", "## Overload against normal", "", *ratios(raw), ""]
+    for key in raw:
+        if key.startswith("origin-brownout/") or key.startswith("origin-overload/shardgate"):
+            out += [f"## Per second: {key}", "", *per_second(raw[key]), ""]
+    if "disk" in raw:
+        out += ["## disk-overload (shardgate, kv mode, --durability sync)", "", *disk(raw), ""]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(json.load(open(sys.argv[1]))))
