@@ -25,6 +25,7 @@ to it.
 
 Usage: python3 bench/overload.py [--servers shardgate,shardgate-16,nginx,varnish]
                                  [--scenarios overload,brownout,disk] [--out FILE]
+                                 [--merge EARLIER.json]
 Needs: nginx and varnish (apt-get install nginx-light varnish), a release build.
 """
 import argparse
@@ -53,6 +54,7 @@ HOT = 1000
 CGROUP = "/sys/fs/cgroup/blkio/shardgate-bench"
 
 NGINX_CONF = """
+user root;
 worker_processes 1;
 daemon off;
 error_log {dir}/error.log;
@@ -126,7 +128,8 @@ def start_server(name, origin_port, work):
     else:
         vcl = os.path.join(work, "bench.vcl")
         open(vcl, "w").write(VCL.format(origin=origin_port, capacity=CAPACITY))
-        proc = subprocess.Popen(["taskset", "-c", str(SERVER_CPU), "varnishd", "-n", os.path.join(work, "varnish"),
+        # -j none: no privilege drop, so the temporary directory stays private.
+        proc = subprocess.Popen(["taskset", "-c", str(SERVER_CPU), "varnishd", "-j", "none", "-n", os.path.join(work, "varnish"),
                                  "-a", f"127.0.0.1:{port}", "-f", vcl, "-s", "malloc,512m", "-p", "thread_pools=1",
                                  "-F"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     compare.wait_port(port)
@@ -291,7 +294,8 @@ def disk_runs(out_dir, work):
         results["put_rate"] = put_rate
         gets = scenario_file(work, "disk-hits", 8000, 0.0, 20, api="shardgate")
         results["disk-normal"] = run_bench(gets, addr, [proc.pid], "shardgate-alone", out_dir, api="shardgate")
-        puts = scenario_file(work, "disk-puts", 3 * put_rate, 0.0, 20, read_fraction=0.0, api="shardgate")
+        puts = scenario_file(work, "disk-puts", 3 * put_rate, 0.0, 20, read_fraction=0.0, api="shardgate",
+                             connections=4096)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             hits = pool.submit(run_bench, gets, addr, [proc.pid], "shardgate-loaded", out_dir, "shardgate")
             writes = pool.submit(run_bench, puts, addr, [proc.pid], "shardgate", out_dir, "shardgate")
@@ -320,11 +324,12 @@ def main():
     parser.add_argument("--scenarios", default="overload,brownout,disk")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                       f"{datetime.date.today()}-backpressure.md"))
+    parser.add_argument("--merge", help="results JSON of an earlier run: rerun only what is asked, keep the rest")
     args = parser.parse_args()
     servers, scenarios = args.servers.split(","), args.scenarios.split(",")
     work = tempfile.mkdtemp(prefix="shardgate-overload-")
     out_dir = os.path.join(work, "json")
-    raw = {}
+    raw = json.load(open(args.merge)) if args.merge else {}
     names = {"overload": ["origin-normal", "origin-overload"], "brownout": ["origin-brownout"]}
     for group in [g for g in ("overload", "brownout") if g in scenarios]:
         for scenario in names[group]:

@@ -65,6 +65,25 @@ def ratios(raw):
     return lines
 
 
+def convergence(raw):
+    """Seconds the `auto` limit took, from a fresh start (the warm-up run at
+    the overload's rate), to stay within 10% of the origin's 16 (probe
+    windows, at a quarter of the limit, left out)."""
+    lines = []
+    for key, run in raw.items():
+        if not key.startswith("origin-overload/shardgate") or key.endswith("-16"):
+            continue
+        limits = [s["limit"] for s in run["warmup_origin"] + run["origin"]]
+        kept = [(i, l) for i, l in enumerate(limits) if l is not None and l > 16 / 2]
+        inside = lambda l: 16 * 0.9 <= l <= 16 * 1.1
+        settled = next((i for n, (i, _) in enumerate(kept) if all(inside(l) for _, l in kept[n:])), None)
+        share = sum(inside(l) for _, l in kept) / max(len(kept), 1)
+        lines.append(f"- {key}: limit per second from a fresh start {[None if l is None else int(l) for l in limits]}; "
+                     f"within 10% of 16 in {share:.0%} of the seconds sampled"
+                     + (f", for good from second {settled}" if settled is not None else "") + ".")
+    return lines
+
+
 def per_second(run):
     lines = ["| s | origin peak in flight | origin queue peak | shardgate limit | hits | origin-served | stale | 503 "
              "| other 5xx + timeouts |", "|---|---|---|---|---|---|---|---|---|"]
@@ -98,7 +117,8 @@ def disk(raw):
 
 
 def markdown(raw):
-    out = ["## Gateway scenarios", "", *gateway_rows(raw), "", "## Overload against normal", "", *ratios(raw), ""]
+    out = ["## Gateway scenarios", "", *gateway_rows(raw), "", "## Overload against normal", "", *ratios(raw), "",
+           "## How fast auto settles", "", *convergence(raw), ""]
     for key in raw:
         if key.startswith("origin-brownout/") or key.startswith("origin-overload/shardgate"):
             out += [f"## Per second: {key}", "", *per_second(raw[key]), ""]

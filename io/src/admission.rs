@@ -126,12 +126,18 @@ impl Admission {
 
     /// A slot at once, or after waiting in the queue; refused when the
     /// queue (or `identity`'s share of it) is full or the wait times out.
-    pub async fn acquire(self: &Rc<Self>, identity: u64) -> Result<Permit, Rejection> {
+    /// `wait: false` (the caller holds a stale copy it may serve): a slot
+    /// at once or [`Rejection::StaleServed`].
+    pub async fn acquire(self: &Rc<Self>, identity: u64, wait: bool) -> Result<Permit, Rejection> {
         if self.queue.borrow().is_empty() && self.slots.try_acquire() {
             if self.slots.admitted_at_once() == Some(Rejecting::Stopped) {
                 logging::info("origin limit stopped rejecting", &[("origin", &self.url)]);
             }
             return Ok(self.permit());
+        }
+        if !wait {
+            self.metrics.shard(self.shard).origin_rejected(self.origin, Rejection::StaleServed);
+            return Err(Rejection::StaleServed);
         }
         // A standing queue (CoDel's signal): its oldest waiter has waited
         // half the timeout, so a newcomer behind it would most likely wait

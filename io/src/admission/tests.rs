@@ -18,17 +18,17 @@ fn admission(limit: u32, queue_entries: usize, timeout_ms: u64) -> Rc<Admission>
 fn slots_beyond_the_limit_wait_in_order_and_time_out() {
     block_on(async {
         let admission = admission(1, 8, 50);
-        let first = admission.acquire(1).await.expect("a free slot");
+        let first = admission.acquire(1, true).await.expect("a free slot");
         let (a, b) = (Rc::clone(&admission), Rc::clone(&admission));
         let order = Rc::new(RefCell::new(Vec::new()));
         let (o1, o2) = (Rc::clone(&order), Rc::clone(&order));
         let second = monoio::spawn(async move {
-            let permit = a.acquire(2).await;
+            let permit = a.acquire(2, true).await;
             o1.borrow_mut().push(2);
             permit
         });
         let third = monoio::spawn(async move {
-            let permit = b.acquire(3).await;
+            let permit = b.acquire(3, true).await;
             o2.borrow_mut().push(3);
             permit
         });
@@ -49,20 +49,20 @@ fn slots_beyond_the_limit_wait_in_order_and_time_out() {
 fn one_identity_holds_its_share_and_a_full_queue_refuses_at_once() {
     block_on(async {
         let admission = admission(1, 8, 1000);
-        let _held = admission.acquire(1).await.unwrap();
+        let _held = admission.acquire(1, true).await.unwrap();
         let mut waiting = Vec::new();
         for _ in 0..2 {
             let a = Rc::clone(&admission);
-            waiting.push(monoio::spawn(async move { a.acquire(7).await.map(drop) }));
+            waiting.push(monoio::spawn(async move { a.acquire(7, true).await.map(drop) }));
         }
         monoio::time::sleep(Duration::from_millis(5)).await;
-        assert!(matches!(admission.acquire(7).await, Err(Rejection::QueueShare)), "25% of 8 places is 2");
+        assert!(matches!(admission.acquire(7, true).await, Err(Rejection::QueueShare)), "25% of 8 places is 2");
         for identity in 10..16 {
             let a = Rc::clone(&admission);
-            waiting.push(monoio::spawn(async move { a.acquire(identity).await.map(drop) }));
+            waiting.push(monoio::spawn(async move { a.acquire(identity, true).await.map(drop) }));
         }
         monoio::time::sleep(Duration::from_millis(5)).await;
-        assert!(matches!(admission.acquire(99).await, Err(Rejection::QueueFull)));
+        assert!(matches!(admission.acquire(99, true).await, Err(Rejection::QueueFull)));
         let metrics = admission.metrics.render(&[0], true, &[]);
         assert!(metrics.contains("reason=\"queue_share\"} 1") && metrics.contains("reason=\"queue_full\"} 1"));
     });
@@ -72,15 +72,16 @@ fn one_identity_holds_its_share_and_a_full_queue_refuses_at_once() {
 fn a_waiter_that_goes_away_leaves_no_slot_behind() {
     block_on(async {
         let admission = admission(1, 8, 1000);
-        let held = admission.acquire(1).await.unwrap();
+        let held = admission.acquire(1, true).await.unwrap();
         let a = Rc::clone(&admission);
         // Dropped while queued: its place goes.
-        let gone = monoio::time::timeout(Duration::from_millis(5), async move { a.acquire(2).await.map(drop) }).await;
+        let gone =
+            monoio::time::timeout(Duration::from_millis(5), async move { a.acquire(2, true).await.map(drop) }).await;
         assert!(gone.is_err());
         assert!(admission.queue.borrow().is_empty(), "the place left with its request");
         drop(held);
         assert_eq!(admission.slots.in_flight(), 0);
-        assert!(admission.acquire(3).await.is_ok(), "and the slot is free");
+        assert!(admission.acquire(3, true).await.is_ok(), "and the slot is free");
     });
 }
 
@@ -99,12 +100,12 @@ fn the_retry_budget_counts_first_attempts() {
 fn a_standing_queue_refuses_newcomers_at_once() {
     block_on(async {
         let admission = admission(1, 8, 100);
-        let _held = admission.acquire(1).await.unwrap();
+        let _held = admission.acquire(1, true).await.unwrap();
         let a = Rc::clone(&admission);
-        let first = monoio::spawn(async move { a.acquire(2).await.map(drop) });
+        let first = monoio::spawn(async move { a.acquire(2, true).await.map(drop) });
         monoio::time::sleep(Duration::from_millis(60)).await;
         let started = Instant::now();
-        assert!(matches!(admission.acquire(3).await, Err(Rejection::QueueStanding)));
+        assert!(matches!(admission.acquire(3, true).await, Err(Rejection::QueueStanding)));
         assert!(started.elapsed() < Duration::from_millis(40), "refused without waiting");
         assert!(matches!(first.await, Err(Rejection::QueueTimeout)));
     });

@@ -276,7 +276,7 @@ fn stale_copy(gateway: &Gateway, request: &ProxyRequest) -> Option<(Response, Ca
 
 /// A client's request: its identity takes its share of the origin's queue.
 fn asker(gateway: &Gateway, request: &ProxyRequest) -> Asker {
-    Asker { identity: gateway.identity(request).unwrap_or(0), retry: false }
+    Asker { identity: gateway.identity(request).unwrap_or(0), retry: false, wait: true }
 }
 
 fn request_facts(request: &ProxyRequest) -> RequestFacts {
@@ -340,12 +340,19 @@ async fn fill(
     let validators =
         stale.as_ref().map(|v| Validators { etag: v.etag.clone(), last_modified: v.last_modified.clone() });
     let request_ms = now_ms();
+    // Holding a copy stale-if-error allows, a revalidation does not queue
+    // for a slot: an origin at its limit counts as an error, and the stale
+    // copy is served at once (nginx's `proxy_cache_use_stale updating`
+    // within what the origin allowed).
+    let may_serve_stale =
+        stale.as_ref().is_some_and(|v| matches!(v.freshness.state(request_ms), State::Stale { on_error: true, .. }));
+    let asker = Asker { wait: !may_serve_stale, ..asker(gateway, request) };
     let result = send(
         gateway,
         |host| request.encode_for_origin(host, Some(&validators.clone().unwrap_or_default())),
         true,
         true,
-        asker(gateway, request),
+        asker,
     )
     .await;
     let now = now_ms();

@@ -108,12 +108,14 @@ pub(super) fn now_ms() -> u64 {
 }
 
 /// Who asks for an exchange: the client identity whose share of the
-/// origin's queue it takes, and whether it is a retry (an async write's
-/// redelivery) that the retry budget must allow.
+/// origin's queue it takes, whether it is a retry (an async write's
+/// redelivery) that the retry budget must allow, and whether it may wait
+/// for a slot (not when a stale copy can be served instead).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Asker {
     pub identity: u64,
     pub retry: bool,
+    pub wait: bool,
 }
 
 /// Sends a request to the next origin the balancer and breakers allow,
@@ -158,7 +160,7 @@ async fn send_once(
     } else if !origin.admission.try_retry() {
         return Err(OriginError::RetryRefused);
     }
-    let permit = origin.admission.acquire(asker.identity).await.map_err(OriginError::Overloaded)?;
+    let permit = origin.admission.acquire(asker.identity, asker.wait).await.map_err(OriginError::Overloaded)?;
     let result = origin.exchange(encode(origin.host()), expect_body, idempotent, gateway.limits()).await;
     permit.finish(result.is_ok());
     std::mem::forget(guard);

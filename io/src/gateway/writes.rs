@@ -330,7 +330,7 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
         }
         // A redelivery is a retry: the origin's retry budget must allow it.
         // One it refuses waits another backoff and costs no try.
-        let asker = Asker { identity: key_hash, retry: attempt > 0 };
+        let asker = Asker { identity: key_hash, retry: attempt > 0, wait: true };
         let sent = send(gateway, |host| write.encode_for_delivery(host, &id), true, true, asker).await;
         if matches!(sent, Err(OriginError::RetryRefused)) {
             continue;

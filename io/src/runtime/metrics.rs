@@ -166,13 +166,17 @@ pub enum Rejection {
     /// The oldest waiter has waited half of `--origin-queue-timeout`: a
     /// newcomer behind it would likely time out, so it is refused at once.
     QueueStanding,
+    /// No slot free, and a stale copy the origin allows on error was served
+    /// at once instead of waiting (a revalidation under overload).
+    StaleServed,
 }
 
-const REJECTIONS: [(Rejection, &str); 4] = [
+const REJECTIONS: [(Rejection, &str); 5] = [
     (Rejection::QueueFull, "queue_full"),
     (Rejection::QueueShare, "queue_share"),
     (Rejection::QueueTimeout, "queue_timeout"),
     (Rejection::QueueStanding, "queue_standing"),
+    (Rejection::StaleServed, "stale_served"),
 ];
 
 impl Rejection {
@@ -641,7 +645,7 @@ impl Metrics {
                 let _ = writeln!(out, "shardgate_origin_queue_depth{{shard=\"{shard}\",origin=\"{origin}\"}} {depth}");
             }
         }
-        let help = "Requests refused a slot of each origin, by reason (queue_full, queue_share, queue_timeout, queue_standing).";
+        let help = "Requests refused a slot of each origin, by reason (queue_full, queue_share, queue_timeout, queue_standing, stale_served).";
         header(out, "shardgate_origin_rejected_total", "counter", help);
         for (shard, metrics) in self.shards.iter().enumerate() {
             for (reason, reason_name) in REJECTIONS {

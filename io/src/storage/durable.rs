@@ -151,6 +151,13 @@ impl CoreLog {
         if oldest.is_some_and(|since| since.elapsed() >= self.disk_queue_timeout) {
             return Some(Refusal::SyncTimeout);
         }
+        // Little's law on bytes: at the disk's measured write rate, the
+        // backlog ahead would keep a new sync write waiting half the
+        // deadline or more.
+        let rate = self.flushed.bytes_per_s.load(Ordering::Relaxed);
+        if rate > 0 && backlog * 1000 / rate >= self.disk_queue_timeout.as_millis() as u64 / 2 {
+            return Some(Refusal::SyncTimeout);
+        }
         None
     }
 

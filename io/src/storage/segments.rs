@@ -104,7 +104,14 @@ pub struct Flushed {
     pub failed: AtomicBool,
     /// The core's log task, woken after every flush.
     pub waker: AtomicWaker,
+    /// Moving average of the disk's write rate in large flushes, bytes
+    /// per second (0 until one was seen): how long a backlog will take.
+    pub bytes_per_s: AtomicU64,
 }
+
+/// Flushes from this size on measure the disk's write rate (smaller ones
+/// measure its fdatasync latency instead).
+const RATE_FLUSH_BYTES_MIN: usize = 64 * 1024;
 
 /// One flush: bytes that continue the log at `start`.
 pub struct FlushJob {
@@ -363,6 +370,12 @@ pub fn spawn_writer(
                         });
                         let micros = started.elapsed().as_micros() as u64;
                         metrics.shard(shard).flushed(job.bytes.len() as u64, micros);
+                        if job.bytes.len() >= RATE_FLUSH_BYTES_MIN {
+                            let rate = job.bytes.len() as u64 * 1_000_000 / micros.max(1);
+                            let average = flushed.bytes_per_s.load(Ordering::Relaxed);
+                            let next = if average == 0 { rate } else { (average * 3 + rate) / 4 };
+                            flushed.bytes_per_s.store(next, Ordering::Relaxed);
+                        }
                         flushed.failed.store(false, Ordering::Release);
                         flushed.durable_end.store(job.start + job.bytes.len() as u64, Ordering::Release);
                         flushed.waker.wake();
