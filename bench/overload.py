@@ -12,7 +12,7 @@ one server core each, in front of the same simulated origin, which serves
                     10 s to 30 s, 20 ms before and after
   disk-normal / disk-overload (shardgate only: the others keep no data):
                     sync PUTs mixed with GET hits, the server's writes
-                    throttled to 1 MiB/s by a blkio cgroup (needs root);
+                    throttled to 256 KiB/s by a blkio cgroup (needs root);
                     PUTs offered at 3x the group-commit capacity measured
                     first with a closed loop
 
@@ -52,6 +52,9 @@ CAPACITY = 16  # the origin's concurrent requests
 ORIGIN_MS = 20
 HOT = 1000
 CGROUP = "/sys/fs/cgroup/blkio/shardgate-bench"
+# The data disk's write rate for the server, low enough that 3x its sync-PUT
+# capacity plus the GETs stay within what one generator core can offer.
+THROTTLE_BYTES_PER_S = 256 * 1024
 
 NGINX_CONF = """
 user root;
@@ -279,7 +282,7 @@ def disk_runs(out_dir, work):
     are offered at 3x that capacity (two generators, so each op has its
     own latency figures)."""
     os.makedirs(CGROUP, exist_ok=True)
-    open(f"{CGROUP}/blkio.throttle.write_bps_device", "w").write(f"{disk_device()} {1 << 20}")
+    open(f"{CGROUP}/blkio.throttle.write_bps_device", "w").write(f"{disk_device()} {THROTTLE_BYTES_PER_S}")
     proc, base = compare.start_shardgate(SERVER_CPU, "uring", extra=["--durability", "sync"])
     addr = base.removeprefix("http://")
     results = {}

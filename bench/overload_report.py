@@ -101,7 +101,7 @@ def disk(raw):
     a, b = alone["rows"][0]["p99_us"], loaded["rows"][0]["p99_us"]
     pc = classes(puts)
     return [
-        f"Sync-PUT capacity with writes throttled to 1 MiB/s (closed loop, 256 connections): "
+        f"Sync-PUT capacity with writes throttled to 256 KiB/s (closed loop, 256 connections): "
         f"**{d['put_rate']}/s**; PUTs then offered at {3 * d['put_rate']}/s.",
         "",
         "| | GETs alone | GETs during 3x PUTs |", "|---|---|---|",

@@ -113,6 +113,19 @@ pub struct Flushed {
 /// measure its fdatasync latency instead).
 const RATE_FLUSH_BYTES_MIN: usize = 64 * 1024;
 
+impl Flushed {
+    /// Folds one flush of `bytes` that took `micros` into the write rate.
+    fn record_rate(&self, bytes: usize, micros: u64) {
+        if bytes < RATE_FLUSH_BYTES_MIN {
+            return;
+        }
+        let rate = bytes as u64 * 1_000_000 / micros.max(1);
+        let average = self.bytes_per_s.load(Ordering::Relaxed);
+        let next = if average == 0 { rate } else { (average * 3 + rate) / 4 };
+        self.bytes_per_s.store(next, Ordering::Relaxed);
+    }
+}
+
 /// One flush: bytes that continue the log at `start`.
 pub struct FlushJob {
     pub start: u64,
@@ -370,12 +383,7 @@ pub fn spawn_writer(
                         });
                         let micros = started.elapsed().as_micros() as u64;
                         metrics.shard(shard).flushed(job.bytes.len() as u64, micros);
-                        if job.bytes.len() >= RATE_FLUSH_BYTES_MIN {
-                            let rate = job.bytes.len() as u64 * 1_000_000 / micros.max(1);
-                            let average = flushed.bytes_per_s.load(Ordering::Relaxed);
-                            let next = if average == 0 { rate } else { (average * 3 + rate) / 4 };
-                            flushed.bytes_per_s.store(next, Ordering::Relaxed);
-                        }
+                        flushed.record_rate(job.bytes.len(), micros);
                         flushed.failed.store(false, Ordering::Release);
                         flushed.durable_end.store(job.start + job.bytes.len() as u64, Ordering::Release);
                         flushed.waker.wake();
