@@ -297,12 +297,12 @@ def disk_runs(out_dir, work):
         results["put_rate"] = put_rate
         gets = scenario_file(work, "disk-hits", 8000, 0.0, 20, api="shardgate")
         results["disk-normal"] = run_bench(gets, addr, [proc.pid], "shardgate-alone", out_dir, api="shardgate")
-        puts = scenario_file(work, "disk-puts", 3 * put_rate, 0.0, 20, read_fraction=0.0, api="shardgate",
-                             connections=4096)
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            hits = pool.submit(run_bench, gets, addr, [proc.pid], "shardgate-loaded", out_dir, "shardgate")
-            writes = pool.submit(run_bench, puts, addr, [proc.pid], "shardgate", out_dir, "shardgate")
-            results["disk-overload"], results["disk-puts"] = hits.result(), writes.result()
+        # One generator for both (two on one client core lagged by 4.6 ms
+        # at p99): GETs and 3x PUTs mixed, told apart by status class.
+        rate = 8000 + 3 * put_rate
+        mixed = scenario_file(work, "disk-mixed", rate, 0.0, 20, read_fraction=8000 / rate, api="shardgate",
+                              connections=4096)
+        results["disk-overload"] = run_bench(mixed, addr, [proc.pid], "shardgate", out_dir, api="shardgate")
         metrics = get(f"{base}/metrics").decode()
         results["disk_rejected"] = {l.split("reason=\"")[1].split("\"")[0]: float(l.split()[-1])
                                     for l in metrics.splitlines() if l.startswith("shardgate_disk_rejected_total{")}

@@ -491,6 +491,8 @@ struct Lane {
     queued: VecDeque<Instant>,
     /// Due times of requests written and not yet answered, oldest first.
     in_flight: VecDeque<Instant>,
+    /// Whether each of `in_flight` is a write (a 200 to it is no hit).
+    writes: VecDeque<bool>,
     /// The scheduler is done: finish what is queued and stop.
     finished: bool,
     /// The connection failed; everything on it counts as a failure.
@@ -529,6 +531,7 @@ async fn open(
         let lane = Rc::new(RefCell::new(Lane {
             queued: VecDeque::new(),
             in_flight: VecDeque::new(),
+            writes: VecDeque::new(),
             finished: false,
             dead: false,
             writer: None,
@@ -631,10 +634,14 @@ async fn write_lane(
             break;
         }
         output.clear();
+        let mut writes = Vec::with_capacity(batch.len());
         for _ in &batch {
+            let start = output.len();
             generator.next(&mut output);
+            writes.push(output[start..].starts_with(b"PUT "));
         }
         lane.borrow_mut().in_flight.extend(batch.iter().copied());
+        lane.borrow_mut().writes.extend(writes);
         lane.borrow_mut().wake_reader();
         let (written, returned) = writer.write_all(output).await;
         output = returned;
@@ -664,12 +671,17 @@ fn record_responses(input: &[u8], lane: &RefCell<Lane>, recorder: &RefCell<Recor
         match parse_response(&input[consumed..]) {
             Ok(Some(parsed)) => {
                 consumed += parsed.length;
-                let due = lane.borrow_mut().in_flight.pop_front();
+                let (due, write) = {
+                    let mut lane = lane.borrow_mut();
+                    (lane.in_flight.pop_front(), lane.writes.pop_front().unwrap_or(false))
+                };
                 let Some(due) = due else {
                     lane.borrow_mut().dead = true;
                     return consumed;
                 };
-                recorder.borrow_mut().response(due, parsed.status, parsed.class, now);
+                // A write answered below 500 is counted with the origin-served.
+                let class = if write && parsed.class == Class::Hit { Class::Miss } else { parsed.class };
+                recorder.borrow_mut().response(due, parsed.status, class, now);
             }
             Ok(None) => return consumed,
             Err(_) => {
@@ -735,6 +747,7 @@ async fn read_lane(
     let mut lane = lane.borrow_mut();
     lane.dead = lane.dead || !lane.in_flight.is_empty();
     let mut recorder = recorder.borrow_mut();
+    lane.writes.clear();
     let unanswered: Vec<Instant> = lane.in_flight.drain(..).collect();
     let unsent: Vec<Instant> = lane.queued.drain(..).collect();
     unanswered.into_iter().chain(unsent).for_each(|due| recorder.failure(due));

@@ -110,11 +110,10 @@ fn a_stale_copy_beats_the_503_and_hits_pass_a_full_queue() {
     assert_eq!(stale.header("x-cache"), Some("STALE"));
     let missing = server.send(&get("/never-stored", "b"));
     assert_overloaded(&missing);
-    // A hit needs no slot.
-    let started = Instant::now();
+    // A hit needs no slot: answered while the slot is still held.
     let hit = server.send(&get("/fresh", "c"));
     assert_eq!((hit.status, hit.header("x-cache")), (200, Some("HIT")));
-    assert!(started.elapsed() < Duration::from_secs(1), "a hit waited for the slot");
+    assert!(!holder.is_finished(), "the hit was answered while the only slot was taken");
     assert_eq!(holder.join().unwrap().status, 200);
     assert_eq!(rejected(&server, "stale_served"), 1.0);
     assert_eq!(rejected(&server, "queue_timeout"), 1.0, "the request with nothing stored waited, then 503");
