@@ -399,9 +399,12 @@ impl ShardMetrics {
     }
 
     /// A request was refused a slot of origin `index`.
+    /// (`StaleServed` is not shed: that request got its stale copy.)
     pub fn origin_rejected(&self, index: usize, reason: Rejection) {
         bump(&self.origin_rejections[reason as usize][index], 1);
-        bump(&self.shed, 1);
+        if reason != Rejection::StaleServed {
+            bump(&self.shed, 1);
+        }
     }
 
     /// A retry to origin `index` was sent (`spent`) or refused by the budget.
