@@ -155,12 +155,15 @@ async fn send_once(
     let (index, probe) = origin::pick(&gateway.origins, &gateway.next_origin, now_ms())?;
     let origin = &gateway.origins[index];
     let guard = ProbeGuard { origin, armed: probe };
-    if !asker.retry {
-        origin.admission.first_attempt();
-    } else if !origin.admission.try_retry() {
+    if asker.retry && !origin.admission.try_retry() {
         return Err(OriginError::RetryRefused);
     }
     let permit = origin.admission.acquire(asker.identity, asker.wait).await.map_err(OriginError::Overloaded)?;
+    // Counted once it is sent: requests the limit refused never reached
+    // the origin and must not widen its retry budget.
+    if !asker.retry {
+        origin.admission.first_attempt();
+    }
     let result = origin.exchange(encode(origin.host()), expect_body, idempotent, gateway.limits()).await;
     permit.finish(result.is_ok());
     std::mem::forget(guard);
