@@ -228,7 +228,7 @@ pub fn judge_memlock(limit: Option<u64>, shard_count: u32) -> Finding {
 
 /// Every connection is a descriptor; so are listeners, segments, rings.
 pub fn judge_nofile(limit: Option<u64>, shard_count: u32, connections_max: usize) -> Finding {
-    let needed = u64::from(shard_count) * connections_max as u64 + 64 * u64::from(shard_count) + 64;
+    let needed = shardgate_io::runtime::fds::needed(shard_count, connections_max as u64);
     match limit {
         None => Finding::pass("nofile", "unlimited"),
         Some(n) if n >= needed => Finding::pass("nofile", format!("{n} descriptors (need {needed})")),

@@ -28,9 +28,9 @@ use crate::dispatch::Dispatcher;
 use crate::gateway;
 use crate::runtime::driver::{uring_builder, RING_ENTRIES};
 use crate::runtime::metrics::Metrics;
-use crate::runtime::slots::Slots;
+use crate::runtime::slots::{self, Slots};
 use crate::runtime::watchdog::{self, Heartbeats};
-use crate::runtime::{listener, logging, offload, pin_to_cpu, unix_ms, YieldNow};
+use crate::runtime::{fds, listener, logging, offload, pin_to_cpu, unix_ms, YieldNow};
 use crate::storage::compact::{Compactor, Gate};
 use crate::storage::durable::{self, CoreLog, LogBounds};
 use crate::storage::reader::Reader;
@@ -84,6 +84,19 @@ impl Server {
     }
 }
 
+/// Client connections a shard may hold, and the origin connections it may
+/// keep idle or have in flight.
+pub fn descriptors_per_shard(config: &ServerConfig) -> u64 {
+    let origin = config.gateway.as_ref().map_or(0, |g| {
+        let in_flight = match g.overload.origin_limit {
+            OriginLimit::Fixed(n) => n as usize,
+            OriginLimit::Auto => slots::AUTO_CEILING as usize,
+        };
+        g.origins.len() * (g.pool_connections_max + in_flight)
+    });
+    (config.connections_max + origin) as u64
+}
+
 /// Binds every core's listener, starts every core, and returns once all
 /// serve. If any core fails to start, the others are stopped.
 pub fn start(config: ServerConfig) -> Result<Server, StartError> {
@@ -93,6 +106,16 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         _ => StartError::Bind { address: listen, source },
     })?;
     let shard_count = config.shard_count;
+    // Before any core runs: a table grown later stalls the accepting core.
+    let needed = fds::needed(shard_count, descriptors_per_shard(&config));
+    match fds::reserve(needed) {
+        Ok(size) if size >= needed => {}
+        Ok(size) => logging::warn(
+            "the open-file limit is below what the connection limits need; accepts past it fail",
+            &[("nofile", &size), ("needed", &needed)],
+        ),
+        Err(error) => logging::warn("cannot size the descriptor table", &[("error", &error)]),
+    }
     let listeners = (0..shard_count)
         .map(|_| listener::bind_reuseport(address, config.backlog, config.driver == Driver::Epoll))
         .collect::<io::Result<Vec<_>>>()

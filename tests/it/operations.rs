@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{get, put, Server};
+use crate::harness::{get, put, skip, Server};
 
 /// The families the contract's metrics table documents (docs/spec.md §3).
 fn documented_families() -> BTreeSet<String> {
@@ -159,4 +159,35 @@ fn json_logs_and_the_stall_detector() {
     assert_eq!(warning["level"], "warn");
     let blocked: u64 = warning["blocked_ms"].as_str().unwrap().parse().unwrap();
     assert!(blocked >= 10, "{warning}");
+}
+
+/// The descriptor table is grown once at start (io::runtime::fds): a table
+/// that grows while a core accepts a burst stalls that core for an RCU
+/// grace period. `FDSize` in /proc/PID/status is the table's size.
+#[test]
+fn the_descriptor_table_is_grown_for_every_connection_at_start() {
+    let needed = 2 * (3000 + 64) + 64;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    if limit.rlim_max < needed {
+        skip("the_descriptor_table_is_grown_for_every_connection_at_start", "the hard nofile limit is below 6,192");
+        return;
+    }
+    let server = Server::start(&["--shards", "2", "--max-connections", "3000"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("status");
+    let size: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no FDSize in {status}"));
+    assert!(size >= needed, "descriptor table of {size} entries, {needed} needed");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).expect("limits");
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{limits}"));
+    assert!(soft >= needed, "soft nofile limit {soft}, {needed} needed");
 }

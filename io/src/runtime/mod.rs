@@ -3,6 +3,7 @@
 //!
 //! - [`driver`]: io_uring probe and driver choice.
 //! - [`listener`]: the per-core `SO_REUSEPORT` listeners.
+//! - [`fds`]: the descriptor table, grown once at start.
 //! - [`mesh`]: the bounded cross-core mailboxes, generic over their messages.
 //! - [`offload`]: work handed to another thread, awaited through a waker.
 //! - [`slots`]: an origin's process-wide in-flight count and limit, with
@@ -15,6 +16,7 @@
 //! and a one-shot yield to the scheduler.
 
 pub mod driver;
+pub mod fds;
 pub mod listener;
 pub mod logging;
 pub mod mesh;
