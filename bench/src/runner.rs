@@ -18,7 +18,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -122,7 +122,7 @@ pub fn run_phase(
     let threads = options.threads.clamp(1, connections);
     let progress = Arc::new(Progress::default());
     let cpu_before = server_cpu(&target.server_pids)?;
-    let started = Instant::now() + Duration::from_millis(50);
+    let start = Arc::new(StartGate { barrier: Barrier::new(threads), at: OnceLock::new() });
     let handles: Vec<_> = (0..threads)
         .map(|thread| {
             let spec = ThreadSpec {
@@ -135,20 +135,20 @@ pub fn run_phase(
                 workload: workload.clone(),
                 target: target.clone(),
                 seed: options.seed,
-                started,
+                start: Arc::clone(&start),
                 cpu: (!options.cpus.is_empty()).then(|| options.cpus[thread % options.cpus.len()]),
                 progress: Arc::clone(&progress),
             };
             std::thread::Builder::new().name(format!("bench-{thread}")).spawn(move || run_thread(spec))
         })
         .collect::<std::io::Result<_>>()?;
-    let rss_peak = watch(&handles, target, &progress, started, options.progress);
+    let rss_peak = watch(&handles, target, &progress, &start, options.progress);
     let mut total = ThreadResult::new();
     for handle in handles {
         let result = handle.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
         total.merge(result);
     }
-    let elapsed = started.elapsed();
+    let elapsed = start.at.get().map_or(Duration::ZERO, Instant::elapsed);
     let server_cpu = match (server_cpu(&target.server_pids)?, cpu_before) {
         (Some(after), Some(before)) => Some(after - before),
         _ => None,
@@ -179,7 +179,7 @@ fn watch<T>(
     handles: &[std::thread::JoinHandle<T>],
     target: &Target,
     progress: &Progress,
-    started: Instant,
+    start: &StartGate,
     show_progress: bool,
 ) -> Option<u64> {
     let mut rss_peak = None;
@@ -194,6 +194,7 @@ fn watch<T>(
                 rss_peak = Some(rss_peak.unwrap_or(0).max(rss));
             }
         }
+        let Some(&started) = start.at.get() else { continue };
         if show && Instant::now() >= next_line {
             next_line += Duration::from_secs(1);
             let responses = progress.responses.load(Ordering::Relaxed);
@@ -233,9 +234,30 @@ struct ThreadSpec {
     workload: Workload,
     target: Target,
     seed: u64,
-    started: Instant,
+    start: Arc<StartGate>,
     cpu: Option<usize>,
     progress: Arc<Progress>,
+}
+
+/// Where the generator threads meet once every connection is open, so
+/// that the schedule's first due time comes after the connects: opening
+/// 4,096 connections takes 100 ms and more here, and requests due during it
+/// were counted as that much latency.
+struct StartGate {
+    barrier: Barrier,
+    at: OnceLock<Instant>,
+}
+
+impl StartGate {
+    /// Blocks until every thread arrives; returns the common start time,
+    /// shortly after the last arrival.
+    fn wait(&self) -> Instant {
+        if self.barrier.wait().is_leader() {
+            let _ = self.at.set(Instant::now() + Duration::from_millis(20));
+        }
+        self.barrier.wait();
+        *self.at.get().expect("the leader set it before the second wait")
+    }
 }
 
 /// Per-second accumulation.
@@ -375,18 +397,27 @@ fn run_thread(spec: ThreadSpec) -> Result<ThreadResult> {
 }
 
 async fn thread_main(spec: ThreadSpec) -> Result<ThreadResult> {
+    let mut conns = Vec::new();
+    for &index in &spec.connections {
+        let conn = Conn::connect(spec.target.addr).await;
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(error) => {
+                // The other threads wait at the gate: meet them, then fail.
+                spec.start.wait();
+                return Err(error);
+            }
+        };
+        let generator = RequestGen::new(&spec.workload, spec.target.api, spec.seed, index);
+        conns.push((conn, generator));
+    }
+    let started = spec.start.wait();
     let recorder = Rc::new(RefCell::new(Recorder {
-        started: spec.started,
+        started,
         result: ThreadResult::new(),
         progress: Arc::clone(&spec.progress),
         recorded: 0,
     }));
-    let mut conns = Vec::new();
-    for &index in &spec.connections {
-        let conn = Conn::connect(spec.target.addr).await?;
-        let generator = RequestGen::new(&spec.workload, spec.target.api, spec.seed, index);
-        conns.push((conn, generator));
-    }
     // The phase runs as a spawned task, not inline in `block_on`: monoio
     // re-polls a self-woken main future in a tight loop without polling I/O,
     // which would starve every connection while the scheduler yields.
@@ -395,8 +426,8 @@ async fn thread_main(spec: ThreadSpec) -> Result<ThreadResult> {
         let (spec, recorder) = (Rc::clone(&spec), Rc::clone(&recorder));
         monoio::spawn(async move {
             match &spec.offered {
-                Offered::Closed(duration) => closed(&spec, conns, *duration, &recorder).await,
-                Offered::Open(profile) => open(&spec, conns, profile, &recorder).await,
+                Offered::Closed(duration) => closed(&spec, started, conns, *duration, &recorder).await,
+                Offered::Open(profile) => open(&spec, started, conns, profile, &recorder).await,
             }
         })
     };
@@ -407,12 +438,13 @@ async fn thread_main(spec: ThreadSpec) -> Result<ThreadResult> {
 
 async fn closed(
     spec: &ThreadSpec,
+    started: Instant,
     conns: Vec<(Conn, RequestGen)>,
     duration: Duration,
     recorder: &Rc<RefCell<Recorder>>,
 ) {
-    monoio::time::sleep_until(spec.started.into()).await;
-    let until = spec.started + duration;
+    monoio::time::sleep_until(started.into()).await;
+    let until = started + duration;
     let handles: Vec<_> = conns
         .into_iter()
         .map(|(mut conn, mut generator)| {
@@ -515,12 +547,9 @@ impl Lane {
     }
 }
 
-/// Connections the open loop looks at for one with room before it takes
-/// the next in turn.
-const LANE_PROBES: usize = 8;
-
 async fn open(
     spec: &ThreadSpec,
+    started: Instant,
     conns: Vec<(Conn, RequestGen)>,
     profile: &RateProfile,
     recorder: &Rc<RefCell<Recorder>>,
@@ -546,17 +575,20 @@ async fn open(
     let mut next = 0;
     for k in (spec.thread as u64..).step_by(spec.threads) {
         let Some(due) = profile.due(k) else { break };
-        let due_at = spec.started + due;
+        let due_at = started + due;
         wait_until(due_at).await;
         let now = Instant::now();
         let mut recorder_ref = recorder.borrow_mut();
         recorder_ref.issue(due_at);
         recorder_ref.result.lag_us.saturating_record((now.saturating_duration_since(due_at).as_micros() as u64).max(1));
-        // The next live connection, round-robin, preferring one of the
-        // next few that has room (each connection is one client: a request
-        // does not queue behind another client's slow one while others idle).
+        // The next connection in turn that has room (each connection is one
+        // client: a request does not queue behind another client's slow one
+        // while any connection idles); only when none has room, the next
+        // live one. Looking at 8 was not enough: with sync PUTs holding
+        // 60% of the connections for 0.5 s, one GET in 40 found all 8 busy
+        // and waited behind a PUT, which the GETs' p99 then showed.
         let order = (0..lanes.len()).map(|i| (next + i) % lanes.len());
-        let roomy = order.clone().take(LANE_PROBES).find(|&i| {
+        let roomy = order.clone().find(|&i| {
             let lane = lanes[i].borrow();
             !lane.dead && lane.queued.is_empty() && lane.in_flight.len() < spec.pipeline
         });
