@@ -13,7 +13,10 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 pub use shardgate_io::config::Durability;
-use shardgate_io::config::{DriverChoice, GatewayConfig, OriginAddress, OriginLimit, OverloadConfig, Secret};
+use shardgate_io::config::{
+    AccessLogConfig, AccessLogFormat, AccessLogTarget, CacheConfig, DriverChoice, GatewayConfig, HealthConfig,
+    OriginAddress, OriginLimit, OverloadConfig, Secret,
+};
 use shardgate_io::runtime::metrics::ORIGINS_MAX;
 use shardgate_shards::ratelimit::{Policy, WINDOW_MS_MAX};
 
@@ -146,6 +149,30 @@ pub struct Cli {
     /// Queued asynchronous writes per shard; more → 503 [default: 100000]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_WRITE_QUEUE_MAX")]
     write_queue_max: Option<String>,
+    /// Largest origin response the gateway stores; larger ones stream through unstored [default: 16MiB]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CACHE_OBJECT_MAX")]
+    cache_object_max: Option<String>,
+    /// Heuristic freshness (RFC 9111 §4.2.2): this share of the time since Last-Modified, e.g. 10%, or off [default: off]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_HEURISTIC_FRESHNESS")]
+    heuristic_freshness: Option<String>,
+    /// Add the cache key to Cache-Status (for debugging) [default: false]
+    #[arg(long, env = "SHARDGATE_CACHE_STATUS_KEY", num_args = 0..=1, default_missing_value = "true")]
+    cache_status_key: Option<String>,
+    /// Memory for the surrogate-key (Cache-Tag) index across shards; a response whose tags do not fit is not stored [default: 32MiB]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CACHE_TAG_BYTES")]
+    cache_tag_bytes: Option<String>,
+    /// HTTP health check: GET this path on each origin, 2xx/3xx is healthy (rise 2, fall 3); without it a TCP connect [default: none]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_HEALTH_PATH")]
+    origin_health_path: Option<String>,
+    /// Time between two health checks of an origin [default: 1s]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ORIGIN_HEALTH_INTERVAL")]
+    origin_health_interval: Option<String>,
+    /// Access log: off, - (stdout) or a file path, reopened on SIGHUP [default: off]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ACCESS_LOG")]
+    access_log: Option<String>,
+    /// Access log lines as text or one JSON object per line: text | json [default: text]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ACCESS_LOG_FORMAT")]
+    access_log_format: Option<String>,
     /// TOML file with the same keys (snake_case)
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CONFIG")]
     config: Option<PathBuf>,
@@ -197,6 +224,14 @@ struct File {
     admin_token_file: Option<toml::Value>,
     write_retries: Option<toml::Value>,
     write_queue_max: Option<toml::Value>,
+    cache_object_max: Option<toml::Value>,
+    heuristic_freshness: Option<toml::Value>,
+    cache_status_key: Option<toml::Value>,
+    cache_tag_bytes: Option<toml::Value>,
+    origin_health_path: Option<toml::Value>,
+    origin_health_interval: Option<toml::Value>,
+    access_log: Option<toml::Value>,
+    access_log_format: Option<toml::Value>,
 }
 
 pub use shardgate_io::runtime::logging::Format as LogFormat;
@@ -231,6 +266,7 @@ pub struct Config {
     pub send_timeout: Duration,
     pub backlog: i32,
     pub log_format: LogFormat,
+    pub access_log: AccessLogConfig,
     /// Gateway mode: `Some` when at least one `--origin` is given.
     pub gateway: Option<GatewayConfig>,
 }
@@ -403,13 +439,36 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
         body_timeout: connection.body_timeout,
         send_timeout: connection.send_timeout,
         backlog: connection.backlog,
-        log_format: setting("log-format", cli.log_format, file.log_format, LogFormat::Text, |v| match v {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err("expected text or json".to_string()),
-        })?,
+        log_format: setting("log-format", cli.log_format, file.log_format, LogFormat::Text, parse_format)?,
+        access_log: AccessLogConfig {
+            target: setting("access-log", cli.access_log, file.access_log, AccessLogTarget::Off, |v| match v {
+                "off" => Ok(AccessLogTarget::Off),
+                "-" => Ok(AccessLogTarget::Stdout),
+                "" => Err("expected off, - or a file path".to_string()),
+                path => Ok(AccessLogTarget::File(PathBuf::from(path))),
+            })?,
+            format: setting(
+                "access-log-format",
+                cli.access_log_format,
+                file.access_log_format,
+                AccessLogFormat::Text,
+                |v| match v {
+                    "text" => Ok(AccessLogFormat::Text),
+                    "json" => Ok(AccessLogFormat::Json),
+                    _ => Err("expected text or json".to_string()),
+                },
+            )?,
+        },
         gateway,
     })
+}
+
+fn parse_format(value: &str) -> Result<LogFormat, String> {
+    match value {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".to_string()),
+    }
 }
 
 /// The durable log's settings.
@@ -588,8 +647,66 @@ fn gateway(cli: &mut Cli, file: &mut File) -> Result<Option<GatewayConfig>, Stri
             |v| parse_count(v, 1, 10_000_000).map(|n| n as usize),
         )?,
         overload: overload_settings(cli, file)?,
+        cache: cache_settings(cli, file)?,
+        health: HealthConfig {
+            path: setting(
+                "origin-health-path",
+                cli.origin_health_path.take(),
+                file.origin_health_path.take(),
+                None,
+                |v| match v.starts_with('/') && v.bytes().all(|b| b.is_ascii_graphic()) {
+                    true => Ok(Some(v.to_string())),
+                    false => Err("expected a path starting with / (no spaces)".to_string()),
+                },
+            )?,
+            interval: setting(
+                "origin-health-interval",
+                cli.origin_health_interval.take(),
+                file.origin_health_interval.take(),
+                Duration::from_secs(1),
+                duration_within(Duration::from_millis(10), Duration::from_secs(3600)),
+            )?,
+        },
     };
     Ok((!config.origins.is_empty()).then_some(config))
+}
+
+/// What the gateway stores, and what it says about it.
+fn cache_settings(cli: &mut Cli, file: &mut File) -> Result<CacheConfig, String> {
+    Ok(CacheConfig {
+        object_bytes_max: setting(
+            "cache-object-max",
+            cli.cache_object_max.take(),
+            file.cache_object_max.take(),
+            16 << 20,
+            |v| parse_size(v).and_then(|n| within(n, 0, 1 << 40)),
+        )?,
+        heuristic_percent: setting(
+            "heuristic-freshness",
+            cli.heuristic_freshness.take(),
+            file.heuristic_freshness.take(),
+            0,
+            |v| match v {
+                "off" => Ok(0),
+                _ => parse_count(v.strip_suffix('%').ok_or("expected a percentage such as 10%, or off")?, 1, 100)
+                    .map(|n| n as u32),
+            },
+        )?,
+        status_key: setting(
+            "cache-status-key",
+            cli.cache_status_key.take(),
+            file.cache_status_key.take(),
+            false,
+            parse_bool,
+        )?,
+        tag_bytes_max: setting(
+            "cache-tag-bytes",
+            cli.cache_tag_bytes.take(),
+            file.cache_tag_bytes.take(),
+            32 << 20,
+            |v| parse_size(v).and_then(|n| within(n, 0, 1 << 40)),
+        )?,
+    })
 }
 
 /// The origin's concurrency limit, its queue and the retry budget.

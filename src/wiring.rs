@@ -11,7 +11,7 @@ use shardgate_io::config::{Limits, LogConfig, RateLimits, ServerConfig};
 use shardgate_io::runtime::{driver, logging};
 use shardgate_io::server;
 use shardgate_io::storage::{rehome, segments};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::Config;
@@ -19,7 +19,7 @@ use crate::config::Config;
 pub fn run(config: Config) -> Result<()> {
     // Register before any thread starts, so an early signal drains too.
     logging::set_format(config.log_format);
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let cpus = allowed_cpus().context("reading the CPU affinity mask")?;
     let shard_count = config.shards.unwrap_or(cpus.len() as u32);
     let (driver, warning) =
@@ -64,6 +64,7 @@ pub fn run(config: Config) -> Result<()> {
             trust_forwarded_for: config.trust_forwarded_for,
             state_bytes: config.rate_limit_state_bytes,
         },
+        access_log: config.access_log.clone(),
         gateway: config.gateway.clone(),
     };
     if let Some(gateway) = &config.gateway {
@@ -78,8 +79,14 @@ pub fn run(config: Config) -> Result<()> {
     writeln!(stdout, "listening on {}", server.local_addr)?;
     stdout.flush()?;
     drop(stdout);
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
-    let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+    // SIGHUP reopens the access log (logrotate); SIGTERM and SIGINT drain.
+    let signal = signals.forever().find(|&signal| {
+        if signal == SIGHUP {
+            server.reopen_logs();
+        }
+        signal != SIGHUP
+    });
+    let name = if signal == Some(SIGINT) { "SIGINT" } else { "SIGTERM" };
     logging::info("draining", &[("signal", &name)]);
     server.shutdown();
     server.join();

@@ -108,6 +108,16 @@ pub struct Request<'a> {
     /// the gateway forwards its other fields.
     pub head: &'a [u8],
     pub body: &'a [u8],
+    /// The body follows the head and is left to the caller to stream (see
+    /// [`Decoder::stream_bodies_from`]); `body` is then empty.
+    pub streamed: Option<BodyToStream>,
+}
+
+/// How a body the caller streams is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyToStream {
+    Length(u64),
+    Chunked,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -238,11 +248,31 @@ pub struct Decoder {
     /// The de-chunked body of the current request.
     chunked_body: Vec<u8>,
     continue_due: bool,
+    /// Bodies of at least this many bytes, or chunked, are left to stream.
+    stream_from_bytes: Option<usize>,
+    /// The current request's body is left to stream.
+    streamed: Option<BodyToStream>,
 }
 
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
-        Decoder { limits, state: State::Head { scanned: 0 }, head: None, chunked_body: Vec::new(), continue_due: false }
+        Decoder {
+            limits,
+            state: State::Head { scanned: 0 },
+            head: None,
+            chunked_body: Vec::new(),
+            continue_due: false,
+            stream_from_bytes: None,
+            streamed: None,
+        }
+    }
+
+    /// From now on a request whose body is chunked, or at least `bytes`
+    /// long, completes with its head alone: `Request::streamed` says how its
+    /// body is framed, and the caller reads it (the gateway streams it to
+    /// the origin instead of buffering it).
+    pub fn stream_bodies_from(&mut self, bytes: usize) {
+        self.stream_from_bytes = Some(bytes);
     }
 
     /// True while a request's head has been decoded and its body not.
@@ -262,6 +292,7 @@ impl Decoder {
         if matches!(self.state, State::Done) {
             self.state = State::Head { scanned: 0 };
             self.head = None;
+            self.streamed = None;
             self.chunked_body.clear();
             if self.chunked_body.capacity() > CHUNKED_BODY_BYTES_KEPT_MAX {
                 self.chunked_body = Vec::new();
@@ -277,11 +308,14 @@ impl Decoder {
             Some(consumed) => {
                 let head = self.head.as_ref().expect("a complete request has a head");
                 let body = match head.framing {
+                    _ if self.streamed.is_some() => &[][..],
                     None => &[][..],
                     Some(Framing::Length(length)) => &input[head.end..head.end + length],
                     Some(Framing::Chunked) => &self.chunked_body[..],
                 };
-                Ok(Decoded::Complete { request: head.request(input, body), consumed })
+                let mut request = head.request(input, body);
+                request.streamed = self.streamed;
+                Ok(Decoded::Complete { request, consumed })
             }
         }
     }
@@ -294,6 +328,18 @@ impl Decoder {
             };
             let end = head.end;
             self.continue_due = head.expect_continue && input.len() == end;
+            let streamed = match (self.stream_from_bytes, head.framing) {
+                (Some(_), Some(Framing::Chunked)) => Some(BodyToStream::Chunked),
+                (Some(min), Some(Framing::Length(length))) if length >= min => {
+                    Some(BodyToStream::Length(length as u64))
+                }
+                _ => None,
+            };
+            if streamed.is_some() {
+                self.streamed = streamed;
+                self.head = Some(head);
+                return Ok(Some(end));
+            }
             self.state = match head.framing {
                 None => {
                     self.head = Some(head);
@@ -338,6 +384,7 @@ impl Head {
             forwarded_for: self.forwarded_for.map(|s| s.get(input)),
             head: &input[..self.end],
             body,
+            streamed: None,
         }
     }
 }
@@ -603,7 +650,7 @@ impl Chunked {
 
 /// Finds a CRLF within the first `bytes_max` bytes. A bare LF or CR is an
 /// error: lenient line endings in chunk framing are a smuggling vector.
-fn find_crlf(bytes: &[u8], bytes_max: usize) -> Result<Option<usize>, HttpError> {
+pub(crate) fn find_crlf(bytes: &[u8], bytes_max: usize) -> Result<Option<usize>, HttpError> {
     for (i, &b) in bytes.iter().enumerate().take(bytes_max) {
         match b {
             b'\r' => match bytes.get(i + 1) {
@@ -623,7 +670,7 @@ fn find_crlf(bytes: &[u8], bytes_max: usize) -> Result<Option<usize>, HttpError>
 
 /// Parses `1*HEXDIG *( BWS ";" BWS ext-name [ BWS "=" BWS ext-value ] )`;
 /// extensions are checked for legal bytes and ignored.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
+pub(crate) fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 {
         return Err(HttpError::BadRequest("invalid chunk size"));
@@ -698,7 +745,7 @@ fn trim_start(bytes: &[u8]) -> &[u8] {
     &bytes[start..]
 }
 
-fn is_token(b: u8) -> bool {
+pub(crate) fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -99,6 +99,48 @@ pub fn field_of<'a>(headers: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
+/// Every line of a field in `\r\nName: value` lines, joined by `separator`.
+pub fn field_joined(headers: &[u8], name: &[u8], separator: &[u8]) -> Option<Vec<u8>> {
+    let mut joined: Option<Vec<u8>> = None;
+    for line in headers.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        if !line[..colon].eq_ignore_ascii_case(name) {
+            continue;
+        }
+        let value = line[colon + 1..].trim_ascii();
+        match &mut joined {
+            None => joined = Some(value.to_vec()),
+            Some(all) => {
+                all.extend_from_slice(separator);
+                all.extend_from_slice(value);
+            }
+        }
+    }
+    joined
+}
+
+/// `headers` (`\r\nName: value` lines) without the fields named in
+/// `names` (lower-case); the same buffer when none is there.
+pub fn without_fields(headers: &Bytes, names: &[&[u8]]) -> Bytes {
+    let named = |line: &[u8]| {
+        let colon = line.iter().position(|&b| b == b':');
+        colon.is_some_and(|c| names.iter().any(|n| line[..c].trim_ascii().eq_ignore_ascii_case(n)))
+    };
+    if !headers.split(|&b| b == b'\n').any(named) {
+        return headers.clone();
+    }
+    let mut out = Vec::with_capacity(headers.len());
+    for line in headers.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !named(line) {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(line);
+        }
+    }
+    Bytes::from(out)
+}
+
 /// `stored` with every field `update` has replaced by `update`'s lines
 /// (both as `\r\nName: value` lines).
 pub fn merge_fields(stored: &[u8], update: &[u8]) -> Bytes {

@@ -1,6 +1,9 @@
 //! shardgate's HTTP/1.1: pure code on byte slices, no runtime, no sockets.
 //!
 //! # Layout
+//! - [`body`]: a body arriving over time, read by readers on any core
+//!   (responses streamed while stored, request bodies streamed to the
+//!   origin): std's mutex and wakers, no runtime.
 //! - [`codec`]: the request decoder (RFC 9112 framing, limits, chunked
 //!   bodies, `Expect: 100-continue`).
 //! - [`response`]: the [`response::Response`] value and its encoder, the
@@ -14,6 +17,7 @@
 //! **Architecture Invariant:** nothing here reads the clock, a socket or a
 //! file; `response::DateCache` is refreshed by its caller with the time.
 
+pub mod body;
 pub mod codec;
 pub mod fields;
 pub mod origin;

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use crate::codec::{Chunked, HttpError, Limits};
+use crate::codec::{find_crlf, parse_chunk_size, Chunked, HttpError, Limits, CHUNK_LINE_BYTES_MAX};
 use crate::fields::{connection_options, is_hop_by_hop, named_by_connection};
 
 /// Largest origin response body; larger is an error (the gateway buffers bodies).
@@ -43,16 +43,27 @@ pub struct OriginResponse {
     pub fields: CacheFields,
 }
 
-/// The response fields cache decisions read.
+/// The response fields cache decisions read. List fields keep every line,
+/// joined (`, `; surrogate keys by a space).
 #[derive(Clone, Debug, Default)]
 pub struct CacheFields {
     pub cache_control: Option<Bytes>,
+    /// RFC 9213 targeted fields.
+    pub cdn_cache_control: Option<Bytes>,
+    pub shardgate_cache_control: Option<Bytes>,
     pub expires: Option<Bytes>,
     pub date: Option<Bytes>,
     pub age: Option<Bytes>,
     pub vary: Option<Bytes>,
     pub etag: Option<Bytes>,
     pub last_modified: Option<Bytes>,
+    pub content_encoding: Option<Bytes>,
+    /// `Surrogate-Key` (Fastly) and `Cache-Tag` (Cloudflare).
+    pub surrogate_key: Option<Bytes>,
+    pub cache_tag: Option<Bytes>,
+    /// Targets an unsafe method's answer may invalidate (RFC 9111 §4.4).
+    pub location: Option<Bytes>,
+    pub content_location: Option<Bytes>,
     /// A `Set-Cookie` line was present.
     pub set_cookie: bool,
 }
@@ -101,6 +112,173 @@ impl Head {
     /// The response with `body`; the head keeps an empty one.
     pub fn take_response(&mut self, body: Bytes) -> OriginResponse {
         OriginResponse { body, ..std::mem::take(&mut self.response) }
+    }
+}
+
+impl Head {
+    /// The announced body length (`Content-Length`), when the body is
+    /// framed by one.
+    pub fn body_length(&self) -> Option<u64> {
+        match self.framing {
+            BodyFraming::None => Some(0),
+            BodyFraming::Length(length) => Some(length as u64),
+            _ => None,
+        }
+    }
+
+    /// A decoder for the body that follows this head, read as it arrives.
+    pub fn body_decoder(&self) -> BodyDecoder {
+        BodyDecoder {
+            state: match self.framing {
+                BodyFraming::None => BodyState::Done,
+                BodyFraming::Length(0) => BodyState::Done,
+                BodyFraming::Length(length) => BodyState::Length { remaining: length as u64 },
+                BodyFraming::Chunked(_) => BodyState::Chunk(ChunkPart::SizeLine),
+                BodyFraming::UntilClose => BodyState::UntilClose,
+            },
+            trailer_bytes: 0,
+        }
+    }
+
+    /// The head alone, as a response without a body.
+    pub fn response(&self) -> &OriginResponse {
+        &self.response
+    }
+}
+
+/// What [`BodyDecoder::step`] found at the front of its input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyStep {
+    /// Body bytes, taken from the input without a copy.
+    Data(Bytes),
+    /// The input holds no more of the body yet: read more.
+    More,
+    /// The body ended; what is left in the input follows the message.
+    End,
+}
+
+/// A response body decoded as it arrives (gateway streaming): de-chunked,
+/// bounded by its framing, never buffered whole. The caller reads into a
+/// `BytesMut` and calls [`BodyDecoder::step`] until it says `More`.
+#[derive(Clone, Debug)]
+pub struct BodyDecoder {
+    state: BodyState,
+    trailer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Length { remaining: u64 },
+    Chunk(ChunkPart),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkPart {
+    SizeLine,
+    Data { remaining: u64 },
+    DataEnd,
+    Trailers,
+}
+
+impl BodyDecoder {
+    /// A body of `length` bytes.
+    pub fn length(length: u64) -> BodyDecoder {
+        let state = if length == 0 { BodyState::Done } else { BodyState::Length { remaining: length } };
+        BodyDecoder { state, trailer_bytes: 0 }
+    }
+
+    /// A chunked body.
+    pub fn chunked() -> BodyDecoder {
+        BodyDecoder { state: BodyState::Chunk(ChunkPart::SizeLine), trailer_bytes: 0 }
+    }
+
+    /// Takes the next body bytes, or framing, off the front of `input`.
+    pub fn step(&mut self, input: &mut bytes::BytesMut) -> Result<BodyStep, ResponseError> {
+        let malformed = |_| ResponseError::Malformed("bad chunked framing");
+        loop {
+            match self.state {
+                BodyState::Done => return Ok(BodyStep::End),
+                BodyState::Length { remaining } => {
+                    if input.is_empty() {
+                        return Ok(BodyStep::More);
+                    }
+                    let take = remaining.min(input.len() as u64) as usize;
+                    let left = remaining - take as u64;
+                    self.state = if left == 0 { BodyState::Done } else { BodyState::Length { remaining: left } };
+                    return Ok(BodyStep::Data(input.split_to(take).freeze()));
+                }
+                BodyState::UntilClose => {
+                    if input.is_empty() {
+                        return Ok(BodyStep::More);
+                    }
+                    return Ok(BodyStep::Data(input.split().freeze()));
+                }
+                BodyState::Chunk(ChunkPart::SizeLine) => {
+                    let Some(line_end) = find_crlf(input, CHUNK_LINE_BYTES_MAX).map_err(malformed)? else {
+                        return Ok(BodyStep::More);
+                    };
+                    let size = parse_chunk_size(&input[..line_end]).map_err(malformed)?;
+                    let _ = input.split_to(line_end + 2);
+                    self.state = BodyState::Chunk(match size {
+                        0 => ChunkPart::Trailers,
+                        size => ChunkPart::Data { remaining: size },
+                    });
+                }
+                BodyState::Chunk(ChunkPart::Data { remaining }) => {
+                    if input.is_empty() {
+                        return Ok(BodyStep::More);
+                    }
+                    let take = remaining.min(input.len() as u64) as usize;
+                    let left = remaining - take as u64;
+                    self.state = BodyState::Chunk(if left == 0 {
+                        ChunkPart::DataEnd
+                    } else {
+                        ChunkPart::Data { remaining: left }
+                    });
+                    return Ok(BodyStep::Data(input.split_to(take).freeze()));
+                }
+                BodyState::Chunk(ChunkPart::DataEnd) => {
+                    if input.len() < 2 {
+                        return Ok(BodyStep::More);
+                    }
+                    if &input[..2] != b"\r\n" {
+                        return Err(ResponseError::Malformed("chunk data not followed by CRLF"));
+                    }
+                    let _ = input.split_to(2);
+                    self.state = BodyState::Chunk(ChunkPart::SizeLine);
+                }
+                BodyState::Chunk(ChunkPart::Trailers) => {
+                    let budget = RESPONSE_HEAD_BYTES_MAX.saturating_sub(self.trailer_bytes);
+                    let Some(line_end) = find_crlf(input, budget).map_err(malformed)? else {
+                        return Ok(BodyStep::More);
+                    };
+                    let _ = input.split_to(line_end + 2);
+                    self.trailer_bytes += line_end + 2;
+                    if line_end == 0 {
+                        self.state = BodyState::Done;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection reached its end. Fine for a body that runs to the
+    /// close (it is then complete); an error for any other unfinished body.
+    pub fn at_eof(&mut self) -> Result<(), ResponseError> {
+        match self.state {
+            BodyState::UntilClose | BodyState::Done => {
+                self.state = BodyState::Done;
+                Ok(())
+            }
+            _ => Err(ResponseError::Malformed("the origin closed the connection mid-body")),
+        }
+    }
+
+    /// The body runs until the connection closes (its connection is not reused).
+    pub fn until_close(&self) -> bool {
+        self.state == BodyState::UntilClose
     }
 }
 
@@ -174,7 +352,6 @@ fn head_of(parsed: &httparse::Response<'_, '_>, length: usize, expect_body: bool
         (false, true, true, _) => BodyFraming::Chunked(Chunked::new(length)),
         // A final coding other than chunked: the body ends at close.
         (false, true, false, _) => BodyFraming::UntilClose,
-        (false, false, _, Some(n)) if n > RESPONSE_BYTES_MAX => return Err(ResponseError::TooLarge),
         (false, false, _, Some(n)) => BodyFraming::Length(n),
         (false, false, _, None) => BodyFraming::UntilClose,
     };
@@ -205,24 +382,34 @@ fn content_length_value(digits: &[u8]) -> Result<usize, ResponseError> {
 /// Records `field` in `fields` when a cache decision reads it.
 fn pick_cache_field(fields: &mut CacheFields, field: &httparse::Header<'_>) {
     let value = || Some(Bytes::copy_from_slice(field.value.trim_ascii()));
+    let comma = |existing: &mut Option<Bytes>| *existing = join(existing.take(), field.value, b", ");
     match field.name.to_ascii_lowercase().as_str() {
-        "cache-control" => fields.cache_control = join(fields.cache_control.take(), field.value),
+        "cache-control" => comma(&mut fields.cache_control),
+        "cdn-cache-control" => comma(&mut fields.cdn_cache_control),
+        "shardgate-cache-control" => comma(&mut fields.shardgate_cache_control),
         "expires" => fields.expires = value(),
         "date" => fields.date = value(),
-        "age" => fields.age = value(),
-        "vary" => fields.vary = join(fields.vary.take(), field.value),
+        // RFC 9111 §5.1: the first member of a list-valued Age counts.
+        "age" => comma(&mut fields.age),
+        "vary" => comma(&mut fields.vary),
         "etag" => fields.etag = value(),
         "last-modified" => fields.last_modified = value(),
+        "content-encoding" => comma(&mut fields.content_encoding),
+        "surrogate-key" => fields.surrogate_key = join(fields.surrogate_key.take(), field.value, b" "),
+        "cache-tag" => comma(&mut fields.cache_tag),
+        "location" => fields.location = value(),
+        "content-location" => fields.content_location = value(),
         "set-cookie" => fields.set_cookie = true,
         _ => {}
     }
 }
 
-/// Joins repeated list field lines with ", " (RFC 9110 §5.3).
-fn join(existing: Option<Bytes>, value: &[u8]) -> Option<Bytes> {
+/// Joins repeated field lines with `separator` (RFC 9110 §5.3).
+fn join(existing: Option<Bytes>, value: &[u8], separator: &[u8]) -> Option<Bytes> {
+    let value = value.trim_ascii();
     match existing {
         None => Some(Bytes::copy_from_slice(value)),
-        Some(first) => Some(Bytes::from([&first[..], b", ", value].concat())),
+        Some(first) => Some(Bytes::from([&first[..], separator, value].concat())),
     }
 }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use shardgate_shards::queued::QueuedWrite;
 use shardgate_shards::route::key_hash;
 
+use crate::body::BodyReader;
 use crate::codec::{Method, Request, HEADERS_MAX};
 use crate::fields::{connection_options, is_hop_by_hop, named_by_connection, origin_form, push_field};
 use crate::response::Response;
@@ -26,6 +27,17 @@ pub struct ProxyRequest {
     pub fields: Vec<(Bytes, Bytes)>,
     pub peer: Option<IpAddr>,
     pub body: Bytes,
+    /// A body streamed from the client instead of `body` (a large or
+    /// chunked upload in gateway mode): read once, so never retried.
+    pub streamed: Option<StreamedRequestBody>,
+}
+
+/// A request body arriving from the client while the request is relayed.
+#[derive(Debug, PartialEq)]
+pub struct StreamedRequestBody {
+    pub reader: BodyReader,
+    /// `Content-Length` when the client sent one; else the body goes on chunked.
+    pub length: Option<u64>,
 }
 
 impl ProxyRequest {
@@ -86,6 +98,7 @@ impl ProxyRequest {
             fields,
             peer,
             body: Bytes::copy_from_slice(request.body),
+            streamed: None,
         })
     }
 
@@ -126,14 +139,51 @@ impl ProxyRequest {
             })
     }
 
+    /// POST, PUT, PATCH, DELETE: the methods queued as asynchronous writes.
     pub fn is_unsafe(&self) -> bool {
         matches!(self.method, Method::Post | Method::Put | Method::Patch | Method::Delete)
+    }
+
+    /// GET, HEAD, OPTIONS, TRACE (RFC 9110 §9.2.1). Any other method, known
+    /// or not, may change state: its non-error answer invalidates what is
+    /// stored for its target (RFC 9111 §4.4).
+    pub fn is_safe(&self) -> bool {
+        matches!(self.method, Method::Get | Method::Head | Method::Options)
+            || (self.method == Method::Other && &self.method_token[..] == b"TRACE")
+    }
+
+    /// The client asked that no stored response be used without
+    /// revalidation: `Cache-Control: no-cache` (RFC 9111 §5.2.1.4) or
+    /// `max-age=0` (§5.2.1.1, what a browser's reload sends), or `Pragma:
+    /// no-cache` without a `Cache-Control` (§5.4).
+    pub fn forbids_stored(&self) -> bool {
+        let mut pragma = false;
+        for (name, value) in &self.fields {
+            let listed =
+                |directive: &[u8]| value.split(|&b| b == b',').any(|d| d.trim_ascii().eq_ignore_ascii_case(directive));
+            if name.eq_ignore_ascii_case(b"cache-control") {
+                return listed(b"no-cache") || listed(b"max-age=0");
+            }
+            pragma |= name.eq_ignore_ascii_case(b"pragma") && listed(b"no-cache");
+        }
+        pragma
     }
 
     /// The request as the origin gets it: hop-by-hop fields dropped,
     /// `X-Forwarded-For` and `Via` extended, and for a cache fill the
     /// client's own conditionals and ranges replaced by the cache's validators.
     pub fn encode_for_origin(&self, default_host: &[u8], fill: Option<&Validators>) -> Bytes {
+        self.encode_with_body(default_host, fill, None)
+    }
+
+    /// The head of the request as the origin gets it when its body streams
+    /// after it: `Content-Length` when the client gave one, else chunked.
+    pub fn encode_streamed(&self, default_host: &[u8], length: Option<u64>) -> Bytes {
+        self.encode_with_body(default_host, None, Some(length))
+    }
+
+    /// `streamed`: the body streams after the head, of this length when known.
+    fn encode_with_body(&self, default_host: &[u8], fill: Option<&Validators>, streamed: Option<Option<u64>>) -> Bytes {
         let body_bytes = self.body.len();
         let mut out = Vec::with_capacity(256 + self.target.len() + body_bytes + self.fields.len() * 32);
         let method: &[u8] = if fill.is_some() { b"GET" } else { &self.method_token };
@@ -194,8 +244,16 @@ impl ProxyRequest {
                 push_field(&mut out, b"If-Modified-Since", last_modified);
             }
         }
-        if fill.is_none() && (body_bytes > 0 || matches!(self.method, Method::Post | Method::Put | Method::Patch)) {
-            push_field(&mut out, b"Content-Length", itoa::Buffer::new().format(body_bytes).as_bytes());
+        match streamed {
+            _ if fill.is_some() => {}
+            Some(Some(length)) => {
+                push_field(&mut out, b"Content-Length", itoa::Buffer::new().format(length).as_bytes())
+            }
+            Some(None) => push_field(&mut out, b"Transfer-Encoding", b"chunked"),
+            None if body_bytes > 0 || matches!(self.method, Method::Post | Method::Put | Method::Patch) => {
+                push_field(&mut out, b"Content-Length", itoa::Buffer::new().format(body_bytes).as_bytes())
+            }
+            None => {}
         }
         out.extend_from_slice(b"\r\n");
         if fill.is_none() {
@@ -286,6 +344,7 @@ impl ProxyRequest {
             fields: write.fields,
             peer: write.peer,
             body: write.body,
+            streamed: None,
         }
     }
 

@@ -7,6 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use shardgate_shards::conditions::Etag;
+use shardgate_shards::pieces::Pieces;
+
+use crate::body::BodyReader;
 
 /// `Content-Type` of every error body (RFC 9457).
 pub const PROBLEM_CONTENT_TYPE: &[u8] = b"application/problem+json";
@@ -55,8 +58,168 @@ pub struct Proxied {
     pub headers: Bytes,
     /// `Age`, in seconds.
     pub age_s: Option<u64>,
+    /// `Date`: the stored or relayed response's (RFC 9110 §6.6.1); None:
+    /// shardgate's clock.
+    pub date: Option<Bytes>,
     /// `X-Cache`.
     pub x_cache: Option<&'static str>,
+    /// shardgate's member of `Cache-Status` (RFC 9211).
+    pub cache_status: Option<CacheStatus>,
+    /// `key` of the `Cache-Status` member (only with `--cache-status-key`).
+    pub cache_key: Option<Bytes>,
+    /// `Content-Range` of a 206 or 416.
+    pub content_range: Option<ContentRange>,
+    /// Where the body is when it is not [`Response::body`].
+    pub body: ProxiedBody,
+    /// How long the origin took to answer (the access log's `origin_ms`).
+    pub origin_us: Option<u32>,
+}
+
+/// A relayed body that is not one buffer in [`Response::body`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ProxiedBody {
+    /// [`Response::body`] is the whole body.
+    #[default]
+    Inline,
+    /// A stored body in several shared pieces.
+    Pieces(Pieces),
+    /// A body still arriving (streamed while it is stored, or passed through).
+    Stream(StreamBody),
+}
+
+/// A body read from a stream as it arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamBody {
+    pub reader: BodyReader,
+    /// Stream bytes before the body starts (the front a range skips).
+    pub skip: u64,
+    /// The body's length when known, sent as `Content-Length` (the stream
+    /// is cut there); None: chunked to an HTTP/1.1 client, else to the close.
+    pub length: Option<u64>,
+}
+
+/// A cache's member of `Cache-Status` (RFC 9211 §2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStatus {
+    /// Served from the cache without going forward.
+    pub hit: bool,
+    /// Why the request went to the origin.
+    pub fwd: Option<Forward>,
+    /// The origin's status when it went forward.
+    pub fwd_status: Option<u16>,
+    /// Seconds of freshness left (negative: stale by that much).
+    pub ttl_s: Option<i64>,
+    /// The origin's answer was stored.
+    pub stored: bool,
+    /// The request waited for another request's origin fetch.
+    pub collapsed: bool,
+}
+
+/// `fwd` values of `Cache-Status` (RFC 9211 §2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// Nothing stored for the URI.
+    UriMiss,
+    /// Responses stored for the URI, none for this request's `Vary` values.
+    VaryMiss,
+    /// The stored response was stale.
+    Stale,
+    /// The cache does not handle this request (a cookie, hit-for-miss, an
+    /// object too large to store).
+    Bypass,
+    /// The method's semantics send it forward (unsafe methods).
+    Method,
+    /// A fresh response was stored but the request did not allow its use
+    /// (`Cache-Control: no-cache`).
+    Request,
+}
+
+impl Forward {
+    fn token(self) -> &'static [u8] {
+        match self {
+            Forward::UriMiss => b"uri-miss",
+            Forward::VaryMiss => b"vary-miss",
+            Forward::Stale => b"stale",
+            Forward::Bypass => b"bypass",
+            Forward::Method => b"method",
+            Forward::Request => b"request",
+        }
+    }
+}
+
+/// `Content-Range` (RFC 9110 §14.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentRange {
+    /// `bytes first-last/complete` of a 206.
+    Bytes { first: u64, last: u64, complete: u64 },
+    /// `bytes */complete` of a 416.
+    Unsatisfied { complete: u64 },
+}
+
+/// The name shardgate's member of `Cache-Status` carries.
+pub const CACHE_STATUS_NAME: &[u8] = b"shardgate";
+
+impl CacheStatus {
+    fn encode(&self, out: &mut Vec<u8>, key: Option<&[u8]>) {
+        let mut numbers = itoa::Buffer::new();
+        out.extend_from_slice(b"\r\nCache-Status: ");
+        out.extend_from_slice(CACHE_STATUS_NAME);
+        if self.hit {
+            out.extend_from_slice(b"; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            out.extend_from_slice(b"; fwd=");
+            out.extend_from_slice(fwd.token());
+        }
+        if let Some(status) = self.fwd_status {
+            out.extend_from_slice(b"; fwd-status=");
+            out.extend_from_slice(numbers.format(status).as_bytes());
+        }
+        if self.stored {
+            out.extend_from_slice(b"; stored");
+        }
+        if self.collapsed {
+            out.extend_from_slice(b"; collapsed");
+        }
+        if let Some(ttl) = self.ttl_s {
+            out.extend_from_slice(b"; ttl=");
+            out.extend_from_slice(numbers.format(ttl).as_bytes());
+        }
+        if let Some(key) = key {
+            // An sf-string: printable ASCII, `"` and `\` escaped; other
+            // bytes become `%XX` so the value stays a valid string.
+            out.extend_from_slice(b"; key=\"");
+            for &byte in key {
+                match byte {
+                    b'"' | b'\\' => out.extend_from_slice(&[b'\\', byte]),
+                    0x20..=0x7e => out.push(byte),
+                    _ => out.extend_from_slice(format!("%{byte:02X}").as_bytes()),
+                }
+            }
+            out.push(b'"');
+        }
+    }
+}
+
+impl Proxied {
+    /// A relayed response's fields, with nothing else set.
+    pub fn new(reason: Bytes, headers: Bytes, age_s: Option<u64>, x_cache: Option<&'static str>) -> Proxied {
+        Proxied { reason, headers, age_s, x_cache, ..Proxied::default() }
+    }
+}
+
+impl Response {
+    /// The body's length, wherever it is held; None for a stream of unknown length.
+    pub fn body_length(&self) -> Option<u64> {
+        match &self.extra {
+            Extra::Proxied(proxied) => match &proxied.body {
+                ProxiedBody::Inline => Some(self.body.len() as u64),
+                ProxiedBody::Pieces(pieces) => Some(pieces.len()),
+                ProxiedBody::Stream(stream) => stream.length,
+            },
+            _ => Some(self.body.len() as u64),
+        }
+    }
 }
 
 impl Response {
@@ -168,6 +331,9 @@ pub enum Persistence {
 pub struct Framing<'a> {
     /// Omit the body of a HEAD response while keeping its `Content-Length`.
     pub head_only: bool,
+    /// The client speaks HTTP/1.1: a body of unknown length is sent
+    /// chunked; to an HTTP/1.0 client it runs to the close.
+    pub chunked_ok: bool,
     pub persistence: Persistence,
     /// `RateLimit-Policy` and `RateLimit` fields (docs/spec.md §4). Kept out of
     /// [`Response`] so every response stays small to move.
@@ -180,20 +346,49 @@ pub struct Framing<'a> {
 /// held once, not once per reader.
 pub const SHARED_BODY_BYTES_MIN: usize = 16 * 1024;
 
+/// What follows an encoded head in the output, when the body was not
+/// copied into it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing: the body (if any) was appended.
+    None,
+    /// One large shared buffer ([`SHARED_BODY_BYTES_MIN`]).
+    Shared(Bytes),
+    /// A stored body in shared pieces.
+    Pieces(Pieces),
+    /// A body still arriving: `chunked` frames it in chunks; else it is cut
+    /// at its length, or runs to the close (then `close` is set).
+    Stream { body: StreamBody, chunked: bool },
+}
+
 /// Appends `response` to `out`. Returns the body to write after `out` when
-/// it is large ([`SHARED_BODY_BYTES_MIN`]); smaller bodies are appended.
+/// it is large ([`SHARED_BODY_BYTES_MIN`]), in pieces or a stream; smaller
+/// bodies are appended. The second value is true when the body runs to the
+/// close of the connection (a stream of unknown length to an HTTP/1.0
+/// client): the head then says `Connection: close`.
 ///
 /// Kept in one straight-line function on purpose: it runs once per
 /// response on the hot path (pipelined GETs spend a large share of their
 /// instructions here), and splitting it would move field values through
 /// calls that the optimiser does not always inline.
 #[must_use = "a large body is returned, not appended"]
-pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing: Framing<'_>) -> Option<Bytes> {
-    let Framing { head_only, persistence, rate } = framing;
+pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing: Framing<'_>) -> (Tail, bool) {
+    let Framing { head_only, chunked_ok, mut persistence, rate } = framing;
     let status = response.status;
     let content_type = response.content_type.as_deref().unwrap_or_default();
-    let shared = response.body.len() >= SHARED_BODY_BYTES_MIN;
-    let body_copied = if shared { 0 } else { response.body.len() };
+    let proxied_body = match &response.extra {
+        Extra::Proxied(proxied) => &proxied.body,
+        _ => &ProxiedBody::Inline,
+    };
+    let inline = matches!(proxied_body, ProxiedBody::Inline);
+    let shared = inline && response.body.len() >= SHARED_BODY_BYTES_MIN;
+    let body_copied = if shared || !inline { 0 } else { response.body.len() };
+    let body_length = response.body_length();
+    let stream_chunked = body_length.is_none() && chunked_ok;
+    let to_close = body_length.is_none() && !chunked_ok && !head_only;
+    if to_close {
+        persistence = Persistence::Close;
+    }
     out.reserve(HEAD_FIXED_BYTES_MAX + content_type.len() + body_copied);
     match &response.extra {
         Extra::None | Extra::Allow(_) => out.extend_from_slice(status_line(status)),
@@ -206,12 +401,22 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
             out.extend_from_slice(b"\r\nDate: ");
         }
     }
-    out.extend_from_slice(date.text());
+    match &response.extra {
+        Extra::Proxied(proxied) if proxied.date.is_some() => {
+            out.extend_from_slice(proxied.date.as_deref().unwrap_or_default())
+        }
+        _ => out.extend_from_slice(date.text()),
+    }
     let mut numbers = itoa::Buffer::new();
     let bodyless = status < 200 || status == 204 || status == 304;
-    if !bodyless {
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        out.extend_from_slice(numbers.format(response.body.len()).as_bytes());
+    match body_length {
+        _ if bodyless => {}
+        Some(length) => {
+            out.extend_from_slice(b"\r\nContent-Length: ");
+            out.extend_from_slice(numbers.format(length).as_bytes());
+        }
+        None if stream_chunked && !head_only => out.extend_from_slice(b"\r\nTransfer-Encoding: chunked"),
+        None => {}
     }
     if response.content_type.is_some() {
         out.extend_from_slice(b"\r\nContent-Type: ");
@@ -243,6 +448,24 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
                 out.extend_from_slice(b"\r\nX-Cache: ");
                 out.extend_from_slice(x_cache.as_bytes());
             }
+            if let Some(cache_status) = &proxied.cache_status {
+                cache_status.encode(out, proxied.cache_key.as_deref());
+            }
+            match proxied.content_range {
+                None => {}
+                Some(ContentRange::Bytes { first, last, complete }) => {
+                    out.extend_from_slice(b"\r\nContent-Range: bytes ");
+                    out.extend_from_slice(numbers.format(first).as_bytes());
+                    out.push(b'-');
+                    out.extend_from_slice(numbers.format(last).as_bytes());
+                    out.push(b'/');
+                    out.extend_from_slice(numbers.format(complete).as_bytes());
+                }
+                Some(ContentRange::Unsatisfied { complete }) => {
+                    out.extend_from_slice(b"\r\nContent-Range: bytes */");
+                    out.extend_from_slice(numbers.format(complete).as_bytes());
+                }
+            }
         }
     }
     if let Some(rate) = rate.filter(|r| r.items.iter().any(Option::is_some)) {
@@ -259,13 +482,17 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
     }
     out.extend_from_slice(b"\r\n\r\n");
     if bodyless || head_only {
-        return None;
+        return (Tail::None, false);
     }
-    if shared {
-        return Some(response.body.clone());
+    match proxied_body {
+        ProxiedBody::Inline if shared => (Tail::Shared(response.body.clone()), false),
+        ProxiedBody::Inline => {
+            out.extend_from_slice(&response.body);
+            (Tail::None, false)
+        }
+        ProxiedBody::Pieces(pieces) => (Tail::Pieces(pieces.clone()), false),
+        ProxiedBody::Stream(body) => (Tail::Stream { body: body.clone(), chunked: stream_chunked }, to_close),
     }
-    out.extend_from_slice(&response.body);
-    None
 }
 
 /// Upper bound of a head's bytes besides the content type: the longest
@@ -300,6 +527,7 @@ statuses! {
     201 "Created",
     202 "Accepted",
     204 "No Content",
+    206 "Partial Content",
     304 "Not Modified",
     400 "Bad Request",
     401 "Unauthorized",
@@ -310,6 +538,7 @@ statuses! {
     412 "Precondition Failed",
     413 "Content Too Large",
     414 "URI Too Long",
+    416 "Range Not Satisfiable",
     417 "Expectation Failed",
     429 "Too Many Requests",
     431 "Request Header Fields Too Large",

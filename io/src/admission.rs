@@ -73,8 +73,10 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// The exchange ended; an answered one feeds `auto` its round trip.
-    pub fn finish(self, answered: bool) {
+    /// The answer's head arrived (or the exchange failed); an answered one
+    /// feeds `auto` its round trip. The slot stays held until the permit
+    /// is dropped, which a body still streaming from the origin delays.
+    pub fn record(&self, answered: bool) {
         let rtt = self.started.elapsed().as_micros() as u64;
         let average = &self.admission.exchange_us;
         average.set(if average.get() == 0.0 { rtt as f64 } else { average.get() * 0.9 + rtt as f64 * 0.1 });

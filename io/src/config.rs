@@ -39,8 +39,36 @@ pub struct ServerConfig {
     pub backlog: i32,
     pub log: LogConfig,
     pub rate_limits: RateLimits,
+    pub access_log: AccessLogConfig,
     /// Gateway mode (docs/spec.md §7): `Some` when `--origin` is given.
     pub gateway: Option<GatewayConfig>,
+}
+
+/// `--access-log` and `--access-log-format`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub target: AccessLogTarget,
+    pub format: AccessLogFormat,
+}
+
+/// `--access-log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// `key=value` pairs, logfmt style.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where access log lines go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    #[default]
+    Off,
+    Stdout,
+    /// A file, appended to and reopened on SIGHUP (for logrotate).
+    File(PathBuf),
 }
 
 /// In gateway mode the key-value store holds only the asynchronous write
@@ -182,6 +210,42 @@ pub struct GatewayConfig {
     pub write_retries: u32,
     pub write_queue_entries_max: usize,
     pub overload: OverloadConfig,
+    pub cache: CacheConfig,
+    pub health: HealthConfig,
+}
+
+/// What the gateway stores and how it reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Largest response stored; larger ones stream through (`--cache-object-max`).
+    pub object_bytes_max: u64,
+    /// Heuristic freshness as a share of the time since `Last-Modified`
+    /// (RFC 9111 §4.2.2); 0: off.
+    pub heuristic_percent: u32,
+    /// `Cache-Status` carries the cache key.
+    pub status_key: bool,
+    /// The surrogate-key index's memory, all shards together.
+    pub tag_bytes_max: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig { object_bytes_max: 16 << 20, heuristic_percent: 0, status_key: false, tag_bytes_max: 32 << 20 }
+    }
+}
+
+/// Active health checks of the origins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// `GET` this path; None: a TCP connect.
+    pub path: Option<String>,
+    pub interval: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> HealthConfig {
+        HealthConfig { path: None, interval: Duration::from_secs(1) }
+    }
 }
 
 /// How much of an origin's capacity shardgate may use, and what waits

@@ -24,12 +24,18 @@ use bytes::Bytes;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use shardgate_http::codec::{Decoded, Decoder, Method, Request};
-use shardgate_http::response::{encode, Framing, Persistence, RateHeaders, Response, CONTINUE, SHARED_BODY_BYTES_MIN};
+use shardgate_http::body::{self, BodyWriter};
+use shardgate_http::codec::{BodyToStream, Decoded, Decoder, Limits, Method, Request};
+use shardgate_http::origin::{BodyDecoder, BodyStep};
+use shardgate_http::proxy::StreamedRequestBody;
+use shardgate_http::response::{
+    encode, Extra, Framing, Persistence, RateHeaders, Response, StreamBody, Tail, CONTINUE, SHARED_BODY_BYTES_MIN,
+};
 
 use crate::core::{Core, Phase};
 use crate::dispatch::{Dispatched, Dispatcher, Step};
 use crate::limit::LeaseWait;
+use crate::runtime::access_log::Entry;
 use crate::runtime::metrics::Route;
 
 /// Initial size of a connection's input and output buffers; they grow for a
@@ -41,18 +47,49 @@ const BUFFER_BYTES_KEPT_MAX: usize = 64 * 1024;
 pub const PIPELINE_BATCH_MAX: usize = 64;
 /// Output bytes per batch before writing.
 const OUTPUT_BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Gateway mode: request bodies from this size (and chunked ones) stream
+/// to the origin instead of being read whole first.
+pub const STREAM_BODY_BYTES_MIN: usize = 64 * 1024;
+/// Request body bytes a streaming upload may hold ahead of the origin.
+const UPLOAD_WINDOW_BYTES: usize = 256 * 1024;
 /// After an error response: how long and how much to keep reading so the
 /// client sees the response instead of a reset (nginx's lingering close).
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES_MAX: usize = 64 * 1024;
 
 /// What encoding and counting a response needs to know of its request.
-#[derive(Clone, Copy)]
 struct Meta {
     route: Route,
     head_only: bool,
+    /// HTTP/1.1: a body of unknown length may be sent chunked.
+    chunked_ok: bool,
     persistence: Persistence,
     rate: Option<RateHeaders>,
+    /// What the access log records of the request (only when it is on).
+    log: Option<Box<LogMeta>>,
+}
+
+/// The request's part of an access log line.
+struct LogMeta {
+    method: Vec<u8>,
+    target: Vec<u8>,
+    owner: Option<u32>,
+}
+
+impl LogMeta {
+    fn of(request: &Request<'_>, owner: Option<u32>) -> LogMeta {
+        let method = request.head.split(|&b| b == b' ').next().unwrap_or_default().to_vec();
+        LogMeta { method, target: request.target.to_vec(), owner }
+    }
+}
+
+/// A response written, waiting for its access log line.
+struct Logged {
+    meta: Box<LogMeta>,
+    status: u16,
+    bytes: u64,
+    cache: Option<&'static str>,
+    origin_us: Option<u32>,
 }
 
 /// A dispatched request whose response is not yet encoded.
@@ -62,14 +99,21 @@ struct Pending {
 }
 
 /// Encoded responses waiting to be written: heads and small bodies copied
-/// into `bytes`, large bodies kept as their shared buffers, each after the
-/// copied bytes before it.
+/// into `bytes`, large bodies kept as their shared buffers (or pieces, or
+/// the stream they arrive on), each after the copied bytes before it.
 #[derive(Default)]
 struct Output {
     bytes: Vec<u8>,
-    /// (offset in `bytes` the body follows, the body).
-    shared: Vec<(usize, Bytes)>,
+    /// (offset in `bytes` the body follows, the body, its response's
+    /// access log entry if any).
+    shared: Vec<(usize, Tail, Option<usize>)>,
     shared_bytes: usize,
+}
+
+/// Where a batch's responses go: the output, and their access log entries.
+struct Written<'a> {
+    output: &'a mut Output,
+    logged: &'a mut Vec<Logged>,
 }
 
 impl Output {
@@ -86,13 +130,29 @@ impl Output {
         self.bytes.is_empty() && self.shared.is_empty()
     }
 
-    /// Encodes `response` at the end.
-    fn encode(&mut self, response: &Response, date: &shardgate_http::response::DateCache, framing: Framing<'_>) {
-        if let Some(body) = encode(&mut self.bytes, response, date, framing) {
-            debug_assert!(body.len() >= SHARED_BODY_BYTES_MIN);
-            self.shared_bytes += body.len();
-            self.shared.push((self.bytes.len(), body));
-        }
+    /// Encodes `response` at the end. Returns true when its body runs to
+    /// the close of the connection. `logged`: its access log entry.
+    fn encode(
+        &mut self,
+        response: &Response,
+        date: &shardgate_http::response::DateCache,
+        framing: Framing<'_>,
+        logged: Option<usize>,
+    ) -> bool {
+        let (tail, to_close) = encode(&mut self.bytes, response, date, framing);
+        let bytes = match &tail {
+            Tail::None => return to_close,
+            Tail::Shared(body) => {
+                debug_assert!(body.len() >= SHARED_BODY_BYTES_MIN);
+                body.len()
+            }
+            Tail::Pieces(pieces) => pieces.len() as usize,
+            // A stream is written before anything after it: it ends the batch.
+            Tail::Stream { .. } => OUTPUT_BATCH_BYTES_MAX,
+        };
+        self.shared_bytes += bytes;
+        self.shared.push((self.bytes.len(), tail, logged));
+        to_close
     }
 }
 
@@ -106,6 +166,8 @@ struct Connection {
     output: Output,
     batch: Vec<Pending>,
     input_bytes_max: usize,
+    /// Access log entries of responses not yet written.
+    logged: Vec<Logged>,
 }
 
 /// How one turn of the request loop ended.
@@ -128,11 +190,19 @@ pub async fn serve(dispatcher: Rc<Dispatcher>, stream: TcpStream, key: usize) {
         stream,
         key,
         peer,
-        decoder: Decoder::new(limits),
+        decoder: match core.config().gateway {
+            Some(_) => {
+                let mut decoder = Decoder::new(limits);
+                decoder.stream_bodies_from(STREAM_BODY_BYTES_MIN);
+                decoder
+            }
+            None => Decoder::new(limits),
+        },
         input: Vec::with_capacity(BUFFER_BYTES),
         output: Output::with_capacity(BUFFER_BYTES),
         batch: Vec::with_capacity(PIPELINE_BATCH_MAX),
-        input_bytes_max: limits.head_bytes_max + 2 * limits.body_bytes_max + BUFFER_BYTES,
+        input_bytes_max: input_bytes_max(limits, core.config().gateway.is_some()),
+        logged: Vec::new(),
     };
     let lingering = loop {
         if core.conns().output_full() {
@@ -166,13 +236,30 @@ impl Connection {
         core.conns().set_busy(self.key);
         let mut outcome = {
             let _busy = core.busy();
-            let batch = Batch { dispatcher, peer: self.peer, now_ms };
-            batch.decode(&mut self.decoder, &self.input, &mut self.batch, &mut self.output)
+            let log = core.access_log().is_some();
+            let batch = Batch { dispatcher, peer: self.peer, now_ms, log };
+            let written = Written { output: &mut self.output, logged: &mut self.logged };
+            batch.decode(&mut self.decoder, &self.input, &mut self.batch, written)
         };
         // Shutting down closes a connection between requests, never in the
         // middle of one: a request whose bytes are still arriving is finished.
         let mid_request = self.input.len() > outcome.consumed;
         let mut close = outcome.close || (core.conns().shutting_down() && !mid_request);
+        if let Some(upload) = outcome.upload.take() {
+            // The body follows the head: feed it to the exchange now, while
+            // the responses before it wait (they are written in order anyway).
+            self.input.drain(..outcome.consumed);
+            outcome.consumed = 0;
+            if self.decoder.take_continue() {
+                self.output.bytes.extend_from_slice(CONTINUE);
+                if !self.flush(core).await {
+                    return Turn::Close(false);
+                }
+            }
+            // A body that could not be fed whole leaves the connection
+            // without a known next request: it closes after the responses.
+            close |= !self.pump_upload(core, upload).await;
+        }
         let mut batch = std::mem::take(&mut self.batch);
         let mut failed = false;
         for pending in batch.drain(..) {
@@ -182,7 +269,8 @@ impl Connection {
                 Step::Gateway(relay) => relay.await,
                 Step::Wait(_) => unreachable!("a request waiting for a lease is not in the batch"),
             };
-            close |= write_response(core, &mut self.output, &response, &pending.meta);
+            let written = Written { output: &mut self.output, logged: &mut self.logged };
+            close |= write_response(core, written, response, pending.meta);
             // Written as it grows: a batch's responses are not all held
             // until the last one is ready.
             if self.output.len() >= OUTPUT_BATCH_BYTES_MAX && !self.flush(core).await {
@@ -205,6 +293,7 @@ impl Connection {
         if !self.output.is_empty() && !self.flush(core).await {
             return Turn::Close(false);
         }
+        self.write_log(core, started);
         if close {
             return Turn::Close(outcome.error);
         }
@@ -218,6 +307,76 @@ impl Connection {
         Turn::Read
     }
 
+    /// Feeds a streamed request body to its exchange: decoded (de-chunked)
+    /// from the input and the socket, held at most a window ahead of the
+    /// origin, bounded by `--max-body`, each read within `--body-timeout`.
+    /// What follows the body stays in the input. Returns false when the
+    /// body could not be fed whole (broken framing, too long, the client
+    /// stopped, or the exchange stopped reading): the connection then closes.
+    async fn pump_upload(&mut self, core: &Core, upload: Upload) -> bool {
+        let Upload { writer, mut decoder } = upload;
+        let limit = core.config().limits.body_bytes_max as u64;
+        let mut buffer = bytes::BytesMut::from(&self.input[..]);
+        self.input.clear();
+        let mut total = 0u64;
+        loop {
+            match decoder.step(&mut buffer) {
+                Err(_) => break,
+                Ok(BodyStep::Data(chunk)) => {
+                    total += chunk.len() as u64;
+                    if total > limit || writer.room().await.is_err() {
+                        break;
+                    }
+                    writer.push(chunk);
+                }
+                Ok(BodyStep::End) => {
+                    writer.finish();
+                    self.input.extend_from_slice(&buffer);
+                    return true;
+                }
+                Ok(BodyStep::More) => {
+                    core.conns().arm(self.key, Phase::Body, core.now_ms());
+                    buffer.reserve(BUFFER_BYTES_KEPT_MAX);
+                    // Read after what is there: monoio reads into a buffer from its start.
+                    let length = buffer.len();
+                    let (read, returned) = self.stream.read(buffer.slice_mut(length..)).await;
+                    buffer = returned.into_inner();
+                    core.conns().set_busy(self.key);
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            }
+        }
+        writer.abort();
+        false
+    }
+
+    /// Writes the access log lines of the responses just written.
+    fn write_log(&mut self, core: &Core, started: Instant) {
+        let Some(log) = core.access_log() else {
+            return;
+        };
+        let now = SystemTime::now();
+        let duration_us = started.elapsed().as_micros() as u64;
+        for logged in self.logged.drain(..) {
+            let entry = Entry {
+                client: self.peer,
+                method: &logged.meta.method,
+                target: &logged.meta.target,
+                status: logged.status,
+                bytes: logged.bytes,
+                duration_us,
+                cache: logged.cache,
+                origin_us: logged.origin_us,
+                shard: logged.meta.owner.unwrap_or(core.id()),
+            };
+            if !log.record(now, &entry) {
+                core.metrics().access_log_dropped();
+            }
+        }
+    }
+
     /// Writes all of the output, the send deadline re-armed after every
     /// write that makes progress; the copied bytes count against the core's
     /// output budget meanwhile. Returns false when the peer stopped taking
@@ -229,11 +388,20 @@ impl Connection {
         let mut bytes = std::mem::take(&mut self.output.bytes);
         let mut from = 0;
         let mut written = true;
-        for (until, body) in &shared {
-            let (ok, returned) = write_copied(&mut self.stream, bytes, from, *until, core, self.key).await;
+        for (until, tail, logged) in shared {
+            let (ok, returned) = write_copied(&mut self.stream, bytes, from, until, core, self.key).await;
             bytes = returned;
-            from = *until;
-            written = ok && write_shared(&mut self.stream, body.clone(), core, self.key).await;
+            from = until;
+            let sent = match ok {
+                true => write_tail(&mut self.stream, tail, core, self.key).await,
+                false => None,
+            };
+            if let (Some(sent), Some(index)) = (sent, logged) {
+                if let Some(entry) = self.logged.get_mut(index) {
+                    entry.bytes = sent;
+                }
+            }
+            written = sent.is_some();
             if !written {
                 break;
             }
@@ -303,6 +471,14 @@ struct BatchOutcome {
     error: bool,
     /// The batch stopped before a request that needs a rate-limit lease.
     lease_wait: Option<LeaseWait>,
+    /// The batch's last request streams its body: the connection feeds it.
+    upload: Option<Upload>,
+}
+
+/// A request body the connection streams to its exchange.
+struct Upload {
+    writer: BodyWriter,
+    decoder: BodyDecoder,
 }
 
 /// One batch's context.
@@ -310,6 +486,8 @@ struct Batch<'a> {
     dispatcher: &'a Dispatcher,
     peer: Option<IpAddr>,
     now_ms: u64,
+    /// The access log is on: requests keep what it records.
+    log: bool,
 }
 
 impl Batch<'_> {
@@ -323,45 +501,74 @@ impl Batch<'_> {
         decoder: &mut Decoder,
         input: &[u8],
         batch: &mut Vec<Pending>,
-        output: &mut Output,
+        written: Written<'_>,
     ) -> BatchOutcome {
+        let Written { output, logged } = written;
         let core = self.dispatcher.core();
-        let mut outcome = BatchOutcome { consumed: 0, requests: 0, close: false, error: false, lease_wait: None };
+        let mut outcome =
+            BatchOutcome { consumed: 0, requests: 0, close: false, error: false, lease_wait: None, upload: None };
         while outcome.requests < PIPELINE_BATCH_MAX && output.len() < OUTPUT_BATCH_BYTES_MAX {
             let (step, meta) = match decoder.decode(&input[outcome.consumed..]) {
                 Ok(Decoded::Partial) => break,
                 Ok(Decoded::Complete { request, consumed }) => {
                     let head_only = request.method == Method::Head;
+                    let chunked_ok = request.version_minor == 1;
                     let persistence = persistence(&request, core.conns().shutting_down());
-                    let Dispatched { step, route, rate } = self.dispatcher.dispatch(&request, self.peer, self.now_ms);
+                    let (upload, streamed) = match request.streamed {
+                        None => (None, None),
+                        Some(framing) => {
+                            let (length, decoder) = match framing {
+                                BodyToStream::Length(length) => (Some(length), BodyDecoder::length(length)),
+                                BodyToStream::Chunked => (None, BodyDecoder::chunked()),
+                            };
+                            let (writer, reader) = body::channel(false, UPLOAD_WINDOW_BYTES, length);
+                            (Some(Upload { writer, decoder }), Some(StreamedRequestBody { reader, length }))
+                        }
+                    };
+                    let dispatched = self.dispatcher.dispatch(&request, self.peer, self.now_ms, streamed);
+                    let Dispatched { step, route, rate, owner } = dispatched;
                     if let Step::Wait(wait) = step {
                         outcome.lease_wait = Some(wait);
                         break;
                     }
                     outcome.consumed += consumed;
-                    (step, Meta { route, head_only, persistence, rate })
+                    let log = self.log.then(|| Box::new(LogMeta::of(&request, owner)));
+                    outcome.upload = upload;
+                    (step, Meta { route, head_only, chunked_ok, persistence, rate, log })
                 }
                 Err(error) => {
                     let response = Response { close: true, ..Response::problem(error.status(), &error.to_string()) };
                     outcome.consumed = input.len();
                     outcome.error = true;
-                    let meta =
-                        Meta { route: Route::Other, head_only: false, persistence: Persistence::Close, rate: None };
+                    let meta = Meta {
+                        route: Route::Other,
+                        head_only: false,
+                        chunked_ok: false,
+                        persistence: Persistence::Close,
+                        rate: None,
+                        log: self
+                            .log
+                            .then(|| Box::new(LogMeta { method: b"-".to_vec(), target: b"-".to_vec(), owner: None })),
+                    };
                     (Step::Ready(response), meta)
                 }
             };
             outcome.requests += 1;
             let closing = meta.persistence == Persistence::Close;
             // Encoded in place while nothing before it waits; moved only otherwise.
-            match &step {
+            match step {
                 Step::Ready(response) if batch.is_empty() => {
-                    outcome.close |= write_response(core, output, response, &meta)
+                    let written = Written { output: &mut *output, logged: &mut *logged };
+                    outcome.close |= write_response(core, written, response, meta)
                 }
-                _ => batch.push(Pending { step, meta }),
+                step => batch.push(Pending { step, meta }),
             }
             if closing {
                 outcome.close = true;
                 break;
+            }
+            if outcome.upload.is_some() {
+                break; // Its body comes next in the input.
             }
         }
         outcome
@@ -370,12 +577,38 @@ impl Batch<'_> {
 
 /// Encodes one response and counts it. Returns true when the connection
 /// must close after it.
-fn write_response(core: &Core, output: &mut Output, response: &Response, meta: &Meta) -> bool {
+/// The response is taken by value and dropped once encoded: a body it
+/// streams is then read only by the copy the output holds (a reader left
+/// behind would hold back a windowed stream for good).
+fn write_response(core: &Core, written: Written<'_>, response: Response, meta: Meta) -> bool {
     let persistence = if response.close { Persistence::Close } else { meta.persistence };
-    let framing = Framing { head_only: meta.head_only, persistence, rate: meta.rate.as_ref() };
-    output.encode(response, &core.date(), framing);
+    let framing =
+        Framing { head_only: meta.head_only, chunked_ok: meta.chunked_ok, persistence, rate: meta.rate.as_ref() };
+    let logged = meta.log.map(|log| {
+        let (cache, origin_us) = match &response.extra {
+            Extra::Proxied(proxied) => (proxied.x_cache, proxied.origin_us),
+            _ => (None, None),
+        };
+        let bytes = if meta.head_only { 0 } else { response.body_length().unwrap_or(0) };
+        written.logged.push(Logged { meta: log, status: response.status, bytes, cache, origin_us });
+        written.logged.len() - 1
+    });
+    let to_close = written.output.encode(&response, &core.date(), framing, logged);
     core.metrics().request(meta.route, response.status);
-    persistence == Persistence::Close
+    drop(response);
+    persistence == Persistence::Close || to_close
+}
+
+/// The input buffer's bound: a head and twice the largest body read whole
+/// (a chunked body is de-chunked beside its raw bytes), a few KiB more. In
+/// gateway mode a body of [`STREAM_BODY_BYTES_MIN`] or more is streamed,
+/// so the buffer need not hold `--max-body`.
+fn input_bytes_max(limits: Limits, gateway: bool) -> usize {
+    let whole_body_bytes_max = match gateway {
+        true => limits.body_bytes_max.min(STREAM_BODY_BYTES_MIN),
+        false => limits.body_bytes_max,
+    };
+    limits.head_bytes_max + 2 * whole_body_bytes_max + BUFFER_BYTES
 }
 
 fn persistence(request: &Request<'_>, shutting_down: bool) -> Persistence {
@@ -414,6 +647,75 @@ async fn write_copied(
     (true, bytes)
 }
 
+/// Writes what follows a head: a shared body, its pieces, or a stream as
+/// it arrives (chunked when so framed, cut at its length when it has one).
+/// Returns the body bytes written, or None when the peer stopped taking
+/// bytes or the stream broke (the connection then closes: a body cut short
+/// cannot be framed).
+async fn write_tail(stream: &mut TcpStream, tail: Tail, core: &Core, key: usize) -> Option<u64> {
+    match tail {
+        Tail::None => Some(0),
+        Tail::Shared(body) => {
+            let length = body.len() as u64;
+            write_shared(stream, body, core, key).await.then_some(length)
+        }
+        Tail::Pieces(pieces) => {
+            for piece in pieces.iter() {
+                if !write_shared(stream, piece.clone(), core, key).await {
+                    return None;
+                }
+            }
+            Some(pieces.len())
+        }
+        Tail::Stream { body, chunked } => write_stream(stream, body, chunked, core, key).await,
+    }
+}
+
+/// Writes a body as it arrives from its stream: first skipping `skip`
+/// bytes (a range), then up to `length` when set. While a chunk is awaited
+/// the connection has no send deadline (the origin side has its own
+/// timeout, which ends the stream).
+async fn write_stream(stream: &mut TcpStream, body: StreamBody, chunked: bool, core: &Core, key: usize) -> Option<u64> {
+    let StreamBody { mut reader, mut skip, length } = body;
+    let mut left = length.unwrap_or(u64::MAX);
+    let mut chunked_any = false;
+    let mut sent = 0u64;
+    while left > 0 {
+        core.conns().set_busy(key);
+        let mut chunk = match reader.next().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(_)) => return None,
+            None if length.is_some() => return None, // Ended before its announced length.
+            None => break,
+        };
+        if skip > 0 {
+            let skipped = skip.min(chunk.len() as u64);
+            skip -= skipped;
+            chunk = Bytes::slice(&chunk, skipped as usize..);
+        }
+        if chunk.len() as u64 > left {
+            chunk = Bytes::slice(&chunk, ..left as usize);
+        }
+        if chunk.is_empty() {
+            continue;
+        }
+        left -= chunk.len() as u64;
+        sent += chunk.len() as u64;
+        // The CRLF that ends a chunk goes out with the next chunk's size line.
+        let open = if chunked_any { "\r\n" } else { "" };
+        chunked_any = true;
+        if chunked && !write_shared(stream, Bytes::from(format!("{open}{:x}\r\n", chunk.len())), core, key).await {
+            return None;
+        }
+        if !write_shared(stream, chunk, core, key).await {
+            return None;
+        }
+    }
+    let last: &'static [u8] = if chunked_any { b"\r\n0\r\n\r\n" } else { b"0\r\n\r\n" };
+    let ended = !chunked || write_shared(stream, Bytes::from_static(last), core, key).await;
+    ended.then_some(sent)
+}
+
 /// Writes a shared body, as [`write_copied`] does.
 async fn write_shared(stream: &mut TcpStream, mut body: Bytes, core: &Core, key: usize) -> bool {
     while !body.is_empty() {
@@ -430,8 +732,8 @@ async fn write_shared(stream: &mut TcpStream, mut body: Bytes, core: &Core, key:
 async fn respond_and_close(core: &Core, stream: &mut TcpStream, response: Response) {
     let mut output = Vec::with_capacity(256 + response.body.len());
     core.tick(SystemTime::now());
-    let framing = Framing { head_only: false, persistence: Persistence::Close, rate: None };
-    if let Some(body) = encode(&mut output, &response, &core.date(), framing) {
+    let framing = Framing { head_only: false, chunked_ok: false, persistence: Persistence::Close, rate: None };
+    if let (Tail::Shared(body), _) = encode(&mut output, &response, &core.date(), framing) {
         output.extend_from_slice(&body);
     }
     core.metrics().request(Route::Other, response.status);
@@ -464,8 +766,8 @@ async fn linger(stream: &mut TcpStream) {
 pub fn refuse(core: &Core, stream: &TcpStream) {
     let mut output = Vec::with_capacity(256);
     let response = Response::overloaded("this shard is at its connection limit");
-    let framing = Framing { head_only: false, persistence: Persistence::Close, rate: None };
-    if let Some(body) = encode(&mut output, &response, &core.date(), framing) {
+    let framing = Framing { head_only: false, chunked_ok: false, persistence: Persistence::Close, rate: None };
+    if let (Tail::Shared(body), _) = encode(&mut output, &response, &core.date(), framing) {
         output.extend_from_slice(&body);
     }
     // SAFETY: the fd is open for the duration of the call; the buffer is ours.

@@ -25,6 +25,7 @@ use crate::gateway::{self, Gateway, ProxyRequest};
 use crate::kv::{self, KV_PREFIX};
 use crate::limit::{Admission, LeaseWait, RateLimiter};
 use crate::runtime::metrics::Route;
+use shardgate_http::proxy::StreamedRequestBody;
 
 const SERVICE_ALLOW: &str = "GET, HEAD";
 
@@ -41,12 +42,14 @@ pub enum Step {
     Wait(LeaseWait),
 }
 
-/// A dispatched request: its step, its route (for metrics) and the
-/// RateLimit fields its response carries.
+/// A dispatched request: its step, its route (for metrics), the
+/// RateLimit fields its response carries, and the shard that answers it
+/// (for the access log; None: this core).
 pub struct Dispatched {
     pub step: Step,
     pub route: Route,
     pub rate: Option<RateHeaders>,
+    pub owner: Option<u32>,
 }
 
 /// One core and the features on top of it.
@@ -77,7 +80,15 @@ impl Dispatcher {
 
     /// Routes one request. Local key-value ops run on this core's shard now.
     /// Everything but the service endpoints passes the client's rate limit first.
-    pub fn dispatch(&self, request: &Request<'_>, peer: Option<IpAddr>, now_ms: u64) -> Dispatched {
+    /// `streamed`: the reader of a body the connection streams (gateway
+    /// mode; see `Decoder::stream_bodies_from`).
+    pub fn dispatch(
+        &self,
+        request: &Request<'_>,
+        peer: Option<IpAddr>,
+        now_ms: u64,
+        streamed: Option<StreamedRequestBody>,
+    ) -> Dispatched {
         let (path, query) = split_target(request.target);
         let route = match path {
             b"/healthz" => Route::Healthz,
@@ -88,26 +99,33 @@ impl Dispatcher {
             _ => Route::Other,
         };
         if !matches!(route, Route::Kv | Route::Other | Route::Gateway) {
-            return Dispatched { step: Step::Ready(self.service(request.method, route)), route, rate: None };
+            return Dispatched {
+                step: Step::Ready(self.service(request.method, route)),
+                route,
+                rate: None,
+                owner: None,
+            };
         }
         if !self.core.mesh().is_ready() {
             let response = Response::overloaded("the shards are recovering their logs; retry shortly");
-            return Dispatched { step: Step::Ready(response), route, rate: None };
+            return Dispatched { step: Step::Ready(response), route, rate: None, owner: None };
         }
         let rate = match self.limiter.check(request, peer, now_ms) {
             Admission::Pass(rate) => rate,
-            Admission::Refuse(response, rate) => return Dispatched { step: Step::Ready(response), route, rate },
-            Admission::Wait(wait) => return Dispatched { step: Step::Wait(wait), route, rate: None },
+            Admission::Refuse(response, rate) => {
+                return Dispatched { step: Step::Ready(response), route, rate, owner: None }
+            }
+            Admission::Wait(wait) => return Dispatched { step: Step::Wait(wait), route, rate: None, owner: None },
         };
-        let step = match (&self.gateway, path.strip_prefix(KV_PREFIX)) {
-            (Some(gateway), _) => to_gateway(gateway, request, peer),
+        let (step, owner) = match (&self.gateway, path.strip_prefix(KV_PREFIX)) {
+            (Some(gateway), _) => to_gateway(gateway, request, peer, streamed),
             (None, Some(raw_key)) => match kv::request(&self.core, request, raw_key, query, now_ms) {
-                kv::Step::Ready(response) => Step::Ready(response),
-                kv::Step::Pending(pending) => Step::Kv(pending),
+                kv::Step::Ready(response) => (Step::Ready(response), None),
+                kv::Step::Pending(pending) => (Step::Kv(pending), None),
             },
-            (None, None) => Step::Ready(Response::problem(404, "no such resource")),
+            (None, None) => (Step::Ready(Response::problem(404, "no such resource")), None),
         };
-        Dispatched { step, route, rate }
+        Dispatched { step, route, rate, owner }
     }
 
     /// Answers a service endpoint (never rate limited).
@@ -173,6 +191,15 @@ impl Dispatcher {
                 mesh.reply(source, Reply { token, answer: Answer::Lease(decision) });
             }
             Message::GiveBack(unused) => self.limiter.take_back(unused, now_ms),
+            Message::Purge { hash, key } => {
+                let gateway = self.gateway.as_ref().expect("purges reach gateway cores only");
+                gateway::purge_key(gateway, hash, &key);
+            }
+            Message::PurgeTags { tags, soft } => {
+                let gateway = self.gateway.as_ref().expect("purges reach gateway cores only");
+                let purged = gateway::purge_tags(gateway, &tags, soft);
+                mesh.reply(source, Reply { token, answer: Answer::Purged(purged) });
+            }
             Message::Gateway(request) => {
                 let gateway = self.gateway.as_ref().expect("gateway requests reach gateway cores only");
                 if let Some(hit) = gateway::try_hit(gateway, &request) {
@@ -190,22 +217,34 @@ impl Dispatcher {
 }
 
 /// Hands a gateway request to its owner core: this one, or another
-/// through the mesh.
-fn to_gateway(gateway: &Rc<Gateway>, request: &Request<'_>, peer: Option<IpAddr>) -> Step {
+/// through the mesh. A request whose body streams runs in a task of its
+/// own, so that its exchange reads the body while the connection feeds it.
+fn to_gateway(
+    gateway: &Rc<Gateway>,
+    request: &Request<'_>,
+    peer: Option<IpAddr>,
+    streamed: Option<StreamedRequestBody>,
+) -> (Step, Option<u32>) {
     let trust_forwarded = gateway.core().config().rate_limits.trust_forwarded_for;
-    let proxy_request = match ProxyRequest::parse(request, peer, trust_forwarded) {
+    let mut proxy_request = match ProxyRequest::parse(request, peer, trust_forwarded) {
         Ok(proxy_request) => proxy_request,
-        Err(response) => return Step::Ready(response),
+        Err(response) => return (Step::Ready(response), None),
     };
+    proxy_request.streamed = streamed;
     let core = gateway.core();
     let owner = gateway::owner(&proxy_request, core.shard_count());
     if owner == core.id() {
         if let Some(hit) = gateway::try_hit(gateway, &proxy_request) {
-            return Step::Ready(hit);
+            return (Step::Ready(hit), Some(owner));
         }
-        return Step::Gateway(Box::pin(gateway::handle(Rc::clone(gateway), proxy_request)));
+        let handled = gateway::handle(Rc::clone(gateway), proxy_request);
+        let step = match request.streamed {
+            Some(_) => Step::Gateway(Box::pin(monoio::spawn(handled))),
+            None => Step::Gateway(Box::pin(handled)),
+        };
+        return (step, Some(owner));
     }
-    match core.forward(owner, Message::Gateway(Box::new(proxy_request))) {
+    let step = match core.forward(owner, Message::Gateway(Box::new(proxy_request))) {
         Ok(reply) => Step::Gateway(Box::pin(async move {
             match reply.await {
                 Answer::Gateway(response) => response,
@@ -213,5 +252,6 @@ fn to_gateway(gateway: &Rc<Gateway>, request: &Request<'_>, peer: Option<IpAddr>
             }
         })),
         Err(response) => Step::Ready(response),
-    }
+    };
+    (step, Some(owner))
 }

@@ -26,6 +26,8 @@ use crate::conn;
 use crate::core::{Answer, Core, CoreMesh, Reply, Shared};
 use crate::dispatch::Dispatcher;
 use crate::gateway;
+use crate::origin::Health;
+use crate::runtime::access_log::AccessLog;
 use crate::runtime::driver::{uring_builder, RING_ENTRIES};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::slots::{self, Slots};
@@ -53,6 +55,8 @@ pub enum StartError {
     Bind { address: SocketAddr, source: io::Error },
     #[error("shard {shard}: {source}")]
     Shard { shard: u32, source: io::Error },
+    #[error("cannot open --access-log: {source}")]
+    AccessLog { source: io::Error },
 }
 
 /// What one shard reported at start.
@@ -69,6 +73,7 @@ pub struct Server {
     pub shards: Vec<ShardInfo>,
     mesh: Arc<CoreMesh>,
     threads: Vec<JoinHandle<()>>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Server {
@@ -77,9 +82,19 @@ impl Server {
         self.mesh.request_shutdown();
     }
 
+    /// Reopens the access log file (SIGHUP, after logrotate moved it).
+    pub fn reopen_logs(&self) {
+        if let Some(log) = &self.access_log {
+            log.reopen();
+        }
+    }
+
     pub fn join(self) {
         for thread in self.threads {
             let _ = thread.join();
+        }
+        if let Some(log) = &self.access_log {
+            log.stop();
         }
     }
 }
@@ -122,12 +137,19 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         .map_err(|source| StartError::Bind { address, source })?;
     let origin_urls = config.gateway.as_ref().map(|g| g.origins.iter().map(|o| o.url.clone()).collect());
     let origin_slots = origin_slots(config.gateway.as_ref(), shard_count);
+    let origin_health = config.gateway.as_ref().map_or_else(
+        || Arc::from([]),
+        |g| g.origins.iter().map(|_| Arc::new(Health::new(g.health.interval))).collect(),
+    );
+    let access_log = AccessLog::start(&config.access_log).map_err(|source| StartError::AccessLog { source })?;
     let shared = Shared {
+        access_log: access_log.clone(),
         config: Arc::new(config),
         mesh: Arc::new(CoreMesh::new(shard_count)),
         metrics: Arc::new(Metrics::new(shard_count).with_origins(origin_urls.unwrap_or_default())),
         heartbeats: Arc::new(Heartbeats::new(shard_count)),
         origin_slots,
+        origin_health,
     };
     watchdog::spawn(Arc::clone(&shared.heartbeats)).map_err(|source| StartError::Shard { shard: 0, source })?;
     let (report_tx, report_rx) = mpsc::channel();
@@ -159,7 +181,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         return Err(failure.unwrap_or(StartError::Shard { shard: 0, source }));
     }
     shards.sort_by_key(|info| info.shard);
-    Ok(Server { local_addr: address, shards, mesh: shared.mesh, threads })
+    Ok(Server { local_addr: address, shards, mesh: shared.mesh, threads, access_log })
 }
 
 /// One [`Slots`] per `--origin`, shared by every core.
@@ -225,7 +247,10 @@ async fn core_main(
     monoio::spawn(ticker_loop(Rc::clone(&dispatcher)));
     monoio::spawn(recover_in_background(Rc::clone(&dispatcher), cpu));
     if let Some(gateway) = dispatcher.gateway() {
-        monoio::spawn(gateway::health_loop(Rc::clone(gateway)));
+        // One prober for the process: the first core runs it for all.
+        if shard == 0 {
+            monoio::spawn(gateway::health_loop(Rc::clone(gateway)));
+        }
         gateway::start_admission(gateway);
     }
     let _ = report.send(Ok(ShardInfo { shard, cpu, driver }));

@@ -11,15 +11,19 @@
 //! - [`hint`]: hint files (a segment's records without values) and
 //!   recovery from hints and whole segments.
 //! - [`httpcache`]: the gateway's shared HTTP cache: RFC 9111 storage and
-//!   freshness, RFC 5861 stale rules, `Vary` variants, hit-for-miss.
+//!   freshness, RFC 5861 stale rules, RFC 9213 targeted fields, `Vary`
+//!   variants (with `Accept-Encoding` normalised), hit-for-miss, the
+//!   surrogate-key index.
 //! - [`kvapi`]: the key-value API's request rules (keys, `?ttl=`,
 //!   `X-Durability`), answering values or a status and a detail.
 //! - [`kv`]: one shard's key-value state ([`kv::KvShard`]) with its memory
 //!   budget, driven by [`kv::Op`] values and answering [`kv::Outcome`] values.
+//! - [`pieces`]: a body held as shared pieces (a stored response).
 //! - [`overload`]: overload control toward an origin: the adaptive
 //!   concurrency limit, the fair waiting queue, the retry budget.
 //! - [`ratelimit`]: sliding-window counters per client identity on its
 //!   owner shard, and the leases other cores spend locally.
+//! - [`range`]: byte ranges of a stored response and `If-Range` (RFC 9110 §14).
 //! - [`quota`]: the rate limiter's arithmetic: client identities, lease
 //!   sizes and lifetimes, state budgets.
 //! - [`queued`]: the gateway's queued writes as records: reserved keys,
@@ -40,8 +44,10 @@ pub mod httpcache;
 pub mod kv;
 pub mod kvapi;
 pub mod overload;
+pub mod pieces;
 pub mod queued;
 pub mod quota;
+pub mod range;
 pub mod ratelimit;
 pub mod record;
 pub mod route;

@@ -18,3 +18,4 @@ mod ratelimit;
 mod routing;
 mod service;
 mod shutdown;
+mod streaming;

@@ -65,8 +65,10 @@ fn malformed_responses_are_errors() {
     ] {
         assert!(check(raw, true).is_err(), "{}", String::from_utf8_lossy(raw));
     }
-    let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", RESPONSE_BYTES_MAX + 1);
-    assert!(matches!(check(huge.as_bytes(), true), Err(ResponseError::TooLarge)));
+    // A body of any length parses: the gateway streams what it does not buffer.
+    let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", u64::from(u32::MAX) * 4);
+    let head = parse_head(&mut huge.into_bytes(), true).unwrap().unwrap();
+    assert_eq!(head.body_length(), Some(u64::from(u32::MAX) * 4));
 }
 
 #[test]
@@ -118,4 +120,77 @@ fn the_raw_bytes_of_a_chunked_body_are_bounded() {
     }
     let result = check(&raw, true).map(|r| r.map(|(response, _)| response.body.len()));
     assert!(matches!(result, Err(ResponseError::TooLarge)), "{result:?}");
+}
+
+/// Streams the body after `raw`'s head through `BodyDecoder`, the input
+/// arriving in pieces of `split` bytes; returns the body, whether it ended
+/// (rather than waiting for more), and what was left after it.
+fn stream(raw: &[u8], split: usize) -> Result<(Vec<u8>, bool, Vec<u8>), ResponseError> {
+    let mut input = raw.to_vec();
+    let head = parse_head(&mut input, true)?.expect("a complete head");
+    let mut decoder = head.body_decoder();
+    let mut pending = bytes::BytesMut::new();
+    let mut body = Vec::new();
+    let after_head = &input[head.length..];
+    for (i, piece) in after_head.chunks(split.max(1)).enumerate() {
+        pending.extend_from_slice(piece);
+        loop {
+            match decoder.step(&mut pending)? {
+                BodyStep::Data(data) => body.extend_from_slice(&data),
+                BodyStep::More => break,
+                BodyStep::End => {
+                    // What is left: the rest of this piece and every later one.
+                    let fed = ((i + 1) * split.max(1)).min(after_head.len());
+                    pending.extend_from_slice(&after_head[fed..]);
+                    return Ok((body, true, pending.to_vec()));
+                }
+            }
+        }
+    }
+    let ended = matches!(decoder.step(&mut pending)?, BodyStep::End);
+    Ok((body, ended, pending.to_vec()))
+}
+
+/// (the raw response, its body, whether the body ends by itself, what follows it)
+type StreamCase = (&'static [u8], &'static [u8], bool, &'static [u8]);
+
+#[test]
+fn streamed_bodies_decode_the_same_whatever_the_reads() {
+    let cases: [StreamCase; 4] = [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloNEXT", b"hello", true, b"NEXT"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\nNEXT",
+            b"abcde",
+            true,
+            b"NEXT",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"", true, b""),
+        // To the close: never ends by itself.
+        (b"HTTP/1.1 200 OK\r\n\r\nall of it", b"all of it", false, b""),
+    ];
+    for (raw, body, ended, rest) in cases {
+        for split in 1..raw.len() {
+            let (got, got_ended, got_rest) = stream(raw, split).unwrap();
+            assert_eq!((&got[..], got_ended, &got_rest[..]), (body, ended, rest), "split {split}");
+        }
+    }
+}
+
+#[test]
+fn streamed_bodies_refuse_bad_framing() {
+    let bad: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n",
+    ];
+    for raw in bad {
+        assert!(stream(raw, 64).is_err(), "{}", String::from_utf8_lossy(raw));
+    }
+    let mut input = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc".to_vec();
+    let head = parse_head(&mut input, true).unwrap().unwrap();
+    assert_eq!(head.body_length(), Some(9));
+    let mut decoder = head.body_decoder();
+    let mut pending = bytes::BytesMut::from(&input[head.length..]);
+    assert_eq!(decoder.step(&mut pending), Ok(BodyStep::Data(Bytes::from_static(b"abc"))));
+    assert!(decoder.at_eof().is_err(), "a short body is an error at the close");
 }

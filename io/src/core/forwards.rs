@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use shardgate_http::proxy::ProxyRequest;
 use shardgate_http::response::Response;
 use shardgate_shards::kv::{Op, Outcome};
@@ -41,6 +42,12 @@ pub enum Message {
     GiveBack(Unused),
     /// A gateway request for the owner of its cache key (boxed: it is large).
     Gateway(Box<ProxyRequest>),
+    /// Drop what is stored under this cache key (an invalidation or a
+    /// purge of a URL another core learnt of). No reply.
+    Purge { hash: u64, key: Bytes },
+    /// Purge every object carrying one of these surrogate keys; `soft`
+    /// makes them stale instead. Answered with the count.
+    PurgeTags { tags: Vec<Bytes>, soft: bool },
 }
 
 /// The owner's answer, addressed by the source core's token.
@@ -58,6 +65,8 @@ pub enum Answer {
     Lease(Decision),
     /// A gateway request's response.
     Gateway(Response),
+    /// Objects a tag purge reached on the owner.
+    Purged(u64),
 }
 
 /// The mesh the cores of this server share.

@@ -22,6 +22,8 @@ pub use conns::{Conns, Phase, Timeouts};
 pub use forwards::{Answer, CoreMesh, Forward, Forwards, LeaseTicket, Message, Reply, ReplyFuture};
 
 use crate::config::ServerConfig;
+use crate::origin::Health;
+use crate::runtime::access_log::AccessLog;
 use crate::runtime::metrics::{DiskRefusal, Metrics, OriginGauges, ShardMetrics};
 use crate::runtime::slots::Slots;
 use crate::runtime::unix_ms;
@@ -38,6 +40,10 @@ pub struct Shared {
     pub heartbeats: Arc<Heartbeats>,
     /// Each `--origin`'s slots (gateway mode; empty otherwise).
     pub origin_slots: Arc<[Arc<Slots>]>,
+    /// Each `--origin`'s health, as the process-wide prober finds it.
+    pub origin_health: Arc<[Arc<Health>]>,
+    /// The access log, when `--access-log` is on.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 pub struct Core {
@@ -89,10 +95,16 @@ impl Core {
         &self.shared.config
     }
 
-    /// Each origin's in-flight count and limit, for /metrics.
+    /// Each origin's in-flight count, limit and health, for /metrics.
     pub fn origin_gauges(&self) -> Vec<OriginGauges> {
-        let slots = self.shared.origin_slots.iter();
-        slots.map(|slots| OriginGauges { in_flight: slots.in_flight(), limit: slots.limit() }).collect()
+        let slots = self.shared.origin_slots.iter().zip(self.shared.origin_health.iter());
+        slots
+            .map(|(slots, health)| OriginGauges {
+                in_flight: slots.in_flight(),
+                limit: slots.limit(),
+                healthy: u32::from(health.is_up()),
+            })
+            .collect()
     }
 
     pub fn shared(&self) -> &Shared {
@@ -101,6 +113,10 @@ impl Core {
 
     pub fn mesh(&self) -> &Arc<CoreMesh> {
         &self.shared.mesh
+    }
+
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.shared.access_log.as_deref()
     }
 
     /// This shard's counters.
@@ -165,6 +181,12 @@ impl Core {
     }
 
     /// Sends `message` to the shard `owner` (see [`Forwards::send`]).
+    /// Sends a message that gets no reply, unless `owner`'s inbound queue
+    /// is half full (what such a message may take of it). Returns whether it went.
+    pub fn notify(&self, owner: u32, message: Message) -> bool {
+        self.forwards.notify(owner, message, crate::runtime::mesh::FORWARD_QUEUE_ENTRIES / 2)
+    }
+
     pub fn forward(&self, owner: u32, message: Message) -> Result<ReplyFuture, Response> {
         self.forwards.send(owner, message)
     }

@@ -40,7 +40,7 @@ fn serve(mesh: &CoreMesh, owner: u32, limiter: &mut Limiter, now_ms: u64) -> usi
                 limiter.give_back(now_ms, unused);
                 continue;
             }
-            Message::Gateway(_) => unreachable!("no gateway here"),
+            Message::Gateway(_) | Message::Purge { .. } | Message::PurgeTags { .. } => unreachable!("no gateway here"),
         };
         mesh.reply(source, Reply { token, answer });
     }

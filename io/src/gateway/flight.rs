@@ -1,4 +1,11 @@
 //! One fetch of a key in progress, and the requests waiting for it.
+//!
+//! The fetch settles once the origin's answer *head* is in: the first
+//! requester takes its answer then, and every waiter learns what to do
+//! ([`Shared`]); a body still arriving is read by each of them from its
+//! first byte while it is stored (Varnish's streaming, Pingora's cache-lock
+//! readers), so nobody waits for a large body to finish before its first
+//! byte.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -8,21 +15,33 @@ use std::task::{Context, Poll, Waker};
 
 use shardgate_http::response::Response;
 
+use super::serve::Facts;
 use crate::runtime::metrics::CacheResult;
 
-/// What a fetch left for the requests that waited on it.
+/// What a fetch leaves for the requests that waited on it.
 #[derive(Clone)]
 pub(super) enum Shared {
     /// Look the cache up again (stored, refreshed, or hit-for-miss marked).
     Lookup,
+    /// The answer is being stored while its body arrives: each waiter reads
+    /// this response, its body from the first byte.
+    Stream(Response, Facts),
     /// The exchange failed before any answer (connect error, timeout, open
     /// circuit); this is shardgate's own error response, the same for every
     /// waiter (stale-if-error still applies per waiter).
     Failed(Response),
-    /// The origin answered with a server error. That answer was for the
-    /// first requester: a waiter gets a stale copy where stale-if-error
-    /// allows, else asks the origin itself.
+    /// The origin answered with something not stored (a server error, a
+    /// body too large to store). That answer was for the first requester:
+    /// a waiter gets a stale copy where stale-if-error allows, else asks
+    /// the origin itself.
     Answered,
+}
+
+/// The first requester's answer.
+pub(super) struct First {
+    pub response: Response,
+    pub result: CacheResult,
+    pub facts: Facts,
 }
 
 /// Fetches one shard runs at once (one per key); a miss past it gets 503.
@@ -32,17 +51,24 @@ pub(super) const FLIGHT_WAITERS_MAX: usize = 1024;
 
 /// One fetch of a key in progress, and the requests waiting for it.
 pub(super) struct Flight {
-    pub(super) done: RefCell<Option<(Response, CacheResult, Shared)>>,
+    first: RefCell<Option<First>>,
+    /// Set once the answer's head is in (or the fetch failed).
+    shared: RefCell<Option<Shared>>,
     /// The wakers of the requests waiting for the fetch: at most one per
     /// waiter, so at most [`FLIGHT_WAITERS_MAX`].
-    pub(super) waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<Vec<Waker>>,
     /// Requests waiting now (each holds a [`Waiting`]).
     waiting: Cell<usize>,
 }
 
 impl Flight {
     pub(super) fn new() -> Flight {
-        Flight { done: RefCell::new(None), waiters: RefCell::new(Vec::new()), waiting: Cell::new(0) }
+        Flight {
+            first: RefCell::new(None),
+            shared: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            waiting: Cell::new(0),
+        }
     }
 
     /// Takes a waiter's place, or None when [`FLIGHT_WAITERS_MAX`] wait.
@@ -52,6 +78,26 @@ impl Flight {
         }
         self.waiting.set(self.waiting.get() + 1);
         Some(Waiting { flight: Rc::clone(self) })
+    }
+
+    /// The answer's head is in: hands the first requester its answer and
+    /// the waiters theirs, and wakes them all.
+    pub(super) fn settle(&self, first: First, shared: Shared) {
+        *self.first.borrow_mut() = Some(first);
+        *self.shared.borrow_mut() = Some(shared);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// What later waiters get changes (a stored stream turned out too
+    /// large: they must not read it from a copy that pins its first byte).
+    pub(super) fn reshare(&self, shared: Shared) {
+        *self.shared.borrow_mut() = Some(shared);
+    }
+
+    pub(super) fn settled(&self) -> bool {
+        self.shared.borrow().is_some()
     }
 }
 
@@ -66,23 +112,34 @@ impl Drop for Waiting {
     }
 }
 
-/// Resolves when the flight is done: to its first requester's answer
-/// (`first`), or to what the others share.
+/// Resolves when the flight has settled: for the first requester to its
+/// answer, for the others to what they share.
 pub(super) struct FlightWait {
     pub(super) flight: Rc<Flight>,
+    pub(super) first: bool,
+}
+
+/// What a [`FlightWait`] resolves to.
+pub(super) enum Settled {
+    First(First),
+    Shared(Shared),
 }
 
 impl Future for FlightWait {
-    type Output = (Response, CacheResult, Shared);
+    type Output = Settled;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &*self.flight.done.borrow() {
-            Some(done) => Poll::Ready(done.clone()),
-            None => {
-                self.flight.waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Settled> {
+        if !self.flight.settled() {
+            self.flight.waiters.borrow_mut().push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if self.first {
+            if let Some(first) = self.flight.first.borrow_mut().take() {
+                return Poll::Ready(Settled::First(first));
             }
         }
+        let shared = self.flight.shared.borrow().clone().expect("settled");
+        Poll::Ready(Settled::Shared(shared))
     }
 }
 

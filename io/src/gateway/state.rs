@@ -10,7 +10,6 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
-use shardgate_http::origin::OriginResponse;
 use shardgate_http::proxy::ProxyRequest;
 use shardgate_shards::breaker::Breaker;
 use shardgate_shards::httpcache::HttpCache;
@@ -21,7 +20,8 @@ use super::writes_queue::Queue;
 use crate::admission::{Admission, AdmissionSettings};
 use crate::config::GatewayConfig;
 use crate::core::Core;
-use crate::origin::{self, ExchangeSettings, Origin, OriginError};
+use crate::origin::health::ProbeSettings;
+use crate::origin::{self, ExchangeSettings, Exchanged, Origin, OriginError, Outgoing, StreamedBody};
 use crate::runtime::unix_ms;
 
 /// One core's gateway state: its cache, its fetches in flight, its
@@ -55,13 +55,15 @@ impl Gateway {
                 let who = (core.id(), index, address.url.clone());
                 let admission = Rc::new(Admission::new(who, slots, settings, metrics));
                 let breaker = Breaker::new(config.breaker_failures, config.breaker_open.as_millis() as u64);
-                Origin::new(address.clone(), breaker, admission)
+                let health = Arc::clone(&core.shared().origin_health[index]);
+                Origin::new(address.clone(), breaker, admission, health)
             })
             .collect();
+        let tag_bytes = config.cache.tag_bytes_max / u64::from(core.shard_count());
         Gateway {
             core,
             config: config.clone(),
-            cache: RefCell::new(HttpCache::new(cache_bytes)),
+            cache: RefCell::new(HttpCache::new(cache_bytes, tag_bytes)),
             flights: RefCell::new(HashMap::new()),
             origins,
             next_origin: Cell::new(0),
@@ -118,22 +120,35 @@ pub(super) struct Asker {
     pub wait: bool,
 }
 
+/// An origin's answer, and which origin gave it (where its connection
+/// goes back once a streamed body is read).
+pub(super) struct Sent {
+    pub exchanged: Exchanged,
+    pub origin: usize,
+    /// How long the origin took to answer the head.
+    pub origin_us: u32,
+}
+
 /// Sends a request to the next origin the balancer and breakers allow,
 /// once it holds one of that origin's slots, recording the result with
 /// the origin's breaker. A request whose connection could not be made was
 /// never sent: it tries the next origin (nginx's `proxy_next_upstream
-/// error`), at most once per origin, as a retry the budget must allow.
+/// error`), at most once per origin, as a retry the budget must allow. A
+/// request whose body streams from the client is sent once: `encode` is
+/// then called once and `body` taken.
 pub(super) async fn send(
     gateway: &Gateway,
     encode: impl Fn(&[u8]) -> Bytes,
+    mut body: Option<StreamedBody>,
     expect_body: bool,
     idempotent: bool,
     asker: Asker,
-) -> Result<OriginResponse, OriginError> {
+) -> Result<Sent, OriginError> {
     let mut result = Err(OriginError::CircuitOpen);
-    for attempt in 0..gateway.origins.len() {
+    let attempts = if body.is_some() { 1 } else { gateway.origins.len() };
+    for attempt in 0..attempts {
         let asker = Asker { retry: asker.retry || attempt > 0, ..asker };
-        let sent = send_once(gateway, &encode, expect_body, idempotent, asker).await;
+        let sent = send_once(gateway, &encode, body.take(), expect_body, idempotent, asker).await;
         if attempt > 0 && matches!(sent, Err(OriginError::RetryRefused)) {
             break; // The first failure stands.
         }
@@ -148,10 +163,11 @@ pub(super) async fn send(
 async fn send_once(
     gateway: &Gateway,
     encode: &impl Fn(&[u8]) -> Bytes,
+    body: Option<StreamedBody>,
     expect_body: bool,
     idempotent: bool,
     asker: Asker,
-) -> Result<OriginResponse, OriginError> {
+) -> Result<Sent, OriginError> {
     let (index, probe) = origin::pick(&gateway.origins, &gateway.next_origin, now_ms())?;
     let origin = &gateway.origins[index];
     let guard = ProbeGuard { origin, armed: probe };
@@ -164,17 +180,24 @@ async fn send_once(
     if !asker.retry {
         origin.admission.first_attempt();
     }
-    let result = origin.exchange(encode(origin.host()), expect_body, idempotent, gateway.limits()).await;
-    permit.finish(result.is_ok());
+    let started = std::time::Instant::now();
+    let outgoing = Outgoing { head: encode(origin.host()), body };
+    let mut result = origin.exchange(outgoing, expect_body, idempotent, gateway.limits()).await;
+    let origin_us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    permit.record(result.is_ok());
+    // A body still arriving keeps the slot until it has all been read.
+    if let Ok(Exchanged { rest: Some(rest), .. }) = &mut result {
+        rest.hold(permit);
+    }
     std::mem::forget(guard);
-    let success = matches!(&result, Ok(response) if response.status < 500);
+    let success = matches!(&result, Ok(exchanged) if exchanged.response.status < 500);
     let mut breaker = origin.breaker.borrow_mut();
     let opened_before = breaker.opened();
     let now = now_ms();
     breaker.record(now, success, probe);
     gateway.core.metrics().origin_request(!success);
     gateway.core.metrics().breaker(index, breaker.state(now).gauge(), breaker.opened() > opened_before);
-    result
+    result.map(|exchanged| Sent { exchanged, origin: index, origin_us })
 }
 
 /// Frees the half-open probe slot if the probe's request is cancelled.
@@ -199,14 +222,19 @@ pub fn start_admission(gateway: &Gateway) {
     }
 }
 
-/// Probes every origin once per [`origin::HEALTH_INTERVAL`] until shutdown.
+/// Probes every origin for the whole process (run on one core only),
+/// until shutdown: `--origin-health-path` or a TCP connect, every
+/// `--origin-health-interval` (`origin::health`).
 pub async fn health_loop(gateway: Rc<Gateway>) {
-    while !gateway.core.mesh().shutdown_requested() {
-        monoio::time::sleep(origin::HEALTH_INTERVAL).await;
-        for origin in &gateway.origins {
-            origin.check(gateway.config.connect_timeout).await;
-        }
-    }
+    let settings = ProbeSettings {
+        path: gateway.config.health.path.clone(),
+        interval: gateway.config.health.interval,
+        connect_timeout: gateway.config.connect_timeout,
+        timeout: gateway.config.timeout.min(gateway.config.health.interval.max(gateway.config.connect_timeout)),
+    };
+    let origins = gateway.origins.iter().map(|o| (o.address.clone(), Arc::clone(&o.health))).collect();
+    let mesh = Arc::clone(gateway.core.mesh());
+    origin::health::probe_loop(origins, settings, move || mesh.shutdown_requested()).await;
 }
 
 /// `Bearer <token>` with the token compared in constant time.

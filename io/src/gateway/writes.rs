@@ -118,12 +118,8 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
     let id = format_id(request.hash, sequence, &receipt.token);
     let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
     let headers = format!("\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
-    let proxied = Proxied {
-        reason: Bytes::from_static(b"Accepted"),
-        headers: Bytes::from(headers),
-        age_s: None,
-        x_cache: Some(CacheResult::Bypass.name()),
-    };
+    let proxied =
+        Proxied::new(Bytes::from_static(b"Accepted"), Bytes::from(headers), None, Some(CacheResult::Bypass.name()));
     Response {
         status: 202,
         content_type: Some(Bytes::from_static(b"application/json")),
@@ -331,7 +327,10 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
         // A redelivery is a retry: the origin's retry budget must allow it.
         // One it refuses waits another backoff and costs no try.
         let asker = Asker { identity: key_hash, retry: attempt > 0, wait: true };
-        let sent = send(gateway, |host| write.encode_for_delivery(host, &id), true, true, asker).await;
+        let sent = send(gateway, |host| write.encode_for_delivery(host, &id), None, true, true, asker).await;
+        // Only the status matters; a body still arriving is dropped with its
+        // connection (not pooled).
+        let sent = sent.map(|sent| sent.exchanged.response);
         if matches!(sent, Err(OriginError::RetryRefused)) {
             continue;
         }

@@ -17,15 +17,17 @@ fn errors_map_to_their_statuses() {
 fn pick_rotates_over_healthy_admitted_origins() {
     let address =
         |port| OriginAddress { url: format!("http://127.0.0.1:{port}"), address: ([127, 0, 0, 1], port).into() };
-    let origins: Vec<Origin> = (1..=3).map(|p| Origin::new(address(p), Breaker::new(1, 1000), admission(p))).collect();
+    let health = || std::sync::Arc::new(Health::new(std::time::Duration::from_secs(1)));
+    let origins: Vec<Origin> =
+        (1..=3).map(|p| Origin::new(address(p), Breaker::new(1, 1000), admission(p), health())).collect();
     let next = Cell::new(0);
     let picks: Vec<usize> = (0..6).map(|_| pick(&origins, &next, 0).unwrap().0).collect();
     assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-    origins[1].healthy.set(false);
+    origins[1].health.set(false);
     origins[2].breaker.borrow_mut().record(0, false, false);
     let picks: Vec<usize> = (0..3).map(|_| pick(&origins, &next, 10).unwrap().0).collect();
     assert_eq!(picks, [0, 0, 0], "unhealthy and open origins are skipped");
-    origins[0].healthy.set(false);
+    origins[0].health.set(false);
     let picks: Vec<usize> = (0..3).map(|_| pick(&origins, &next, 10).unwrap().0).collect();
     assert!(picks.contains(&0) && picks.contains(&1) && !picks.contains(&2), "unhealthy beats none: {picks:?}");
     for origin in &origins {

@@ -130,7 +130,7 @@ fn quoted(line: &mut String, value: &str, json: bool) {
 }
 
 /// A UTC time as RFC 3339 with milliseconds: `2026-11-28T05:12:43.123Z`.
-struct Rfc3339(SystemTime);
+pub struct Rfc3339(pub SystemTime);
 
 impl Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

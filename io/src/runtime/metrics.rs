@@ -144,6 +144,7 @@ pub struct ShardMetrics {
     write_statuses_evicted: AtomicU64,
     send_timeouts: AtomicU64,
     output_waits: AtomicU64,
+    access_log_dropped: AtomicU64,
     /// Per `--origin`: requests of this shard waiting for a slot.
     origin_queue_depths: [AtomicU64; ORIGINS_MAX],
     /// Per reason ([`REJECTIONS`] order), per `--origin`.
@@ -388,6 +389,11 @@ impl ShardMetrics {
         bump(&self.output_waits, 1);
     }
 
+    /// An access log line was dropped: the writer's queue was full.
+    pub fn access_log_dropped(&self) {
+        bump(&self.access_log_dropped, 1);
+    }
+
     /// A finished write's status was dropped to keep the status store in bounds.
     pub fn write_status_evicted(&self) {
         bump(&self.write_statuses_evicted, 1);
@@ -424,11 +430,13 @@ impl ShardMetrics {
 pub struct OriginGauges {
     pub in_flight: u32,
     pub limit: u32,
+    /// 1 while the process-wide health check finds the origin up.
+    pub healthy: u32,
 }
 
 /// The per-shard families that are one counter or gauge each: name, type,
 /// help, and the field that holds the value.
-const FAMILIES: [(&str, &str, &str, Field); 38] = [
+const FAMILIES: [(&str, &str, &str, Field); 39] = [
     ("shardgate_cross_core_hops_total", "counter", "Requests forwarded to their owner shard, by sending shard.", |m| {
         &m.hops_out
     }),
@@ -448,6 +456,12 @@ const FAMILIES: [(&str, &str, &str, Field); 38] = [
         "counter",
         "Times a connection waited before decoding more because the shard's unwritten output was at its budget.",
         |m| &m.output_waits,
+    ),
+    (
+        "shardgate_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the writer's queue was full (the event loop never waits for the log).",
+        |m| &m.access_log_dropped,
     ),
     ("shardgate_connections_refused_total", "counter", "Connections refused at --max-connections.", |m| {
         &m.connections_refused
@@ -629,11 +643,16 @@ impl Metrics {
 
     fn render_overload(&self, out: &mut String, origins: &[OriginGauges]) {
         type Gauge = fn(&OriginGauges) -> u32;
-        let process_wide: [(&str, &str, Gauge); 2] = [
+        let process_wide: [(&str, &str, Gauge); 3] = [
             ("shardgate_origin_in_flight", "Requests in flight to each origin, all shards together.", |g| g.in_flight),
             ("shardgate_origin_limit", "Requests each origin may have in flight now (fixed, or found by auto).", |g| {
                 g.limit
             }),
+            (
+                "shardgate_origin_healthy",
+                "1 while the health check finds each origin up (rise 2, fall 3), else 0.",
+                |g| g.healthy,
+            ),
         ];
         for (name, help, value) in process_wide {
             header(out, name, "gauge", help);

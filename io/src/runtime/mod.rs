@@ -1,6 +1,7 @@
 //! The runtime layer: what every core runs on, knowing nothing of HTTP,
 //! the key-value API or the gateway.
 //!
+//! - [`access_log`]: the access log and its writer thread.
 //! - [`driver`]: io_uring probe and driver choice.
 //! - [`listener`]: the per-core `SO_REUSEPORT` listeners.
 //! - [`fds`]: the descriptor table, grown once at start.
@@ -16,6 +17,7 @@
 //! a one-shot yield to the scheduler, and a yield that lets the loop look
 //! for I/O.
 
+pub mod access_log;
 pub mod driver;
 pub mod fds;
 pub mod listener;
