@@ -64,6 +64,8 @@ pub struct CacheFields {
     /// Targets an unsafe method's answer may invalidate (RFC 9111 §4.4).
     pub location: Option<Bytes>,
     pub content_location: Option<Bytes>,
+    /// `Content-Length` as sent (a HEAD's answer says what a GET's body is).
+    pub content_length: Option<u64>,
     /// A `Set-Cookie` line was present.
     pub set_cookie: bool,
 }
@@ -346,6 +348,7 @@ fn head_of(parsed: &httparse::Response<'_, '_>, length: usize, expect_body: bool
             headers.extend_from_slice(field.value);
         }
     }
+    fields.content_length = content_length.map(|n| n as u64);
     let bodyless = !expect_body || status == 204 || status == 304 || (100..200).contains(&status);
     let framing = match (bodyless, transfer_encoded, chunked, content_length) {
         (true, ..) => BodyFraming::None,

@@ -537,3 +537,50 @@ fn queued_writes_follow_their_key_when_the_shard_count_changes() {
         assert_eq!(bodies, vec![b"0".to_vec(), b"1".to_vec(), b"2".to_vec()], "key {key}: once each, in order");
     }
 }
+
+#[test]
+fn http_health_checks_take_an_origin_down_and_bring_it_back() {
+    use std::sync::atomic::AtomicBool;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&healthy);
+    let sick = Origin::start(move |seen| match seen.path.as_str() {
+        "/health" if flag.load(Ordering::Acquire) => Reply::status(200),
+        "/health" => Reply::status(503),
+        _ => Reply::ok("", "sick"),
+    });
+    let good = Origin::start(|seen| match seen.path.as_str() {
+        "/health" => Reply::status(204),
+        _ => Reply::ok("", "good"),
+    });
+    let (sick_url, good_url) = (sick.url(), good.url());
+    let args = ["--origin", &sick_url, "--origin", &good_url, "--shards", "2"];
+    let server =
+        Server::start(&[&args[..], &["--origin-health-path", "/health", "--origin-health-interval", "100ms"]].concat());
+    let up = |url: &str| server.metric("shardgate_origin_healthy", &[("origin", url)]);
+    eventually("both probed", || sick.count("/health") >= 2 && good.count("/health") >= 2);
+    assert_eq!((up(&sick_url), up(&good_url)), (1.0, 1.0));
+    let probes = sick.seen().into_iter().find(|s| s.path == "/health").unwrap();
+    assert_eq!(probes.header("user-agent"), Some("shardgate-health"));
+    healthy.store(false, Ordering::Release);
+    eventually("the failing origin taken down", || up(&sick_url) == 0.0);
+    let changed = server.stderr_lines_with("origin health changed");
+    assert!(changed.iter().any(|l| l.contains(&sick_url) && l.contains("state=down")), "{changed:?}");
+    // Every core sends its requests to the healthy origin now.
+    let before = sick.count("/x");
+    for _ in 0..10 {
+        assert_eq!(get(&server, "/x").text(), "good");
+    }
+    assert_eq!(sick.count("/x"), before, "no request went to the origin that is down");
+    healthy.store(true, Ordering::Release);
+    eventually("the origin back up", || up(&sick_url) == 1.0);
+    assert!(server.stderr_lines_with("origin health changed").iter().any(|l| l.contains("state=up")));
+    // One prober for the process, not one per core: over a stretch of
+    // probes, their number is one per interval, not two.
+    let (start, first) = (std::time::Instant::now(), good.count("/health"));
+    eventually("ten more probes", || good.count("/health") >= first + 10);
+    let probes = (good.count("/health") - first) as u128;
+    let intervals = start.elapsed().as_millis() / 100;
+    assert!(probes <= intervals + 2, "{probes} probes in {intervals} intervals");
+    let counted = server.metric("shardgate_origin_health_checks_total", &[("origin", &good_url)]);
+    assert!((counted as usize).abs_diff(good.count("/health")) <= 1, "{counted} counted");
+}

@@ -5,6 +5,7 @@ mod harness;
 
 mod backpressure;
 mod bench;
+mod caching;
 mod cli;
 mod durability;
 mod gateway;

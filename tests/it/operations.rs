@@ -191,3 +191,53 @@ fn the_descriptor_table_is_grown_for_every_connection_at_start() {
         .unwrap_or_else(|| panic!("{limits}"));
     assert!(soft >= needed, "soft nofile limit {soft}, {needed} needed");
 }
+
+/// `--access-log`: one JSON object per request, written off the event
+/// loop, and the file reopened on SIGHUP (logrotate's `postrotate`).
+#[test]
+fn the_access_log_writes_a_line_per_request_and_reopens_on_sighup() {
+    let origin = crate::origin::Origin::start(|_| crate::origin::Reply::ok("max-age=60", "hello"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("access.log");
+    let url = origin.url();
+    let log = path.to_str().unwrap();
+    let server =
+        Server::start(&["--origin", &url, "--shards", "2", "--access-log", log, "--access-log-format", "json"]);
+    for request in ["GET /a?x=1 HTTP/1.1\r\nHost: api.test\r\n\r\n", "GET /a?x=1 HTTP/1.1\r\nHost: api.test\r\n\r\n"] {
+        assert_eq!(server.send(request).status, 200);
+    }
+    assert_eq!(server.send(&get("/healthz")).status, 200);
+    // Every request is logged; the harness's own /readyz polls are left out here.
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all = text.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).expect("one JSON object"));
+        all.filter(|line| line["target"] != "/readyz").collect()
+    };
+    crate::harness::eventually("three lines", || lines(&path).len() == 3);
+    let written = lines(&path);
+    let miss = written.iter().find(|l| l["cache"] == "MISS").expect("the miss");
+    assert_eq!(
+        (miss["method"].as_str(), miss["target"].as_str(), miss["status"].as_u64()),
+        (Some("GET"), Some("/a?x=1"), Some(200))
+    );
+    assert_eq!((miss["bytes"].as_u64(), miss["client"].as_str()), (Some(5), Some("127.0.0.1")));
+    assert!(
+        miss["origin_us"].as_u64().is_some()
+            && miss["duration_us"].as_u64().is_some()
+            && miss["shard"].as_u64().is_some()
+    );
+    assert!(miss["ts"].as_str().is_some_and(|ts| ts.ends_with('Z')));
+    let hit = written.iter().find(|l| l["cache"] == "HIT").expect("the hit");
+    assert!(hit["origin_us"].is_null());
+    assert!(written.iter().any(|l| l["target"] == "/healthz" && l["cache"].is_null()));
+    // logrotate moves the file away, then signals.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    server.signal(libc::SIGHUP);
+    crate::harness::eventually("the log reopened", || path.exists());
+    assert_eq!(server.send("GET /b HTTP/1.1\r\nHost: api.test\r\n\r\n").status, 200);
+    crate::harness::eventually("the next line in the new file", || lines(&path).len() == 1);
+    assert_eq!(lines(&rotated).len(), 3, "the rotated file keeps what it had");
+    assert_eq!(lines(&path)[0]["target"], "/b");
+    assert_eq!(server.metric("shardgate_access_log_dropped_total", &[]), 0.0);
+}

@@ -103,6 +103,7 @@ impl Core {
                 in_flight: slots.in_flight(),
                 limit: slots.limit(),
                 healthy: u32::from(health.is_up()),
+                health_checks: health.probes(),
             })
             .collect()
     }

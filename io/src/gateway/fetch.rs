@@ -109,7 +109,9 @@ pub(super) async fn cached(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) ->
                 (Some(variant), Forward::Request)
             }
             Lookup::Hit { variant, state: State::Fresh } => {
-                return (serve_stored(gateway, request, &variant, now, CacheResult::Hit), CacheResult::Hit);
+                let mut response = serve_stored(gateway, request, &variant, now, CacheResult::Hit);
+                annotate(&mut response, None, waited);
+                return (response, CacheResult::Hit);
             }
             Lookup::Hit { variant, state: State::Stale { revalidate_in_background: true, .. } } => {
                 // Past the fetch bound the stale copy is served all the
@@ -670,8 +672,15 @@ pub(super) async fn pass(
     if !request.is_safe() && status < 400 {
         super::invalidate(gateway, request, &sent.exchanged.response.fields);
     }
-    if request.method == Method::Head && cacheable {
-        update_from_head(gateway, request, &sent.exchanged.response, sent.exchanged.length(), request_ms);
+    // A HEAD's answer updates what is stored (RFC 9111 §4.3.5) when it is
+    // one a shared cache may keep: then it says nothing of one client only,
+    // even if that client sent a cookie.
+    if request.method == Method::Head
+        && status == 200
+        && storing(gateway, request, &sent.exchanged.response, request_ms).is_ok()
+    {
+        let length = sent.exchanged.response.fields.content_length;
+        update_from_head(gateway, request, &sent.exchanged.response, length, request_ms);
     }
     let storable = cacheable && request.method == Method::Get && status < 500 && !range_passed;
     let storing = if storable { storing(gateway, request, &sent.exchanged.response, request_ms).ok() } else { None };

@@ -432,6 +432,8 @@ pub struct OriginGauges {
     pub limit: u32,
     /// 1 while the process-wide health check finds the origin up.
     pub healthy: u32,
+    /// Health probes sent so far.
+    pub health_checks: u64,
 }
 
 /// The per-shard families that are one counter or gauge each: name, type,
@@ -659,6 +661,11 @@ impl Metrics {
             for (origin, gauges) in self.origins.iter().zip(origins) {
                 let _ = writeln!(out, "{name}{{origin=\"{origin}\"}} {}", value(gauges));
             }
+        }
+        let name = "shardgate_origin_health_checks_total";
+        header(out, name, "counter", "Health probes sent to each origin by the process's one prober.");
+        for (origin, gauges) in self.origins.iter().zip(origins) {
+            let _ = writeln!(out, "{name}{{origin=\"{origin}\"}} {}", gauges.health_checks);
         }
         header(out, "shardgate_origin_queue_depth", "gauge", "Requests waiting for a slot of each origin, by shard.");
         for (shard, metrics) in self.shards.iter().enumerate() {

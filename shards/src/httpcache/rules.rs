@@ -210,9 +210,13 @@ impl Freshness {
         }
     }
 
-    /// Seconds of freshness left, negative once stale (`Cache-Status` `ttl`).
+    /// Seconds of freshness left, negative once stale (`Cache-Status`
+    /// `ttl`): the lifetime less the age, both in whole seconds as `Age`
+    /// counts them.
     pub fn ttl_s(&self, now_ms: u64) -> i64 {
-        (self.lifetime_ms as i64).saturating_sub(self.age_ms(now_ms) as i64) / 1000
+        let lifetime_s = (self.lifetime_ms / 1000).min(i64::MAX as u64) as i64;
+        let age_s = (self.age_ms(now_ms) / 1000).min(i64::MAX as u64) as i64;
+        lifetime_s.saturating_sub(age_s)
     }
 
     /// Stale from `now_ms` on (a soft purge, a HEAD that disagrees): the
