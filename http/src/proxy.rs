@@ -30,6 +30,50 @@ pub struct ProxyRequest {
     /// A body streamed from the client instead of `body` (a large or
     /// chunked upload in gateway mode): read once, so never retried.
     pub streamed: Option<StreamedRequestBody>,
+    /// What the fields ask of a cache, found once while they are copied.
+    pub asks: Asks,
+}
+
+/// What a request's fields ask of a cache, so that a hit need not scan
+/// them again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Asks {
+    /// `Range`, `If-None-Match`, `If-Modified-Since` or `If-Range` is sent.
+    pub validators_or_range: bool,
+    /// `Cache-Control: no-cache` or `max-age=0` (or `Pragma: no-cache`
+    /// without a `Cache-Control`): no stored response without revalidation.
+    pub no_stored: bool,
+    /// A `Cookie` is sent.
+    pub cookie: bool,
+}
+
+impl Asks {
+    /// Reads `fields` (name, value) once.
+    pub fn of(fields: &[(Bytes, Bytes)]) -> Asks {
+        let mut asks = Asks::default();
+        let mut cache_control = false;
+        let mut pragma = false;
+        for (name, value) in fields {
+            let listed =
+                |directive: &[u8]| value.split(|&b| b == b',').any(|d| d.trim_ascii().eq_ignore_ascii_case(directive));
+            let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+            match name.len() {
+                5 if is(b"range") => asks.validators_or_range = true,
+                6 if is(b"cookie") => asks.cookie = true,
+                6 if is(b"pragma") => pragma |= listed(b"no-cache"),
+                8 if is(b"if-range") => asks.validators_or_range = true,
+                13 if is(b"if-none-match") => asks.validators_or_range = true,
+                13 if is(b"cache-control") => {
+                    cache_control = true;
+                    asks.no_stored |= listed(b"no-cache") || listed(b"max-age=0");
+                }
+                17 if is(b"if-modified-since") => asks.validators_or_range = true,
+                _ => {}
+            }
+        }
+        asks.no_stored |= pragma && !cache_control;
+        asks
+    }
 }
 
 /// A request body arriving from the client while the request is relayed.
@@ -52,20 +96,27 @@ impl ProxyRequest {
     /// A `Connection` that nominates `Host` is refused: the key would name a
     /// host the origin never saw.
     pub fn parse(request: &Request<'_>, peer: Option<IpAddr>, trust_forwarded: bool) -> Result<ProxyRequest, Response> {
-        // One copy of the head; the method, target and fields are views of it.
-        let head = Bytes::copy_from_slice(request.head);
+        // The codec parsed this head already; only its fields are wanted
+        // again. It is parsed where it lies, then copied once together with
+        // the cache key (one allocation): the method, target and fields
+        // become views of the copy, at the same offsets.
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut parsed = httparse::Request::new(&mut headers);
-        // The codec parsed this head already; only its fields are wanted again.
-        if !matches!(parsed.parse(&head), Ok(httparse::Status::Complete(_))) {
+        if !matches!(parsed.parse(request.head), Ok(httparse::Status::Complete(_))) {
             return Err(Response::problem(400, "malformed request head"));
         }
-        let range = head.as_ptr_range();
+        let host = parsed.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host")).map(|h| h.value.trim_ascii());
+        let target = origin_form(parsed.path.unwrap_or_default().as_bytes());
+        let copy = head_and_key(request.head, host.unwrap_or_default(), target);
+        let range = request.head.as_ptr_range();
         let view = |part: &[u8]| {
             let inside = range.start <= part.as_ptr() && part.as_ptr_range().end <= range.end;
             match part.is_empty() {
                 true => Bytes::new(),
-                false if inside => head.slice_ref(part),
+                false if inside => {
+                    let at = part.as_ptr() as usize - range.start as usize;
+                    copy.slice(at..at + part.len())
+                }
                 // `origin_form` answers "/" for `http://host`, a static slice.
                 false => Bytes::copy_from_slice(part),
             }
@@ -86,19 +137,19 @@ impl ProxyRequest {
             })
             .map(|h| (view(h.name.as_bytes()), view(h.value.trim_ascii())))
             .collect();
-        let host = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"host")).map(|(_, v)| v.to_ascii_lowercase());
-        let target = view(origin_form(parsed.path.unwrap_or_default().as_bytes()));
-        let key = cache_key(b"http", host.as_deref().unwrap_or_default(), &target);
+        let target = view(target);
+        let key = copy.slice(request.head.len()..);
         Ok(ProxyRequest {
             method: request.method,
             method_token,
             hash: key_hash(&key),
             target,
             key,
-            fields,
             peer,
             body: Bytes::copy_from_slice(request.body),
             streamed: None,
+            asks: Asks::of(&fields),
+            fields,
         })
     }
 
@@ -125,7 +176,7 @@ impl ProxyRequest {
 
     /// The request sends a cookie: its answer may be this client's alone.
     pub fn carries_cookie(&self) -> bool {
-        self.field(b"cookie").is_some()
+        self.asks.cookie
     }
 
     /// `Prefer: respond-async` (RFC 7240) is among the preferences.
@@ -157,16 +208,7 @@ impl ProxyRequest {
     /// `max-age=0` (§5.2.1.1, what a browser's reload sends), or `Pragma:
     /// no-cache` without a `Cache-Control` (§5.4).
     pub fn forbids_stored(&self) -> bool {
-        let mut pragma = false;
-        for (name, value) in &self.fields {
-            let listed =
-                |directive: &[u8]| value.split(|&b| b == b',').any(|d| d.trim_ascii().eq_ignore_ascii_case(directive));
-            if name.eq_ignore_ascii_case(b"cache-control") {
-                return listed(b"no-cache") || listed(b"max-age=0");
-            }
-            pragma |= name.eq_ignore_ascii_case(b"pragma") && listed(b"no-cache");
-        }
-        pragma
+        self.asks.no_stored
     }
 
     /// The request as the origin gets it: hop-by-hop fields dropped,
@@ -292,6 +334,25 @@ fn is_forwarding(name: &[u8]) -> bool {
     NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
+/// `head` followed by the cache key of `host` and `target` ([`cache_key`]'s
+/// layout, the host lower-cased), in one buffer: a request pays one
+/// allocation for both.
+fn head_and_key(head: &[u8], host: &[u8], target: &[u8]) -> Bytes {
+    let mut buffer = Vec::with_capacity(head.len() + 16 + host.len() + target.len());
+    buffer.extend_from_slice(head);
+    push_key_part(&mut buffer, b"http");
+    let at = buffer.len();
+    push_key_part(&mut buffer, host);
+    buffer[at + 4..].make_ascii_lowercase();
+    push_key_part(&mut buffer, target);
+    Bytes::from(buffer)
+}
+
+fn push_key_part(key: &mut Vec<u8>, part: &[u8]) {
+    key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+    key.extend_from_slice(part);
+}
+
 /// The cache key of a request: its scheme, authority (lowercased) and
 /// target, each as a 4-byte little-endian length and its bytes, so that no
 /// two different requests share a key however their parts are split
@@ -299,8 +360,7 @@ fn is_forwarding(name: &[u8]) -> bool {
 pub fn cache_key(scheme: &[u8], authority: &[u8], target: &[u8]) -> Bytes {
     let mut key = Vec::with_capacity(12 + scheme.len() + authority.len() + target.len());
     for part in [scheme, authority, target] {
-        key.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        key.extend_from_slice(part);
+        push_key_part(&mut key, part);
     }
     Bytes::from(key)
 }
@@ -341,10 +401,11 @@ impl ProxyRequest {
             target: write.target,
             key: Bytes::new(),
             hash: write.key_hash,
-            fields: write.fields,
             peer: write.peer,
             body: write.body,
             streamed: None,
+            asks: Asks::of(&write.fields),
+            fields: write.fields,
         }
     }
 

@@ -60,7 +60,7 @@ pub struct Proxied {
     pub age_s: Option<u64>,
     /// `Date`: the stored or relayed response's (RFC 9110 §6.6.1); None:
     /// shardgate's clock.
-    pub date: Option<Bytes>,
+    pub date: Option<[u8; 29]>,
     /// `X-Cache`.
     pub x_cache: Option<&'static str>,
     /// shardgate's member of `Cache-Status` (RFC 9211).
@@ -162,6 +162,14 @@ pub const CACHE_STATUS_NAME: &[u8] = b"shardgate";
 impl CacheStatus {
     fn encode(&self, out: &mut Vec<u8>, key: Option<&[u8]>) {
         let mut numbers = itoa::Buffer::new();
+        // The common case, a plain hit, in two appends (it is on every hit).
+        if self.hit && !self.collapsed && key.is_none() {
+            if let (None, Some(ttl)) = (self.fwd, self.ttl_s) {
+                out.extend_from_slice(b"\r\nCache-Status: shardgate; hit; ttl=");
+                out.extend_from_slice(numbers.format(ttl).as_bytes());
+                return;
+            }
+        }
         out.extend_from_slice(b"\r\nCache-Status: ");
         out.extend_from_slice(CACHE_STATUS_NAME);
         if self.hit {
@@ -376,14 +384,17 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
     let Framing { head_only, chunked_ok, mut persistence, rate } = framing;
     let status = response.status;
     let content_type = response.content_type.as_deref().unwrap_or_default();
-    let proxied_body = match &response.extra {
-        Extra::Proxied(proxied) => &proxied.body,
-        _ => &ProxiedBody::Inline,
+    // Where the body is, and its length (None: a stream of unknown length).
+    let (proxied_body, body_length) = match &response.extra {
+        Extra::Proxied(proxied) => match &proxied.body {
+            ProxiedBody::Inline => (None, Some(response.body.len() as u64)),
+            ProxiedBody::Pieces(pieces) => (Some(&proxied.body), Some(pieces.len())),
+            ProxiedBody::Stream(stream) => (Some(&proxied.body), stream.length),
+        },
+        _ => (None, Some(response.body.len() as u64)),
     };
-    let inline = matches!(proxied_body, ProxiedBody::Inline);
-    let shared = inline && response.body.len() >= SHARED_BODY_BYTES_MIN;
-    let body_copied = if shared || !inline { 0 } else { response.body.len() };
-    let body_length = response.body_length();
+    let shared = proxied_body.is_none() && response.body.len() >= SHARED_BODY_BYTES_MIN;
+    let body_copied = if shared || proxied_body.is_some() { 0 } else { response.body.len() };
     let stream_chunked = body_length.is_none() && chunked_ok;
     let to_close = body_length.is_none() && !chunked_ok && !head_only;
     if to_close {
@@ -402,9 +413,7 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
         }
     }
     match &response.extra {
-        Extra::Proxied(proxied) if proxied.date.is_some() => {
-            out.extend_from_slice(proxied.date.as_deref().unwrap_or_default())
-        }
+        Extra::Proxied(proxied) => out.extend_from_slice(proxied.date.as_ref().unwrap_or(date.text())),
         _ => out.extend_from_slice(date.text()),
     }
     let mut numbers = itoa::Buffer::new();
@@ -485,13 +494,13 @@ pub fn encode(out: &mut Vec<u8>, response: &Response, date: &DateCache, framing:
         return (Tail::None, false);
     }
     match proxied_body {
-        ProxiedBody::Inline if shared => (Tail::Shared(response.body.clone()), false),
-        ProxiedBody::Inline => {
+        None if shared => (Tail::Shared(response.body.clone()), false),
+        None | Some(ProxiedBody::Inline) => {
             out.extend_from_slice(&response.body);
             (Tail::None, false)
         }
-        ProxiedBody::Pieces(pieces) => (Tail::Pieces(pieces.clone()), false),
-        ProxiedBody::Stream(body) => (Tail::Stream { body: body.clone(), chunked: stream_chunked }, to_close),
+        Some(ProxiedBody::Pieces(pieces)) => (Tail::Pieces(pieces.clone()), false),
+        Some(ProxiedBody::Stream(body)) => (Tail::Stream { body: body.clone(), chunked: stream_chunked }, to_close),
     }
 }
 

@@ -79,15 +79,16 @@ pub struct Variant {
     pub etag: Option<Bytes>,
     pub last_modified: Option<Bytes>,
     /// The `Date` served with it: the origin's, or when the response came
-    /// without one, when it arrived (RFC 9110 §6.6.1).
-    pub date: Bytes,
+    /// without one, when it arrived (RFC 9110 §6.6.1). Kept formatted:
+    /// a hit copies it, no reference count.
+    pub date: HttpDate,
     pub freshness: Freshness,
 }
 
 impl Variant {
     fn bytes(&self) -> u64 {
         let vary: usize = self.vary_values.iter().flatten().map(Bytes::len).sum();
-        let fields = self.headers.len() + self.reason.len() + self.date.len() + vary;
+        let fields = self.headers.len() + self.reason.len() + vary;
         fields as u64 + self.body.len() + VARIANT_OVERHEAD_BYTES
     }
 }
@@ -287,7 +288,7 @@ impl HttpCache {
         vary_values: &[Option<Bytes>],
         freshness: Freshness,
         headers: Option<Bytes>,
-        date: Option<Bytes>,
+        date: Option<HttpDate>,
     ) -> Option<Rc<Variant>> {
         let object = self.objects.get_mut(&hash).filter(|o| o.key == key)?;
         let stored = object.variants.iter_mut().find(|v| v.vary_values == vary_values)?;
@@ -427,6 +428,17 @@ pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
 
 fn unquote(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\"").and_then(|b| b.strip_suffix(b"\"")).unwrap_or(bytes)
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7): always 29 bytes.
+pub type HttpDate = [u8; 29];
+
+/// `ms` (Unix milliseconds) as an IMF-fixdate.
+pub fn http_date(ms: u64) -> HttpDate {
+    let text = httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    let mut date = [b' '; 29];
+    date.copy_from_slice(&text.as_bytes()[..29]);
+    date
 }
 
 /// An HTTP-date (IMF-fixdate and the two obsolete forms) in Unix milliseconds.

@@ -116,7 +116,7 @@ fn rate_limit_fields() {
 #[test]
 fn relayed_fields_and_stream_framing() {
     let proxied = Proxied {
-        date: Some(Bytes::from_static(b"Sat, 28 Nov 2026 07:00:00 GMT")),
+        date: Some(*b"Sat, 28 Nov 2026 07:00:00 GMT"),
         x_cache: Some("MISS"),
         cache_status: Some(CacheStatus {
             fwd: Some(Forward::UriMiss),

@@ -55,7 +55,7 @@ pub(super) fn serve_stored(
     let status = hit_status(variant.freshness.ttl_s(now_ms));
     let mut response = serve::variant_response(variant, now_ms, result, status);
     annotate(&mut response, status_key(gateway, request), false);
-    present(request, response, &Facts::of_variant(variant))
+    present(request, response, || Facts::of_variant(variant))
 }
 
 /// Starts the fetch of `request`'s key unless one runs. Returns the flight
@@ -132,7 +132,7 @@ pub(super) async fn cached(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) ->
         };
         if first {
             return match (FlightWait { flight, first: true }).await {
-                Settled::First(First { response, result, facts }) => (present(request, response, &facts), result),
+                Settled::First(First { response, result, facts }) => (present(request, response, || facts), result),
                 Settled::Shared(_) => unreachable!("the first requester takes its own answer"),
             };
         }
@@ -151,7 +151,7 @@ pub(super) async fn cached(gateway: &Rc<Gateway>, request: &Rc<ProxyRequest>) ->
             Shared::Lookup => return pass(gateway, request, fwd, None).await,
             Shared::Stream(mut response, facts) => {
                 annotate(&mut response, None, true);
-                return (present(request, response, &facts), CacheResult::Miss);
+                return (present(request, response, || facts), CacheResult::Miss);
             }
             Shared::Failed(mut error) => {
                 annotate(&mut error, None, true);
@@ -198,7 +198,7 @@ fn stale_response(
     status.fwd_status = fwd_status;
     let mut response = serve::variant_response(variant, now_ms, CacheResult::Stale, status);
     annotate(&mut response, status_key(gateway, request), false);
-    present(request, response, &Facts::of_variant(variant))
+    present(request, response, || Facts::of_variant(variant))
 }
 
 fn request_facts(request: &ProxyRequest) -> RequestFacts {
@@ -574,7 +574,7 @@ fn refresh_with(
         now_ms(),
         heuristics(gateway),
     );
-    let date = date.filter(|d| httpcache::parse_http_date_ms(d).is_some());
+    let date = date.as_deref().and_then(httpcache::parse_http_date_ms).map(httpcache::http_date);
     let mut cache = gateway.cache.borrow_mut();
     match stored {
         Ok(stored) => {
@@ -695,7 +695,7 @@ pub(super) async fn pass(
                     }
                 }
             }
-            (present(request, response, &facts), result)
+            (present(request, response, || facts), result)
         }
         None => unreachable!("a pass has no flight to settle"),
     }

@@ -14,10 +14,11 @@ use shardgate_http::proxy::ProxyRequest;
 use shardgate_http::response::{
     CacheStatus, ContentRange, Extra, Forward, Proxied, ProxiedBody, Response, StreamBody, PROBLEM_CONTENT_TYPE,
 };
-use shardgate_shards::httpcache::{parse_http_date_ms, Variant};
+use shardgate_shards::httpcache::{http_date, parse_http_date_ms, HttpDate, Variant};
 use shardgate_shards::range::{evaluate, if_range_holds, RangeAnswer};
 
 use crate::runtime::metrics::CacheResult;
+use crate::runtime::unix_ms;
 
 /// The representation a response carries, as Range and conditionals see it.
 #[derive(Clone, Debug, Default)]
@@ -49,14 +50,12 @@ impl Facts {
     }
 }
 
-/// The `Date` of an origin's answer: its own when valid, else the time it
-/// arrived (RFC 9110 §6.6.1: a recipient adds one to what it caches or
-/// forwards).
-pub(super) fn origin_date(response: &OriginResponse) -> Bytes {
-    match response.fields.date.as_deref().filter(|d| parse_http_date_ms(d).is_some()) {
-        Some(date) => Bytes::copy_from_slice(date),
-        None => Bytes::from(httpdate::fmt_http_date(SystemTime::now())),
-    }
+/// The `Date` of an origin's answer: its own when valid (as an
+/// IMF-fixdate), else the time it arrived (RFC 9110 §6.6.1: a recipient
+/// adds one to what it caches or forwards).
+pub(super) fn origin_date(response: &OriginResponse) -> HttpDate {
+    let sent = response.fields.date.as_deref().and_then(parse_http_date_ms);
+    http_date(sent.unwrap_or_else(|| unix_ms(SystemTime::now())))
 }
 
 /// A stored variant as a response, `Age` from `now_ms`.
@@ -70,7 +69,7 @@ pub(super) fn variant_response(variant: &Variant, now_ms: u64, result: CacheResu
         reason: variant.reason.clone(),
         headers: variant.headers.clone(),
         age_s: Some(age_s),
-        date: Some(variant.date.clone()),
+        date: Some(variant.date),
         x_cache: Some(result.name()),
         cache_status: Some(status),
         body: pieces,
@@ -146,8 +145,17 @@ fn readable_key(key: &Bytes) -> Bytes {
 /// The client's view of a representation: 304 when its validators match
 /// (If-None-Match, else If-Modified-Since), the range it asked for (206,
 /// or 416), else the whole. Only a complete 200 is narrowed or answered
-/// 304; HEAD sees what GET would.
-pub(super) fn present(request: &ProxyRequest, mut response: Response, facts: &Facts) -> Response {
+/// 304; HEAD sees what GET would. `facts` are only looked at when the
+/// request asks for one of these (most hits do not).
+#[inline]
+pub(super) fn present(request: &ProxyRequest, response: Response, facts: impl FnOnce() -> Facts) -> Response {
+    if !request.asks.validators_or_range {
+        return response;
+    }
+    present_facts(request, response, &facts())
+}
+
+fn present_facts(request: &ProxyRequest, mut response: Response, facts: &Facts) -> Response {
     if facts.status != 200 {
         return response;
     }

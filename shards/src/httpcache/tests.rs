@@ -112,7 +112,7 @@ fn variant(vary_values: Vec<Option<Bytes>>, body: &'static str, lifetime_ms: u64
         body: Pieces::one(Bytes::from_static(body.as_bytes())),
         etag: Some(Bytes::from_static(b"\"t\"")),
         last_modified: None,
-        date: Bytes::from_static(b"Sat, 28 Nov 2026 07:00:00 GMT"),
+        date: *b"Sat, 28 Nov 2026 07:00:00 GMT",
         freshness: Freshness { lifetime_ms, ..Freshness::default() },
     }
 }
