@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk"))
@@ -154,8 +155,20 @@ def stop(procs):
 
 
 def preload(addr, paths):
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda p: get(f"http://{addr}{p}", timeout=30), paths))
+    """Fetches each path once so it is stored. Eight at a time, half the
+    origin's capacity: Varnish answers 503 at once when its backend is at
+    `.max_connections` (a connection it is closing still counts), so a
+    refused path is fetched again."""
+    def fetch(path):
+        for attempt in range(20):
+            try:
+                return get(f"http://{addr}{path}", timeout=30)
+            except urllib.error.HTTPError as error:
+                if error.code != 503 or attempt == 19:
+                    raise
+                time.sleep(0.05)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(fetch, paths))
 
 
 class Sampler(threading.Thread):

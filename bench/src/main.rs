@@ -87,6 +87,10 @@ enum Command {
         /// Requests served at once; more wait in the origin's queue (a database pool). 0: no limit.
         #[arg(long, default_value_t = 0)]
         max_concurrency: usize,
+        /// A header field added to every GET answer, `Name: value`; `{path}` in the value is the request's
+        /// path (e.g. `Surrogate-Key: users {path}`). Repeat for several.
+        #[arg(long = "header")]
+        headers: Vec<String>,
     },
     /// The rate limiter's error against an exact sliding log on a generated trace.
     RatelimitAccuracy {
@@ -145,9 +149,10 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args)?,
-        Command::Origin { listen, latency, error_rate, cache_control, body_bytes, max_concurrency } => {
+        Command::Origin { listen, latency, error_rate, cache_control, body_bytes, max_concurrency, headers } => {
             let latency = shardgate_bench::scenario::duration(&latency).map_err(anyhow::Error::msg)?;
-            let config = origin::OriginConfig { latency, error_rate, cache_control, body_bytes, max_concurrency };
+            let config =
+                origin::OriginConfig { latency, error_rate, cache_control, body_bytes, max_concurrency, headers };
             let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
             runtime.block_on(async {
                 let (listener, addr) = origin::bind(listen)?;

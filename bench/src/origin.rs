@@ -31,6 +31,9 @@ pub struct OriginConfig {
     pub body_bytes: usize,
     /// Requests served at once; more wait. 0: no limit.
     pub max_concurrency: usize,
+    /// Header fields (`Name: value`) added to every GET answer; `{path}`
+    /// stands for the request's path.
+    pub headers: Vec<String>,
 }
 
 /// What the origin counts, shown at `/_origin/stats`.
@@ -222,8 +225,9 @@ pub fn answer(config: &OriginConfig, method: &str, path: &str, if_none_match: Op
     }
     let body = "x".repeat(config.body_bytes);
     let body = if method == "HEAD" { "" } else { &body };
+    let extra: String = config.headers.iter().map(|h| format!("{}\r\n", h.replace("{path}", path))).collect();
     format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nETag: {etag}\r\n{cache_control}\r\n{body}",
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nETag: {etag}\r\n{cache_control}{extra}\r\n{body}",
         config.body_bytes
     )
 }
@@ -239,6 +243,7 @@ mod tests {
 
     fn config() -> OriginConfig {
         OriginConfig {
+            headers: vec!["Surrogate-Key: all {path}".to_string()],
             latency: Duration::ZERO,
             error_rate: 0.0,
             cache_control: "max-age=1".to_string(),
@@ -253,6 +258,7 @@ mod tests {
         assert!(
             ok.starts_with("HTTP/1.1 200 OK\r\n")
                 && ok.contains("Cache-Control: max-age=1\r\n")
+                && ok.contains("Surrogate-Key: all /a\r\n")
                 && ok.ends_with("\r\n\r\nxxxx")
         );
         let etag = ok.split("ETag: ").nth(1).unwrap().split("\r\n").next().unwrap().to_string();

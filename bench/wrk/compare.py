@@ -3,7 +3,8 @@
 gateway cache hit of a 64-byte origin response, versus nginx `return 200`
 with a 64-byte body, measured in the same run; optionally against a
 baseline build of shardgate (`--baseline PATH`, e.g. the previous commit's
-binary) in the same rounds.
+binary) and a Varnish cache hit of the same origin response (`--varnish`)
+in the same rounds.
 
 Every server is pinned to SERVER_CPU, wrk to CLIENT_CPU. CPU per request is
 the server's utime+stime (from /proc/PID/stat, all threads) over the run,
@@ -13,7 +14,9 @@ speed phases for minutes at a time (bench/README.md, "How to read the figures").
 
 Usage: python3 bench/wrk/compare.py [--rounds 3] [--duration 10] [--out FILE]
                                     [--baseline PATH] [--driver uring|epoll|both]
-Needs: wrk and nginx (apt-get install wrk nginx-light), a release build.
+                                    [--gateway] [--varnish]
+Needs: wrk and nginx (apt-get install wrk nginx-light; varnish for
+--varnish), a release build.
 """
 import argparse
 import datetime
@@ -41,10 +44,38 @@ def free_port():
         return s.getsockname()[1]
 
 
-def cpu_us(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_US
+def cpu_us(pids):
+    """utime + stime of one process, or of several together (Varnish's
+    manager and its child)."""
+    total = 0
+    for pid in pids if isinstance(pids, (list, tuple)) else [pids]:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) * TICK_US
+    return total
+
+
+VCL = """vcl 4.1;
+backend default { .host = "127.0.0.1"; .port = "%d"; }
+"""
+
+
+def start_varnish(cpu, origin_url):
+    """Varnish 7 with its default VCL in front of the origin, one thread
+    pool, pinned like the others; returns the process, every PID whose CPU
+    counts (manager and child) and its base URL."""
+    port = free_port()
+    work = tempfile.mkdtemp(prefix="shardgate-bench-varnish-")
+    vcl = os.path.join(work, "bench.vcl")
+    open(vcl, "w").write(VCL % int(origin_url.rsplit(":", 1)[1]))
+    # -j none: no privilege drop, so the temporary directory stays private.
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), "varnishd", "-j", "none", "-n", os.path.join(work, "n"),
+                             "-a", f"127.0.0.1:{port}", "-f", vcl, "-s", "malloc,256m", "-p", "thread_pools=1", "-F"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    time.sleep(0.5)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    return proc, [proc.pid, *map(int, children)], f"http://127.0.0.1:{port}"
 
 
 def wait_port(port, timeout=10):
@@ -163,6 +194,7 @@ def main():
     parser.add_argument("--baseline", help="another shardgate binary measured in the same rounds")
     parser.add_argument("--driver", default="both", choices=["uring", "epoll", "both"])
     parser.add_argument("--gateway", action="store_true", help="also measure gateway cache hits")
+    parser.add_argument("--varnish", action="store_true", help="and Varnish cache hits of the same origin")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -181,6 +213,11 @@ def main():
         if args.gateway:
             origin, origin_url = start_origin(args.client_cpu)
             procs.append(origin)
+            if args.varnish:
+                varnish, pids, varnish_url = start_varnish(args.server_cpu, origin_url)
+                procs.append(varnish)
+                fetch(f"{varnish_url}/item/1")
+                servers["varnish hit"] = (pids, f"{varnish_url}/item/1")
         for label, binary in builds:
             for driver in drivers:
                 proc, base = start_shardgate(args.server_cpu, driver, binary=binary)
