@@ -7,6 +7,9 @@ one server core each, in front of the same simulated origin, which serves
 
   origin-normal    12,000/s: 400 misses/s (C/2) among hits of 1,000 cached paths
   origin-overload  12,000/s: 2,400 misses/s (3C) among the same hits
+                   (after a 10 s warm-up at this rate from a fresh start,
+                   the two alternate in 5 rounds of 10 s against the same
+                   server, and the hit p99 ratio is taken within a round)
   origin-brownout   4,000/s: 400 misses/s; the hot paths expire every 2 s
                     (stale-if-error=60); the origin's latency is 500 ms from
                     10 s to 30 s, 20 ms before and after
@@ -118,11 +121,12 @@ def start_origin(cache_control):
 
 def start_server(name, origin_port, work):
     """Returns (processes, pids for CPU accounting, address)."""
-    if name.startswith("shardgate"):
+    if name.startswith("shardgate") or name == "baseline":
         extra = ["--origin", f"http://127.0.0.1:{origin_port}"]
         if name == "shardgate-16":
             extra += ["--origin-max-connections", str(CAPACITY)]
-        proc, base = compare.start_shardgate(SERVER_CPU, "uring", extra=extra)
+        binary = BASELINE if name == "baseline" else compare.BIN
+        proc, base = compare.start_shardgate(SERVER_CPU, "uring", extra=extra, binary=binary)
         return [proc], [proc.pid], base.removeprefix("http://")
     port = compare.free_port()
     if name == "nginx":
@@ -140,8 +144,15 @@ def start_server(name, origin_port, work):
     compare.wait_port(port)
     time.sleep(0.5)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    # nginx's worker does the work, so do Varnish's children; count them all.
-    return [proc], [proc.pid, *map(int, children)], f"127.0.0.1:{port}"
+    # nginx's worker does the work, so do Varnish's children; count them
+    # all but nginx's cache loader, which exits a minute after the start
+    # (its CPU could not be read after that; it only scans an empty cache).
+    children = [int(pid) for pid in children if "cache loader" not in open(f"/proc/{pid}/cmdline").read()]
+    return [proc], [proc.pid, *children], f"127.0.0.1:{port}"
+
+
+def is_shardgate(server):
+    return server.startswith("shardgate") or server == "baseline"
 
 
 def stop(procs):
@@ -234,6 +245,7 @@ preload = {HOT if api != "gateway" else 0}
 
 
 RUNS = iter(range(1, 1 << 30))
+BASELINE = None
 
 
 def run_bench(path, addr, pids, label, out_dir, api="gateway", no_preload=True):
@@ -244,47 +256,85 @@ def run_bench(path, addr, pids, label, out_dir, api="gateway", no_preload=True):
                "--seed", str(next(RUNS))]
     if no_preload:
         command.append("--no-preload")
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     name = os.path.basename(path).removesuffix(".toml")
     return json.load(open(os.path.join(out_dir, f"{name}-{label}.json")))
 
 
-def gateway_run(server, scenario, out_dir, work):
-    cache_control = "max-age=2, stale-if-error=60" if scenario == "origin-brownout" else "max-age=3600"
-    origin, origin_port = start_origin(cache_control)
-    procs, pids, addr = start_server(server, origin_port, os.path.join(work, f"{server}-{scenario}"))
+OVERLOAD_ROUNDS = int(os.environ.get("OVERLOAD_ROUNDS", "5"))
+OVERLOAD_ROUND_S = 10
+
+
+def sampled(origin_port, addr, server, path, pids, out_dir, timers=()):
+    """One scenario run with the origin sampled meanwhile."""
+    sampler = Sampler(origin_port, addr, is_shardgate(server))
+    sampler.start()
+    for timer in timers:
+        timer.start()
+    result = run_bench(path, addr, pids, server, out_dir)
+    sampler.running = False
+    sampler.join()
+    return {"bench": result, "origin": sampler.seconds()}
+
+
+def rejected_by_reason(server, addr):
+    reasons = {}
+    if is_shardgate(server):
+        for line in get(f"http://{addr}/metrics").decode().splitlines():
+            if line.startswith("shardgate_origin_rejected_total{"):
+                reason = line.split('reason="')[1].split('"')[0]
+                reasons[reason] = reasons.get(reason, 0) + float(line.split()[-1])
+    return reasons
+
+
+def overload_rounds(server, out_dir, work):
+    """origin-normal and origin-overload against one server and origin,
+    alternating in OVERLOAD_ROUNDS rounds after a warm-up at the overload's
+    rate from a fresh start (its per-second figures are kept: how long an
+    adaptive limit takes to settle), so the host's drift moves both alike
+    and the hit p99 ratio is taken within each round. Each run's misses are
+    keys no earlier run named."""
+    origin, origin_port = start_origin("max-age=3600")
+    procs, pids, addr = start_server(server, origin_port, os.path.join(work, f"{server}-overload"))
     try:
         preload(addr, [f"/item/key-{i}" for i in range(HOT)])
-        rate, misses, duration = {"origin-normal": (12000, 400, 20), "origin-overload": (12000, 2400, 20),
-                                  "origin-brownout": (4000, 400, 40)}[scenario]
-        # A warm-up run at the same load (its per-second origin figures are
-        # kept: how long an adaptive limit takes to settle), then the run.
-        warm = Sampler(origin_port, addr, server.startswith("shardgate"))
+        warm = Sampler(origin_port, addr, is_shardgate(server))
         warm.start()
-        run_bench(scenario_file(work, "warmup", rate, misses / rate, 10), addr, pids, server, out_dir)
+        run_bench(scenario_file(work, "warmup", 12000, 2400 / 12000, 10), addr, pids, server, out_dir)
         warm.running = False
         warm.join()
-        if scenario == "origin-brownout":
-            time.sleep(3)  # The hot paths expire (max-age=2): the run begins with revalidations.
-        path = scenario_file(work, scenario, rate, misses / rate, duration)
-        sampler = Sampler(origin_port, addr, server.startswith("shardgate"))
-        sampler.start()
-        timers = []
-        if scenario == "origin-brownout":
-            for at, ms in [(10, 500), (30, ORIGIN_MS)]:
-                timers.append(threading.Timer(at + 0.05, get, [f"http://127.0.0.1:{origin_port}/_origin/latency?ms={ms}"]))
-        for timer in timers:
-            timer.start()
-        result = run_bench(path, addr, pids, server, out_dir)
-        sampler.running = False
-        sampler.join()
-        reasons = {}
-        if server.startswith("shardgate"):
-            for line in get(f"http://{addr}/metrics").decode().splitlines():
-                if line.startswith("shardgate_origin_rejected_total{"):
-                    reason = line.split('reason="')[1].split('"')[0]
-                    reasons[reason] = reasons.get(reason, 0) + float(line.split()[-1])
-        return {"bench": result, "origin": sampler.seconds(), "warmup_origin": warm.seconds(), "rejected": reasons}
+        normal = scenario_file(work, "origin-normal", 12000, 400 / 12000, OVERLOAD_ROUND_S)
+        over = scenario_file(work, "origin-overload", 12000, 2400 / 12000, OVERLOAD_ROUND_S)
+        rounds = []
+        for _ in range(OVERLOAD_ROUNDS):
+            rounds.append({"origin-normal": sampled(origin_port, addr, server, normal, pids, out_dir),
+                           "origin-overload": sampled(origin_port, addr, server, over, pids, out_dir)})
+        last = rounds[-1]
+        return {"origin-normal": last["origin-normal"],
+                "origin-overload": {**last["origin-overload"], "warmup_origin": warm.seconds(),
+                                    "rejected": rejected_by_reason(server, addr)},
+                "rounds": rounds}
+    finally:
+        stop(procs)
+        stop([origin])
+
+
+def brownout_run(server, out_dir, work):
+    """origin-brownout: the hot paths expire every 2 s (stale-if-error=60);
+    the origin's latency is 500 ms from 10 s to 30 s of the run."""
+    origin, origin_port = start_origin("max-age=2, stale-if-error=60")
+    procs, pids, addr = start_server(server, origin_port, os.path.join(work, f"{server}-brownout"))
+    try:
+        preload(addr, [f"/item/key-{i}" for i in range(HOT)])
+        run_bench(scenario_file(work, "warmup", 4000, 400 / 4000, 10), addr, pids, server, out_dir)
+        time.sleep(3)  # The hot paths expire (max-age=2): the run begins with revalidations.
+        timers = [threading.Timer(at + 0.05, get, [f"http://127.0.0.1:{origin_port}/_origin/latency?ms={ms}"])
+                  for at, ms in [(10, 500), (30, ORIGIN_MS)]]
+        path = scenario_file(work, "origin-brownout", 4000, 400 / 4000, 40)
+        run = sampled(origin_port, addr, server, path, pids, out_dir, timers)
+        return {**run, "rejected": rejected_by_reason(server, addr)}
     finally:
         stop(procs)
         stop([origin])
@@ -350,24 +400,36 @@ def main():
     parser.add_argument("--scenarios", default="overload,brownout,disk")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
                                                       f"{datetime.date.today()}-backpressure.md"))
+    parser.add_argument("--baseline", help="another shardgate binary, run as the server named `baseline` "
+                        "(--origin-max-connections auto), e.g. the previous build")
     parser.add_argument("--merge", help="results JSON of an earlier run: rerun only what is asked, keep the rest")
     args = parser.parse_args()
     servers, scenarios = args.servers.split(","), args.scenarios.split(",")
+    global BASELINE
+    BASELINE = args.baseline
+    if args.baseline and "baseline" not in servers:
+        servers.insert(1, "baseline")
     work = tempfile.mkdtemp(prefix="shardgate-overload-")
+    # Saved after each server, so a failure late in a long run keeps the rest (--merge).
+    save = lambda raw: json.dump(raw, open(args.out.removesuffix(".md") + ".json", "w"), indent=1)
     out_dir = os.path.join(work, "json")
     raw = json.load(open(args.merge)) if args.merge else {}
-    names = {"overload": ["origin-normal", "origin-overload"], "brownout": ["origin-brownout"]}
-    for group in [g for g in ("overload", "brownout") if g in scenarios]:
-        for scenario in names[group]:
-            for server in servers:  # servers alternate within each scenario
-                print(f"== {scenario}: {server}", file=sys.stderr)
-                os.makedirs(os.path.join(work, f"{server}-{scenario}"), exist_ok=True)
-                raw[f"{scenario}/{server}"] = gateway_run(server, scenario, out_dir, work)
+    for server in servers if "overload" in scenarios else []:  # servers alternate
+        print(f"== overload: {server}", file=sys.stderr)
+        os.makedirs(os.path.join(work, f"{server}-overload"), exist_ok=True)
+        runs = overload_rounds(server, out_dir, work)
+        raw[f"origin-normal/{server}"] = runs["origin-normal"]
+        raw[f"origin-overload/{server}"] = {**runs["origin-overload"], "rounds": runs["rounds"]}
+        save(raw)
+    for server in servers if "brownout" in scenarios else []:
+        print(f"== brownout: {server}", file=sys.stderr)
+        os.makedirs(os.path.join(work, f"{server}-brownout"), exist_ok=True)
+        raw[f"origin-brownout/{server}"] = brownout_run(server, out_dir, work)
+        save(raw)
     if "disk" in scenarios:
         print("== disk: shardgate", file=sys.stderr)
         raw["disk"] = disk_runs(out_dir, work)
-    json_path = args.out.removesuffix(".md") + ".json"
-    json.dump(raw, open(json_path, "w"), indent=1)
+    save(raw)
     import overload_report  # noqa: E402
     open(args.out, "w").write(overload_report.markdown(raw))
     print(open(args.out).read())
