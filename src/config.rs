@@ -14,8 +14,8 @@ use clap::Parser;
 use serde::Deserialize;
 pub use shardgate_io::config::Durability;
 use shardgate_io::config::{
-    AccessLogConfig, AccessLogFormat, AccessLogTarget, CacheConfig, DriverChoice, GatewayConfig, HealthConfig,
-    OriginAddress, OriginLimit, OverloadConfig, Secret,
+    AccessLogConfig, AccessLogFormat, AccessLogTarget, CacheConfig, ClusterConfig, DriverChoice, GatewayConfig,
+    HealthConfig, OriginAddress, OriginLimit, OverloadConfig, Secret,
 };
 use shardgate_io::runtime::metrics::ORIGINS_MAX;
 use shardgate_shards::ratelimit::{Policy, WINDOW_MS_MAX};
@@ -173,6 +173,18 @@ pub struct Cli {
     /// Access log lines as text or one JSON object per line: text | json [default: text]
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_ACCESS_LOG_FORMAT")]
     access_log_format: Option<String>,
+    /// redis://HOST:PORT: rate limits shared by every node [default: none, limits per node]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CLUSTER_REDIS")]
+    cluster_redis: Option<String>,
+    /// nats://HOST:PORT (JetStream): gateway writes, their statuses and purges shared by every node [default: none]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CLUSTER_NATS")]
+    cluster_nats: Option<String>,
+    /// This node's name among the others [default: the hostname]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_NODE_ID")]
+    node_id: Option<String>,
+    /// Nodes behind the router; while Redis is unreachable each enforces limit / N [default: 1]
+    #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CLUSTER_SIZE")]
+    cluster_size: Option<String>,
     /// TOML file with the same keys (snake_case)
     #[arg(long, allow_hyphen_values = true, env = "SHARDGATE_CONFIG")]
     config: Option<PathBuf>,
@@ -232,6 +244,10 @@ struct File {
     origin_health_interval: Option<toml::Value>,
     access_log: Option<toml::Value>,
     access_log_format: Option<toml::Value>,
+    cluster_redis: Option<toml::Value>,
+    cluster_nats: Option<toml::Value>,
+    node_id: Option<toml::Value>,
+    cluster_size: Option<toml::Value>,
 }
 
 pub use shardgate_io::runtime::logging::Format as LogFormat;
@@ -269,6 +285,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Gateway mode: `Some` when at least one `--origin` is given.
     pub gateway: Option<GatewayConfig>,
+    /// `Some` when `--cluster-redis` or `--cluster-nats` is given.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A message for the operator and the exit code to leave with.
@@ -394,6 +412,7 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
     let gateway = gateway(&mut cli, &mut file)?;
     let log = log_settings(&mut cli, &mut file)?;
     let connection = connection_settings(&mut cli, &mut file)?;
+    let cluster = cluster_settings(&mut cli, &mut file, gateway.is_some())?;
     Ok(Config {
         listen: setting("listen", cli.listen, file.listen, "127.0.0.1:8080".parse().expect("valid"), parse_address)?,
         shards: setting("shards", cli.shards, file.shards, None, |v| {
@@ -460,7 +479,57 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
             )?,
         },
         gateway,
+        cluster,
     })
+}
+
+/// The cluster flags (docs/spec.md §8); None when neither service is named.
+fn cluster_settings(cli: &mut Cli, file: &mut File, gateway: bool) -> Result<Option<ClusterConfig>, String> {
+    let redis = setting("cluster-redis", cli.cluster_redis.take(), file.cluster_redis.take(), None, |v| {
+        parse_service_url(v, "redis").map(Some)
+    })?;
+    let nats = setting("cluster-nats", cli.cluster_nats.take(), file.cluster_nats.take(), None, |v| {
+        parse_service_url(v, "nats").map(Some)
+    })?;
+    let node_id = setting("node-id", cli.node_id.take(), file.node_id.take(), None, |v| {
+        let valid = (1..=64).contains(&v.len())
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        valid.then(|| Some(v.to_string())).ok_or_else(|| "expected 1 to 64 of A-Z a-z 0-9 - _ .".to_string())
+    })?;
+    let size = setting("cluster-size", cli.cluster_size.take(), file.cluster_size.take(), 1, |v| {
+        parse_count(v, 1, 1024).map(|n| n as u32)
+    })?;
+    if nats.is_some() && !gateway {
+        return Err("shardgate: --cluster-nats carries gateway writes and purges: it needs --origin".to_string());
+    }
+    if redis.is_none() && nats.is_none() {
+        return Ok(None);
+    }
+    let node_id = node_id.unwrap_or_else(hostname);
+    Ok(Some(ClusterConfig { redis, nats, node_id, size }))
+}
+
+/// `SCHEME://HOST:PORT` with a non-empty host and a port.
+fn parse_service_url(value: &str, scheme: &str) -> Result<String, String> {
+    let expected = || format!("expected {scheme}://HOST:PORT");
+    let rest = value.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")).ok_or_else(expected)?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(expected)?;
+    if host.is_empty() || host.contains(['/', '@', ' ']) || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(expected());
+    }
+    Ok(value.to_string())
+}
+
+/// The machine's hostname, the default `--node-id`.
+fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String =
+        name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).take(64).collect();
+    if name.is_empty() {
+        "shardgate".to_string()
+    } else {
+        name
+    }
 }
 
 fn parse_format(value: &str) -> Result<LogFormat, String> {

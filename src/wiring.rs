@@ -66,10 +66,20 @@ pub fn run(config: Config) -> Result<()> {
         },
         access_log: config.access_log.clone(),
         gateway: config.gateway.clone(),
+        cluster: config.cluster.clone(),
     };
     if let Some(gateway) = &config.gateway {
         let origins: Vec<&str> = gateway.origins.iter().map(|o| o.url.as_str()).collect();
         logging::info("gateway mode", &[("origins", &origins.join(",")), ("async_writes", &gateway.async_writes)]);
+    }
+    if let Some(cluster) = &config.cluster {
+        let services = [("redis", &cluster.redis), ("nats", &cluster.nats)];
+        let named: Vec<String> =
+            services.iter().filter_map(|(name, url)| url.as_ref().map(|url| format!("{name}={url}"))).collect();
+        logging::info(
+            "cluster mode",
+            &[("node", &cluster.node_id), ("size", &cluster.size), ("services", &named.join(","))],
+        );
     }
     let server = server::start(server_config)?;
     let mut stdout = std::io::stdout().lock();

@@ -375,7 +375,7 @@ impl Recorder {
         self.progress.responses.fetch_add(1, Ordering::Relaxed);
         self.progress.errors.fetch_add(u64::from(bad), Ordering::Relaxed);
         self.recorded += 1;
-        if self.recorded % 1024 == 0 {
+        if self.recorded.is_multiple_of(1024) {
             let p99 = self.result.stats.latency_us.value_at_quantile(0.99);
             self.progress.p99_us.fetch_max(p99, Ordering::Relaxed);
         }

@@ -42,6 +42,23 @@ pub struct ServerConfig {
     pub access_log: AccessLogConfig,
     /// Gateway mode (docs/spec.md §7): `Some` when `--origin` is given.
     pub gateway: Option<GatewayConfig>,
+    /// Several nodes together (docs/spec.md §8): `Some` when
+    /// `--cluster-redis` or `--cluster-nats` is given.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `--cluster-redis`, `--cluster-nats`, `--node-id`, `--cluster-size`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT`: global rate limits.
+    pub redis: Option<String>,
+    /// `nats://HOST:PORT` (JetStream enabled): writes, their statuses, purges.
+    pub nats: Option<String>,
+    /// This node's name in purge notices and logs.
+    pub node_id: String,
+    /// Nodes behind the router: while Redis is unreachable each node
+    /// enforces its limits divided by this.
+    pub size: u32,
 }
 
 /// `--access-log` and `--access-log-format`.

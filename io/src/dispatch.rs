@@ -14,12 +14,14 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use shardgate_http::codec::{Method, Request};
 use shardgate_http::fields::split_target;
 use shardgate_http::response::{Extra, RateHeaders, Response};
 
+use crate::cluster::Link;
 use crate::core::{Answer, Core, Forward, LeaseTicket, Message, Reply};
 use crate::gateway::{self, Gateway, ProxyRequest};
 use crate::kv::{self, KV_PREFIX};
@@ -60,9 +62,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(core: Rc<Core>) -> Dispatcher {
-        let limiter = Rc::new(RateLimiter::new(Rc::clone(&core)));
-        let gateway = core.config().gateway.as_ref().map(|config| Rc::new(Gateway::new(Rc::clone(&core), config)));
+    /// `cluster`: the link to the other nodes' services (cluster mode).
+    pub fn new(core: Rc<Core>, cluster: Option<Arc<Link>>) -> Dispatcher {
+        let limiter = Rc::new(RateLimiter::new(Rc::clone(&core), cluster.clone()));
+        let gateway =
+            core.config().gateway.as_ref().map(|config| Rc::new(Gateway::new(Rc::clone(&core), config, cluster)));
         Dispatcher { core, limiter, gateway }
     }
 
@@ -169,7 +173,10 @@ impl Dispatcher {
         let mut leases_answered = false;
         while let Some(reply) = mesh.pop_reply(id) {
             if let Some((ticket, decision)) = self.core.forwards().deliver(reply) {
-                self.limiter.record_grant(ticket, decision, now_ms);
+                match decision {
+                    Some(decision) => self.limiter.record_grant(ticket, decision, now_ms),
+                    None => self.limiter.record_unavailable(ticket),
+                }
                 leases_answered = true;
             }
             handled += 1;
@@ -195,10 +202,16 @@ impl Dispatcher {
                 let gateway = self.gateway.as_ref().expect("purges reach gateway cores only");
                 gateway::purge_key(gateway, hash, &key);
             }
-            Message::PurgeTags { tags, soft } => {
+            Message::PurgeTags { tags, soft, reply } => {
                 let gateway = self.gateway.as_ref().expect("purges reach gateway cores only");
                 let purged = gateway::purge_tags(gateway, &tags, soft);
-                mesh.reply(source, Reply { token, answer: Answer::Purged(purged) });
+                if reply {
+                    mesh.reply(source, Reply { token, answer: Answer::Purged(purged) });
+                }
+            }
+            Message::Deliver { write, id, retry, reply } => {
+                let gateway = self.gateway.as_ref().expect("cluster writes reach gateway cores only");
+                monoio::spawn(gateway::writes::deliver_from_cluster(Rc::clone(gateway), write, id, retry, reply));
             }
             Message::Gateway(request) => {
                 let gateway = self.gateway.as_ref().expect("gateway requests reach gateway cores only");

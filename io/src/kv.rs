@@ -47,7 +47,7 @@ impl Pending {
             Pending::Remote { reply, owner } => match reply.await {
                 Answer::Kv(Ok(outcome)) => kv_response(outcome, owner, shard_count),
                 Answer::Kv(Err(refusal)) => with_shard(refusal, owner, shard_count),
-                Answer::Lease(_) | Answer::Gateway(_) | Answer::Purged(_) => {
+                Answer::Lease(_) | Answer::LeaseUnavailable | Answer::Gateway(_) | Answer::Purged(_) => {
                     unreachable!("a key-value op is answered with an outcome")
                 }
             },

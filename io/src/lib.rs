@@ -9,6 +9,8 @@
 //! - features, side by side: [`kv`] (the key-value API), [`limit`]
 //!   (per-client rate limiting), [`gateway`] (the caching reverse proxy
 //!   and its asynchronous writes).
+//! - [`cluster`]: the link to the other nodes' services (Redis, NATS
+//!   JetStream) through a side thread; nothing runs without the cluster flags.
 //! - [`core`]: one core's state: its store, its forwarded requests, its
 //!   connections, its clock.
 //! - [`origin`]: the origin client (pool, timeouts, balancing, breakers,
@@ -24,6 +26,7 @@
 //! are `shardgate-shards`.
 
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod core;

@@ -8,6 +8,12 @@
 //! when a lease runs out, so a client pays one cross-core round trip per
 //! lease, not per request.
 //!
+//! In a cluster with `--cluster-redis` (docs/spec.md §8), Redis is every
+//! identity's owner: every core of every node leases from it (through the
+//! cluster's side thread) and no core decides alone. While Redis is
+//! unreachable, each node goes back to the rules above with every limit
+//! divided by `--cluster-size`.
+//!
 //! A request that needs a lease is not consumed: [`RateLimiter::check`]
 //! returns [`Admission::Wait`], the connection finishes the responses
 //! before it, waits for the lease, then decodes the same request again and
@@ -17,6 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use shardgate_http::codec::{Method, Request};
@@ -25,6 +32,7 @@ use shardgate_shards::quota::{self, identity_of_address, identity_of_key};
 use shardgate_shards::ratelimit::{AskPlan, Class, Decision, LeaseCheck, Leases, Limiter, Policy, Unused};
 use shardgate_shards::route::shard_for_hash;
 
+use crate::cluster::Link;
 use crate::config::RateLimits;
 use crate::core::{Core, LeaseTicket, Message};
 use crate::runtime::mesh::{FORWARD_QUEUE_ENTRIES, REPLY_QUEUE_ENTRIES};
@@ -51,6 +59,8 @@ struct Subject {
 /// and the permits it leased from other shards.
 pub struct RateLimiter {
     core: Rc<Core>,
+    /// The cluster link when `--cluster-redis` is set.
+    redis: Option<Arc<Link>>,
     limits: RateLimits,
     /// Rate-limit windows of the client identities this shard owns.
     limiter: RefCell<Limiter>,
@@ -67,7 +77,7 @@ pub struct RateLimiter {
 pub const LEASE_WAITS_MAX: usize = 4096;
 
 impl RateLimiter {
-    pub fn new(core: Rc<Core>) -> RateLimiter {
+    pub fn new(core: Rc<Core>, cluster: Option<Arc<Link>>) -> RateLimiter {
         let limits = core.config().rate_limits.clone();
         let shard_count = core.shard_count();
         let slots = limits.slots_per_shard(shard_count);
@@ -77,19 +87,54 @@ impl RateLimiter {
             waiters: RefCell::new(Vec::new()),
             waiting: Cell::new(0),
             limits,
+            redis: cluster.filter(|link| link.config().redis.is_some()),
             core,
+        }
+    }
+
+    /// Whether Redis decides now (cluster mode, Redis reachable).
+    fn global(&self) -> bool {
+        self.redis.as_ref().is_some_and(|link| link.redis_up())
+    }
+
+    /// What each limit is divided by: the cluster's size while Redis,
+    /// configured, is unreachable; else 1.
+    fn divisor(&self, global: bool) -> u32 {
+        match &self.redis {
+            Some(link) if !global => link.config().size,
+            _ => 1,
         }
     }
 
     /// Decides `request` against its identity's limits.
     pub fn check(self: &Rc<Self>, request: &Request<'_>, peer: Option<IpAddr>, now_ms: u64) -> Admission {
-        let Some(subject) = subject(&self.limits, request, peer, self.core.shard_count()) else {
-            return Admission::Pass(None);
+        let global = self.global();
+        match self.check_with(request, peer, now_ms, global) {
+            Some(admission) => admission,
+            // Redis could not be asked: this node decides alone.
+            None => self.check_with(request, peer, now_ms, false).expect("a node decides alone"),
+        }
+    }
+
+    /// Decides with Redis as every identity's owner (`global`), or with
+    /// this node's shards; None when Redis could not be asked.
+    fn check_with(
+        self: &Rc<Self>,
+        request: &Request<'_>,
+        peer: Option<IpAddr>,
+        now_ms: u64,
+        global: bool,
+    ) -> Option<Admission> {
+        let divisor = self.divisor(global);
+        let Some(subject) = subject(&self.limits, request, peer, self.core.shard_count(), divisor) else {
+            return Some(Admission::Pass(None));
         };
-        let local = subject.owner == self.core.id();
+        let local = subject.owner == self.core.id() && !global;
         if !local {
-            if let Some(admission) = self.ask_leases(&subject, now_ms) {
-                return admission;
+            match self.ask_leases(&subject, now_ms, global) {
+                Asked::Decide => {}
+                Asked::Then(admission) => return Some(admission),
+                Asked::Unreachable => return None,
             }
         }
         let mut headers = RateHeaders::default();
@@ -122,7 +167,7 @@ impl RateLimiter {
         let metrics = self.core.metrics();
         if retry_after_ms == 0 {
             metrics.rate_allowed();
-            return Admission::Pass(Some(headers));
+            return Some(Admission::Pass(Some(headers)));
         }
         metrics.rate_limited();
         let retry_after_s = retry_after_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32;
@@ -131,28 +176,42 @@ impl RateLimiter {
             retry_after_s: Some(retry_after_s),
             ..Response::problem_typed(429, PROBLEM_TYPE_QUOTA_EXCEEDED, &detail)
         };
-        Admission::Refuse(response, Some(headers))
+        Some(Admission::Refuse(response, Some(headers)))
     }
 
-    /// Asks the owner for the leases this core lacks to decide `subject`.
-    /// Returns None when it can decide now, else what to do meanwhile.
-    fn ask_leases(self: &Rc<Self>, subject: &Subject, now_ms: u64) -> Option<Admission> {
+    /// Asks the owner (Redis when `global`) for the leases this core lacks
+    /// to decide `subject`.
+    fn ask_leases(self: &Rc<Self>, subject: &Subject, now_ms: u64, global: bool) -> Asked {
         let mut waits = [None, None];
         let mut unused = Vec::new();
         let mut refusal = None;
+        let mut unreachable = false;
         for (slot, &(class, policy)) in subject.checks.iter().flatten().enumerate() {
             let identity = subject.identity;
             let mut leases = self.leases.borrow_mut();
             if leases.can_decide(now_ms, identity, class) {
                 continue;
             }
-            let want_max = quota::lease_permits(policy, self.core.shard_count());
+            let lessees =
+                self.core.shard_count() * self.redis.as_ref().filter(|_| global).map_or(1, |l| l.config().size);
+            let want_max = quota::lease_permits(policy, lessees);
             match leases.ask(now_ms, identity, class, policy, want_max, &mut unused) {
                 AskPlan::Follow => {}
                 AskPlan::Send { want } => {
                     drop(leases);
                     let ticket = LeaseTicket { identity, class, policy };
-                    if let Err(overloaded) = self.core.forwards().ask(subject.owner, ticket, want) {
+                    if let Some(link) = self.redis.as_ref().filter(|_| global) {
+                        let source = self.core.id();
+                        let sent = self
+                            .core
+                            .forwards()
+                            .ask_elsewhere(ticket, |token| link.lease(source, token, ticket, want, now_ms));
+                        if !sent {
+                            self.leases.borrow_mut().cancel_ask(identity, class);
+                            unreachable = true;
+                            break;
+                        }
+                    } else if let Err(overloaded) = self.core.forwards().ask(subject.owner, ticket, want) {
                         self.leases.borrow_mut().cancel_ask(identity, class);
                         refusal = Some(overloaded);
                         break;
@@ -169,19 +228,22 @@ impl RateLimiter {
         for permits in unused {
             self.give_back(permits, now_ms);
         }
+        if unreachable {
+            return Asked::Unreachable;
+        }
         if let Some(response) = refusal {
-            return Some(Admission::Refuse(response, None));
+            return Asked::Then(Admission::Refuse(response, None));
         }
         if waits.iter().all(Option::is_none) {
-            return None;
+            return Asked::Decide;
         }
         if self.waiting.get() >= LEASE_WAITS_MAX {
             self.core.metrics().shed();
             let response = Response::overloaded("too many requests wait for rate-limit leases on this core");
-            return Some(Admission::Refuse(response, None));
+            return Asked::Then(Admission::Refuse(response, None));
         }
         self.waiting.set(self.waiting.get() + 1);
-        Some(Admission::Wait(LeaseWait { limiter: Rc::clone(self), waits }))
+        Asked::Then(Admission::Wait(LeaseWait { limiter: Rc::clone(self), waits }))
     }
 
     /// The owner's side of a lease request: grants up to `want` permits.
@@ -198,6 +260,13 @@ impl RateLimiter {
         self.leases.borrow_mut().grant(now_ms, ticket.identity, ticket.class, decision, lifetime_ms);
     }
 
+    /// Redis did not answer this core's lease request: the waiting
+    /// requests decide again (with the node's own limit, Redis now being
+    /// marked unreachable).
+    pub fn record_unavailable(&self, ticket: LeaseTicket) {
+        self.leases.borrow_mut().cancel_ask(ticket.identity, ticket.class);
+    }
+
     /// Wakes the connections waiting for lease answers.
     pub fn wake_waiters(&self) {
         for waker in self.waiters.borrow_mut().drain(..) {
@@ -211,6 +280,10 @@ impl RateLimiter {
     /// never take the second half of an owner's queue, so a burst of
     /// expiring leases cannot shed requests.
     pub fn give_back(&self, unused: Unused, now_ms: u64) {
+        if let Some(link) = self.redis.as_ref().filter(|_| self.global()) {
+            link.give_back(unused, now_ms);
+            return;
+        }
         let owner = shard_for_hash(unused.identity, self.core.shard_count());
         if owner == self.core.id() {
             self.limiter.borrow_mut().give_back(now_ms, unused);
@@ -238,8 +311,25 @@ impl RateLimiter {
     }
 }
 
-/// The identity and the policies of `request`, or None when no limit applies.
-fn subject(limits: &RateLimits, request: &Request<'_>, peer: Option<IpAddr>, shard_count: u32) -> Option<Subject> {
+/// What asking for leases came to.
+enum Asked {
+    /// Leases in hand: decide now.
+    Decide,
+    /// Refuse, or wait for an answer.
+    Then(Admission),
+    /// Redis could not be asked.
+    Unreachable,
+}
+
+/// The identity and the policies of `request` (each limit divided by
+/// `divisor`, at least 1), or None when no limit applies.
+fn subject(
+    limits: &RateLimits,
+    request: &Request<'_>,
+    peer: Option<IpAddr>,
+    shard_count: u32,
+    divisor: u32,
+) -> Option<Subject> {
     let all = match request.x_api_key {
         Some(key) if !limits.keys.is_empty() => limits.keys.get(key).copied().unwrap_or(limits.all),
         _ => limits.all,
@@ -259,10 +349,11 @@ fn subject(limits: &RateLimits, request: &Request<'_>, peer: Option<IpAddr>, sha
             identity_of_address(forwarded.or(peer)?)
         }
     };
+    let divided = |p: Policy| Policy { limit: (p.limit / divisor).max(1), ..p };
     Some(Subject {
         identity,
         owner: shard_for_hash(identity, shard_count),
-        checks: [all.map(|p| (Class::All, p)), writes.map(|p| (Class::Writes, p))],
+        checks: [all.map(|p| (Class::All, divided(p))), writes.map(|p| (Class::Writes, divided(p)))],
     })
 }
 

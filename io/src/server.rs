@@ -21,6 +21,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use shardgate_shards::compaction::SegmentBook;
 use shardgate_shards::kv::KvShard;
 
+use crate::cluster::Link;
 use crate::config::{Driver, GatewayConfig, OriginLimit, ServerConfig};
 use crate::conn;
 use crate::core::{Answer, Core, CoreMesh, Reply, Shared};
@@ -57,6 +58,8 @@ pub enum StartError {
     Shard { shard: u32, source: io::Error },
     #[error("cannot open --access-log: {source}")]
     AccessLog { source: io::Error },
+    #[error("cannot start the cluster thread: {source}")]
+    Cluster { source: io::Error },
 }
 
 /// What one shard reported at start.
@@ -142,24 +145,37 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         |g| g.origins.iter().map(|_| Arc::new(Health::new(g.health.interval))).collect(),
     );
     let access_log = AccessLog::start(&config.access_log).map_err(|source| StartError::AccessLog { source })?;
+    let mut metrics = Metrics::new(shard_count).with_origins(origin_urls.unwrap_or_default());
+    if config.cluster.is_some() {
+        metrics = metrics.with_cluster();
+    }
     let shared = Shared {
         access_log: access_log.clone(),
         config: Arc::new(config),
         mesh: Arc::new(CoreMesh::new(shard_count)),
-        metrics: Arc::new(Metrics::new(shard_count).with_origins(origin_urls.unwrap_or_default())),
+        metrics: Arc::new(metrics),
         heartbeats: Arc::new(Heartbeats::new(shard_count)),
         origin_slots,
         origin_health,
+    };
+    let cluster = match shared.config.cluster.clone() {
+        Some(cluster) => {
+            let write_retries = shared.config.gateway.as_ref().map_or(1, |g| g.write_retries);
+            let mesh = Arc::clone(&shared.mesh);
+            let link = Link::start(cluster, mesh, Arc::clone(&shared.metrics), write_retries);
+            Some(link.map_err(|source| StartError::Cluster { source })?)
+        }
+        None => None,
     };
     watchdog::spawn(Arc::clone(&shared.heartbeats)).map_err(|source| StartError::Shard { shard: 0, source })?;
     let (report_tx, report_rx) = mpsc::channel();
     let mut threads = Vec::new();
     for (shard, listener) in (0..shard_count).zip(listeners) {
         let cpu = shared.config.cpus[shard as usize];
-        let (shared, report_tx) = (shared.clone(), report_tx.clone());
+        let (shared, report_tx, cluster) = (shared.clone(), report_tx.clone(), cluster.clone());
         let thread = std::thread::Builder::new()
             .name(format!("shardgate-{shard}"))
-            .spawn(move || run_thread(shard, cpu, shared, listener, report_tx))
+            .spawn(move || run_thread(shard, cpu, (shared, cluster), listener, report_tx))
             .map_err(|source| StartError::Shard { shard, source })?;
         threads.push(thread);
     }
@@ -198,13 +214,16 @@ fn origin_slots(gateway: Option<&GatewayConfig>, shard_count: u32) -> Arc<[Arc<S
 
 type Report = Result<ShardInfo, StartError>;
 
-fn run_thread(shard: u32, cpu: usize, shared: Shared, listener: std::net::TcpListener, report: mpsc::Sender<Report>) {
+/// What every core starts from: the shared state and the cluster link.
+type Common = (Shared, Option<Arc<Link>>);
+
+fn run_thread(shard: u32, cpu: usize, common: Common, listener: std::net::TcpListener, report: mpsc::Sender<Report>) {
     if let Err(source) = pin_to_cpu(cpu) {
         let _ = report.send(Err(StartError::Shard { shard, source }));
         return;
     }
-    let driver = shared.config.driver;
-    let main = core_main(shard, cpu, shared, listener, report.clone());
+    let driver = common.0.config.driver;
+    let main = core_main(shard, cpu, common, listener, report.clone());
     let built = match driver {
         Driver::Uring(flags) => RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(RING_ENTRIES)
@@ -224,7 +243,7 @@ fn run_thread(shard: u32, cpu: usize, shared: Shared, listener: std::net::TcpLis
 async fn core_main(
     shard: u32,
     cpu: usize,
-    shared: Shared,
+    (shared, cluster): Common,
     listener: std::net::TcpListener,
     report: mpsc::Sender<Report>,
 ) {
@@ -242,7 +261,7 @@ async fn core_main(
     // and takes no writes (dispatch refuses them before `ready`).
     let core = Rc::new(Core::new(shard, shared));
     core.conns().set_listener(listener_fd);
-    let dispatcher = Rc::new(Dispatcher::new(Rc::clone(&core)));
+    let dispatcher = Rc::new(Dispatcher::new(Rc::clone(&core), cluster));
     monoio::spawn(mailbox_loop(Rc::clone(&dispatcher)));
     monoio::spawn(ticker_loop(Rc::clone(&dispatcher)));
     monoio::spawn(recover_in_background(Rc::clone(&dispatcher), cpu));

@@ -4,6 +4,8 @@
 //! - [`route`]: the key hash and the owner-shard function. Stable across
 //!   versions: the durable log and future multi-node routing depend on it.
 //! - [`breaker`]: the per-origin circuit breaker (closed, open, half-open).
+//! - [`cluster`]: several nodes together: the Redis rate-limit scripts,
+//!   the JetStream write partitions and names, the purge notices.
 //! - [`compaction`]: per-segment live and dead bytes, record locations,
 //!   and which segment to compact next.
 //! - [`conditions`]: entity tags and `If-Match` / `If-None-Match` evaluation.
@@ -36,6 +38,7 @@
 //! out as values.
 
 pub mod breaker;
+pub mod cluster;
 pub mod compaction;
 pub mod conditions;
 pub mod evict;

@@ -190,20 +190,27 @@ pub enum WriteStatus {
     Delivered(u16),
     /// Given up; the reason.
     Failed(String),
+    /// Handed to the cluster's write stream (docs/spec.md §8), which
+    /// delivers it and keeps its final status; this node keeps only this.
+    Published,
 }
 
 impl WriteStatus {
-    /// `delivered {status}` or `failed {reason}`.
+    /// `delivered {status}`, `failed {reason}` or `published`.
     pub fn encode(&self) -> Bytes {
         match self {
             WriteStatus::Delivered(status) => Bytes::from(format!("delivered {status}")),
             WriteStatus::Failed(reason) => Bytes::from(format!("failed {reason}")),
+            WriteStatus::Published => Bytes::from_static(b"published"),
         }
     }
 
     /// The inverse of [`WriteStatus::encode`]; None for anything else.
     pub fn decode(bytes: &[u8]) -> Option<WriteStatus> {
         let text = std::str::from_utf8(bytes).ok()?;
+        if text == "published" {
+            return Some(WriteStatus::Published);
+        }
         match text.split_once(' ')? {
             ("delivered", status) => status.parse().ok().map(WriteStatus::Delivered),
             ("failed", reason) => Some(WriteStatus::Failed(reason.to_string())),

@@ -241,3 +241,41 @@ fn the_admin_token_comes_from_a_file_and_is_never_echoed() {
     let error = resolve_args(&["--admin-token-file", blank.to_str().unwrap()], "").unwrap_err();
     assert!(error.contains("invalid --admin-token-file") && error.contains("value not shown"), "{error}");
 }
+
+#[test]
+fn cluster_flags_and_their_errors() {
+    assert!(resolve_args(&[], "").unwrap().cluster.is_none(), "no service: no cluster");
+    let origin = ["--origin", "http://127.0.0.1:9001"];
+    let args = [
+        &origin[..],
+        &["--cluster-redis", "redis://10.0.0.5:6379", "--cluster-nats", "nats://nats.local:4222"],
+        &["--node-id", "edge-1.b", "--cluster-size", "3"],
+    ]
+    .concat();
+    let cluster = resolve_args(&args, "").unwrap().cluster.expect("a cluster");
+    assert_eq!(cluster.redis.as_deref(), Some("redis://10.0.0.5:6379"));
+    assert_eq!(cluster.nats.as_deref(), Some("nats://nats.local:4222"));
+    assert_eq!((cluster.node_id.as_str(), cluster.size), ("edge-1.b", 3));
+    // Redis alone works in key-value mode too; the node id defaults to the hostname.
+    let file = "cluster_redis = \"redis://127.0.0.1:6390\"\ncluster_size = 2";
+    let cluster = resolve_args(&[], file).unwrap().cluster.expect("a cluster");
+    assert!(cluster.nats.is_none() && cluster.size == 2 && !cluster.node_id.is_empty());
+    let cases: [(&[&str], &str); 9] = [
+        (&["--cluster-redis", "127.0.0.1:6379"], "invalid --cluster-redis '127.0.0.1:6379'"),
+        (&["--cluster-redis", "redis://:6379"], "invalid --cluster-redis"),
+        (&["--cluster-redis", "redis://host:0"], "invalid --cluster-redis"),
+        (&["--cluster-redis", "redis://host"], "invalid --cluster-redis"),
+        (&["--cluster-redis", "nats://host:1"], "invalid --cluster-redis"),
+        (
+            &["--cluster-nats", "nats://host:4222"],
+            "--cluster-nats carries gateway writes and purges: it needs --origin",
+        ),
+        (&["--cluster-redis", "redis://h:1", "--node-id", "a b"], "invalid --node-id 'a b'"),
+        (&["--cluster-redis", "redis://h:1", "--cluster-size", "0"], "invalid --cluster-size '0'"),
+        (&["--cluster-redis", "redis://h:1", "--cluster-size", "1025"], "invalid --cluster-size '1025'"),
+    ];
+    for (bad, expected) in cases {
+        let error = resolve_args(bad, "").unwrap_err();
+        assert!(error.contains(expected), "{bad:?}: {error}");
+    }
+}

@@ -7,6 +7,7 @@ mod backpressure;
 mod bench;
 mod caching;
 mod cli;
+mod cluster;
 mod durability;
 mod gateway;
 mod hardening;

@@ -20,6 +20,7 @@ use shardgate_http::response::Response;
 use shardgate_shards::kv::{Op, Outcome};
 use shardgate_shards::ratelimit::{Class, Decision, Policy, Unused};
 use slab::Slab;
+use tokio::sync::oneshot;
 
 use crate::runtime::mesh::{Mesh, REPLY_QUEUE_ENTRIES};
 use crate::runtime::metrics::{Metrics, ShardMetrics};
@@ -46,8 +47,24 @@ pub enum Message {
     /// purge of a URL another core learnt of). No reply.
     Purge { hash: u64, key: Bytes },
     /// Purge every object carrying one of these surrogate keys; `soft`
-    /// makes them stale instead. Answered with the count.
-    PurgeTags { tags: Vec<Bytes>, soft: bool },
+    /// makes them stale instead. Answered with the count when `reply`
+    /// (another core's purge; another node's gets none).
+    PurgeTags { tags: Vec<Bytes>, soft: bool, reply: bool },
+    /// Deliver a write the cluster's stream handed this node (docs/spec.md
+    /// §8): `write` is its receipt and request as queued, `id` its
+    /// `Idempotency-Key`. One try; the outcome goes back on `reply`.
+    Deliver { write: Bytes, id: String, retry: bool, reply: oneshot::Sender<DeliveryOutcome> },
+}
+
+/// What one delivery of a write from the cluster's stream came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The origin answered with this status.
+    Answered(u16),
+    /// No answer: the reason (connect failure, timeout, open breaker).
+    Failed(String),
+    /// The origin's retry budget refused a redelivery: try later.
+    Refused,
 }
 
 /// The owner's answer, addressed by the source core's token.
@@ -63,6 +80,9 @@ pub enum Answer {
     Kv(Result<Outcome, Response>),
     /// The permits granted (possibly none) and the window's state.
     Lease(Decision),
+    /// Redis did not answer a lease request (cluster mode): decide with
+    /// the node's own limit instead.
+    LeaseUnavailable,
     /// A gateway request's response.
     Gateway(Response),
     /// Objects a tag purge reached on the owner.
@@ -123,6 +143,18 @@ impl Forwards {
         self.post(owner, token, Message::Lease { identity, class, policy, want })
     }
 
+    /// A lease request that `send` hands to someone other than a shard
+    /// (the cluster's Redis), who answers through this core's reply queue
+    /// with the token it is given. False when it could not be sent.
+    pub fn ask_elsewhere(&self, ticket: LeaseTicket, send: impl FnOnce(u32) -> bool) -> bool {
+        let Ok(token) = self.reserve(Some(ticket)) else { return false };
+        if !send(token as u32) {
+            self.pending.borrow_mut().remove(token);
+            return false;
+        }
+        true
+    }
+
     /// Sends a message that gets no reply, while `owner`'s inbound queue
     /// holds fewer than `depth_max`. Returns whether it went.
     pub fn notify(&self, owner: u32, message: Message, depth_max: usize) -> bool {
@@ -156,12 +188,17 @@ impl Forwards {
 
     /// Hands a reply to its waiting request. Returns the ticket and answer
     /// of a lease request, which its sender records (nobody awaits it).
-    pub fn deliver(&self, reply: Reply) -> Option<(LeaseTicket, Decision)> {
+    /// An unanswered lease request (Redis unreachable) comes back with no
+    /// decision.
+    pub fn deliver(&self, reply: Reply) -> Option<(LeaseTicket, Option<Decision>)> {
         let token = reply.token as usize;
         let mut pending = self.pending.borrow_mut();
         let slot = pending.get_mut(token).expect("reply for a token in flight");
-        if let (Some(ticket), Answer::Lease(decision)) = (slot.lease, &reply.answer) {
-            let decision = *decision;
+        if let Some(ticket) = slot.lease {
+            let decision = match reply.answer {
+                Answer::Lease(decision) => Some(decision),
+                _ => None,
+            };
             pending.remove(token);
             return Some((ticket, decision));
         }

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use shardgate_http::response::{DateCache, Response};
 
 pub use conns::{Conns, Phase, Timeouts};
-pub use forwards::{Answer, CoreMesh, Forward, Forwards, LeaseTicket, Message, Reply, ReplyFuture};
+pub use forwards::{Answer, CoreMesh, DeliveryOutcome, Forward, Forwards, LeaseTicket, Message, Reply, ReplyFuture};
 
 use crate::config::ServerConfig;
 use crate::origin::Health;

@@ -40,7 +40,9 @@ fn serve(mesh: &CoreMesh, owner: u32, limiter: &mut Limiter, now_ms: u64) -> usi
                 limiter.give_back(now_ms, unused);
                 continue;
             }
-            Message::Gateway(_) | Message::Purge { .. } | Message::PurgeTags { .. } => unreachable!("no gateway here"),
+            Message::Gateway(_) | Message::Purge { .. } | Message::PurgeTags { .. } | Message::Deliver { .. } => {
+                unreachable!("no gateway here")
+            }
         };
         mesh.reply(source, Reply { token, answer });
     }
@@ -121,7 +123,7 @@ fn leases_are_charged_by_the_owner_and_given_back() {
         let reply = mesh.pop_reply(1).expect("the owner answered");
         let (answered, decision) = asker.deliver(reply).expect("a lease answer is handed back");
         assert_eq!(answered, ticket);
-        leases.grant(now_ms, identity, Class::All, decision, 1000);
+        leases.grant(now_ms, identity, Class::All, decision.expect("an owner always decides"), 1000);
         assert!(!leases.is_asking(identity, Class::All), "the answer was recorded on arrival");
         let mut spent = 0;
         loop {

@@ -44,6 +44,7 @@ use shardgate_http::origin::CacheFields;
 use shardgate_http::proxy::cache_key;
 pub use shardgate_http::proxy::{ProxyRequest, Validators};
 use shardgate_http::response::{Extra, Forward, Response};
+use shardgate_shards::cluster::Purge;
 use shardgate_shards::httpcache::{Lookup, State};
 use shardgate_shards::queued;
 use shardgate_shards::route::{key_hash, shard_for_hash};
@@ -151,9 +152,13 @@ async fn purge(gateway: &Rc<Gateway>, request: &ProxyRequest) -> (Response, Cach
         return (refused, CacheResult::Bypass);
     }
     let Some(keys) = request.field_value(b"surrogate-key") else {
-        let response = match gateway.cache.borrow_mut().remove(request.hash) {
-            true => Response::text(200, "purged\n"),
-            false => Response::problem(404, "nothing stored under this key"),
+        let removed = gateway.cache.borrow_mut().remove(request.hash);
+        let told = tell_nodes(gateway, Purge::Key { hash: request.hash, key: request.key.clone() });
+        let response = match (removed, told) {
+            (true, _) => Response::text(200, "purged\n"),
+            // Another node may hold it: it drops it when the notice arrives.
+            (false, true) => Response::text(202, "not stored on this node; sent to every other node\n"),
+            (false, false) => Response::problem(404, "nothing stored under this key"),
         };
         return (response, CacheResult::Bypass);
     };
@@ -164,6 +169,7 @@ async fn purge(gateway: &Rc<Gateway>, request: &ProxyRequest) -> (Response, Cach
         return (Response::problem(400, &detail), CacheResult::Bypass);
     }
     let soft = request.field(b"soft-purge").is_some_and(|v| v.trim_ascii() == b"1");
+    tell_nodes(gateway, Purge::Tags { tags: tags.clone(), soft });
     let purged = purge_tags_everywhere(gateway, tags, soft).await;
     let body = format!("{{\"purged\":{purged},\"soft\":{soft}}}");
     let response = Response {
@@ -175,13 +181,25 @@ async fn purge(gateway: &Rc<Gateway>, request: &ProxyRequest) -> (Response, Cach
     (response, CacheResult::Bypass)
 }
 
+/// Sends a purge to the cluster's other nodes; false when there is no
+/// cluster (or NATS is unreachable: the other nodes miss it).
+fn tell_nodes(gateway: &Gateway, purge: Purge) -> bool {
+    match &gateway.cluster {
+        Some(link) if link.has_nats() && link.nats_up() => {
+            link.notice(purge);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Purges `tags` on this shard and every other; returns how many objects.
 pub async fn purge_tags_everywhere(gateway: &Rc<Gateway>, tags: Vec<Bytes>, soft: bool) -> u64 {
     let core = Rc::clone(gateway.core());
     let mut purged = purge_tags(gateway, &tags, soft);
     let mut replies = Vec::new();
     for shard in (0..core.shard_count()).filter(|&s| s != core.id()) {
-        match core.forward(shard, Message::PurgeTags { tags: tags.clone(), soft }) {
+        match core.forward(shard, Message::PurgeTags { tags: tags.clone(), soft, reply: true }) {
             Ok(reply) => replies.push(reply),
             // A full mailbox: that shard's share is counted as nothing
             // rather than waited for; the purge is refused by no one.
@@ -219,6 +237,7 @@ pub fn purge_key(gateway: &Gateway, hash: u64, key: &[u8]) {
 /// what is stored for them (RFC 9111 §4.4), on whichever shard owns them.
 fn invalidate(gateway: &Gateway, request: &ProxyRequest, fields: &CacheFields) {
     gateway.cache.borrow_mut().remove(request.hash);
+    tell_nodes(gateway, Purge::Key { hash: request.hash, key: request.key.clone() });
     let host = request.field(b"host").map(<[u8]>::to_ascii_lowercase).unwrap_or_default();
     for location in [&fields.location, &fields.content_location].into_iter().flatten() {
         let Some(target) = same_origin_target(location, &host) else { continue };
@@ -227,6 +246,7 @@ fn invalidate(gateway: &Gateway, request: &ProxyRequest, fields: &CacheFields) {
         }
         let key = cache_key(b"http", &host, &target);
         let hash = key_hash(&key);
+        tell_nodes(gateway, Purge::Key { hash, key: key.clone() });
         let core = gateway.core();
         let owner = shard_for_hash(hash, core.shard_count());
         if owner == core.id() {

@@ -18,6 +18,7 @@ use shardgate_shards::quota::identity_of;
 use super::flight::Flight;
 use super::writes_queue::Queue;
 use crate::admission::{Admission, AdmissionSettings};
+use crate::cluster::Link;
 use crate::config::GatewayConfig;
 use crate::core::Core;
 use crate::origin::health::ProbeSettings;
@@ -34,10 +35,12 @@ pub struct Gateway {
     pub(super) origins: Vec<Origin>,
     next_origin: Cell<usize>,
     pub(super) writes: RefCell<Queue>,
+    /// The other nodes' services (cluster mode): writes go through NATS.
+    pub(super) cluster: Option<Arc<Link>>,
 }
 
 impl Gateway {
-    pub fn new(core: Rc<Core>, config: &GatewayConfig) -> Gateway {
+    pub fn new(core: Rc<Core>, config: &GatewayConfig, cluster: Option<Arc<Link>>) -> Gateway {
         let cache_bytes = core.config().http_cache_bytes_per_shard();
         let overload = config.overload;
         let settings = AdmissionSettings {
@@ -68,6 +71,7 @@ impl Gateway {
             origins,
             next_origin: Cell::new(0),
             writes: RefCell::new(Queue::default()),
+            cluster,
         }
     }
 

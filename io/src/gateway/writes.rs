@@ -25,6 +25,16 @@
 //! the status record is durable delivers the write again. Every delivery
 //! carries `Idempotency-Key: {id}` so the origin can drop the repeat.
 //!
+//! # In a cluster
+//! With `--cluster-nats` (docs/spec.md §8) this shard's deliverers publish
+//! to the cluster's write stream instead of calling the origin, and the
+//! stream's consumers, on whichever nodes are alive, deliver (through
+//! [`deliver_from_cluster`] on the key's owner core). Under `sync` a write
+//! whose key has nothing queued here is published before its 202; the
+//! local record then says `published`, and its final status is the
+//! cluster's (the status bucket). While NATS is unreachable writes wait
+//! here, in order, and are published when it returns.
+//!
 //! The id is `{cache key hash:016x}-{sequence:x}`: the hash names the owner
 //! of `GET /_writes/{id}`. Each new sequence is above the previous one, above
 //! the largest found at start, and at least the current time in milliseconds
@@ -37,6 +47,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shardgate_http::response::{json_string, Extra, Proxied, Response};
+use shardgate_shards::cluster::Purge;
 use shardgate_shards::kv::{Op, Outcome};
 use shardgate_shards::kvapi::wants_sync;
 use shardgate_shards::queued::{
@@ -44,11 +55,13 @@ use shardgate_shards::queued::{
     WriteStatus, LEGACY_STATUS_CONTENT_TYPE, QUEUED_CONTENT_TYPE, STATUS_CONTENT_TYPE, TOKEN_BYTES, WRITE_KEY_PREFIX,
 };
 use shardgate_shards::record::{Record, RecordOp};
+use tokio::sync::oneshot;
 
 use shardgate_http::proxy::ProxyRequest;
 
 use super::state::{now_ms, send, Asker, Gateway};
 use crate::config::Durability;
+use crate::core::DeliveryOutcome;
 use crate::origin::OriginError;
 use crate::runtime::logging;
 use crate::runtime::metrics::CacheResult;
@@ -92,9 +105,10 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
     let mut value = Vec::with_capacity(encoded.len() + 32);
     receipt.encode(&mut value);
     value.extend_from_slice(&encoded);
+    let value = Bytes::from(value);
     let op = Op::Put {
         key: write_key(request.hash, sequence),
-        value: Bytes::from(value),
+        value: value.clone(),
         content_type: Bytes::from_static(QUEUED_CONTENT_TYPE),
         ttl_ms: None,
         conditions: Default::default(),
@@ -109,13 +123,20 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
     if let Some(end) = logged_end.filter(|_| sync) {
         store.durable(end).await;
     }
-    gateway.writes.borrow_mut().push(request.hash, sequence);
+    let id = format_id(request.hash, sequence, &receipt.token);
+    let published = sync && publish_now(gateway, request.hash, &id, &value).await;
+    if published {
+        let key = write_key(request.hash, sequence);
+        finish(gateway, key, Some(receipt), WriteStatus::Published, &value);
+    } else {
+        gateway.writes.borrow_mut().push(request.hash, sequence);
+        start_deliverer(gateway);
+    }
     // Invalidated on acceptance (RFC 9111 §4.4: a 202 is a non-error
     // answer) and again on delivery, so a copy fetched in between goes too.
     gateway.cache.borrow_mut().remove(request.hash);
-    start_deliverer(gateway);
+    notice_key(gateway, request.hash, &request.key);
     gateway.core.metrics().writes(gateway.writes.borrow().queued);
-    let id = format_id(request.hash, sequence, &receipt.token);
     let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
     let headers = format!("\r\nLocation: /_writes/{id}\r\nPreference-Applied: respond-async");
     let proxied =
@@ -129,6 +150,44 @@ pub async fn accept(gateway: &Rc<Gateway>, request: &ProxyRequest) -> Response {
     }
 }
 
+/// Longest a `sync` write waits for the cluster's stream before its 202
+/// (then it is delivered from the local log, published later).
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+/// Longest pause between tries to publish while NATS is unreachable.
+const PUBLISH_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Publishes a write to the cluster's stream at once when nothing of its
+/// key waits here (that would go first); true once the stream stored it.
+async fn publish_now(gateway: &Gateway, key_hash: u64, id: &str, value: &Bytes) -> bool {
+    let Some(link) = gateway.cluster.as_ref().filter(|link| link.has_nats()) else { return false };
+    if gateway.writes.borrow().by_key.contains_key(&key_hash) {
+        return false;
+    }
+    let Some(answer) = link.publish(id.to_string(), key_hash, value.clone()) else { return false };
+    matches!(monoio::time::timeout(PUBLISH_WAIT, answer).await, Ok(Ok(true)))
+}
+
+/// Tells the other nodes to drop what they store under this cache key.
+fn notice_key(gateway: &Gateway, hash: u64, key: &Bytes) {
+    if let Some(link) = &gateway.cluster {
+        link.notice(Purge::Key { hash, key: key.clone() });
+    }
+}
+
+/// What `GET /_writes/{id}` found.
+enum Seen {
+    Queued,
+    Finished(WriteStatus),
+}
+
+/// A write's receipt and status from the cluster's status bucket.
+async fn cluster_status(gateway: &Gateway, id: &[u8]) -> Option<(Receipt, WriteStatus)> {
+    let link = gateway.cluster.as_ref().filter(|link| link.has_nats())?;
+    let value = link.status(String::from_utf8_lossy(id).into_owned())?.await.ok()??;
+    let (receipt, status) = Receipt::decode(&value)?;
+    Some((receipt, WriteStatus::decode(status)?))
+}
+
 /// `GET /_writes/{id}` on the owner shard: answered only to the client
 /// that made the write (its id's token and its identity), or with the admin
 /// token; to anyone else the write does not exist (404).
@@ -137,11 +196,25 @@ pub async fn status(gateway: &Rc<Gateway>, request: &ProxyRequest, id_text: &[u8
     let Some(id) = parse_id(id_text) else {
         return not_found();
     };
-    let Some((value, content_type)) = read(gateway, write_key(id.key_hash, id.sequence)).await else {
-        return not_found();
-    };
-    let Some((receipt, payload)) = open_record(&content_type, &value) else {
-        return Response::problem(500, "unreadable write record");
+    let (receipt, seen) = match read(gateway, write_key(id.key_hash, id.sequence)).await {
+        Some((value, content_type)) => {
+            let Some((receipt, payload)) = open_record(&content_type, &value) else {
+                return Response::problem(500, "unreadable write record");
+            };
+            if is_queued(&content_type) {
+                (receipt, Seen::Queued)
+            } else {
+                match WriteStatus::decode(payload) {
+                    Some(status) => (receipt, Seen::Finished(status)),
+                    None => return Response::problem(500, "unreadable write status"),
+                }
+            }
+        }
+        // Accepted by another node of the cluster, perhaps.
+        None => match cluster_status(gateway, id_text).await {
+            Some((receipt, status)) => (Some(receipt), Seen::Finished(status)),
+            None => return not_found(),
+        },
     };
     let admin = gateway.is_admin(request);
     let allowed = match (receipt, id.token) {
@@ -156,6 +229,7 @@ pub async fn status(gateway: &Rc<Gateway>, request: &ProxyRequest, id_text: &[u8
     if !allowed {
         return not_found();
     }
+    let id_bytes = id_text;
     let id_text = String::from_utf8_lossy(id_text);
     let json = |state: &str, extra: &str| {
         let mut response = Response::text(200, "");
@@ -163,19 +237,23 @@ pub async fn status(gateway: &Rc<Gateway>, request: &ProxyRequest, id_text: &[u8
         response.body = Bytes::from(format!("{{\"id\":\"{id_text}\",\"status\":\"{state}\"{extra}}}"));
         response
     };
-    if is_queued(&content_type) {
-        return json("queued", "");
-    }
-    match WriteStatus::decode(payload) {
-        Some(WriteStatus::Delivered(origin_status)) => {
-            json("delivered", &format!(",\"origin_status\":{origin_status}"))
-        }
-        Some(WriteStatus::Failed(reason)) => {
+    let status = match seen {
+        Seen::Queued => return json("queued", ""),
+        // In the cluster's stream: its final status is the cluster's.
+        Seen::Finished(WriteStatus::Published) => match cluster_status(gateway, id_bytes).await {
+            Some((_, status)) => status,
+            None => WriteStatus::Published,
+        },
+        Seen::Finished(status) => status,
+    };
+    match status {
+        WriteStatus::Published => json("queued", ""),
+        WriteStatus::Delivered(origin_status) => json("delivered", &format!(",\"origin_status\":{origin_status}")),
+        WriteStatus::Failed(reason) => {
             let mut quoted = Vec::with_capacity(reason.len() + 2);
             json_string(&mut quoted, &reason);
             json("failed", &format!(",\"reason\":{}", String::from_utf8_lossy(&quoted)))
         }
-        None => Response::problem(500, "unreadable write status"),
     }
 }
 
@@ -317,6 +395,21 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
         Some(receipt) => format_id(key_hash, sequence, &receipt.token),
         None => format!("{key_hash:016x}-{sequence:x}"),
     };
+    // In a cluster the stream delivers (a legacy record, without a
+    // receipt, is still delivered from here).
+    if let Some(link) = gateway.cluster.as_ref().filter(|link| link.has_nats() && receipt.is_some()) {
+        let mut attempt = 0;
+        loop {
+            if let Some(answer) = link.publish(id.clone(), key_hash, encoded.clone()) {
+                if matches!(monoio::time::timeout(PUBLISH_WAIT, answer).await, Ok(Ok(true))) {
+                    finish(gateway, key, receipt, WriteStatus::Published, &encoded);
+                    return;
+                }
+            }
+            attempt += 1;
+            monoio::time::sleep(backoff(attempt, seed).min(PUBLISH_BACKOFF_MAX)).await;
+        }
+    }
     let tries = gateway.config.write_retries.max(1);
     let mut last_error = String::new();
     let mut attempt = 0;
@@ -354,6 +447,41 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
     let failed = WriteStatus::Failed(format!("after {tries} tries: {last_error}"));
     finish(gateway, key, receipt, failed, &encoded);
     gateway.core.metrics().write_done(false);
+}
+
+/// One delivery of a write the cluster's stream handed this node, on the
+/// owner core of its key; the outcome goes back to the stream's consumer,
+/// which acknowledges it or asks for it again (docs/spec.md §8).
+pub async fn deliver_from_cluster(
+    gateway: Rc<Gateway>,
+    write: Bytes,
+    id: String,
+    retry: bool,
+    reply: oneshot::Sender<DeliveryOutcome>,
+) {
+    let decoded = Receipt::decode(&write).and_then(|(_, rest)| QueuedWrite::decode(rest));
+    let Some(queued) = decoded else {
+        let _ = reply.send(DeliveryOutcome::Failed("unreadable queue record".to_string()));
+        return;
+    };
+    let write = ProxyRequest::from_queued(queued);
+    let asker = Asker { identity: write.hash, retry, wait: true };
+    let sent = send(&gateway, |host| write.encode_for_delivery(host, &id), None, true, true, asker).await;
+    let outcome = match sent.map(|sent| sent.exchanged.response) {
+        Ok(response) => {
+            if response.status < 400 {
+                gateway.cache.borrow_mut().remove(write.hash);
+                notice_key(&gateway, write.hash, &write.key);
+            }
+            if retry {
+                gateway.core.metrics().write_retried();
+            }
+            DeliveryOutcome::Answered(response.status)
+        }
+        Err(OriginError::RetryRefused) => DeliveryOutcome::Refused,
+        Err(error) => DeliveryOutcome::Failed(error.to_string()),
+    };
+    let _ = reply.send(outcome);
 }
 
 /// Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"):

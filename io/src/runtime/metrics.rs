@@ -571,16 +571,136 @@ const FAMILIES: [(&str, &str, &str, Field); 39] = [
     ),
 ];
 
+/// What a lease request to Redis came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseResult {
+    Granted = 0,
+    Refused = 1,
+    /// Redis did not answer in time: the core fell back to the node's limit.
+    Unavailable = 2,
+}
+
+/// What a delivery from the write stream came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryResult {
+    Delivered = 0,
+    Failed = 1,
+    /// Negatively acknowledged, to be delivered again after a backoff.
+    Retried = 2,
+    /// Already finished (a republished write): acknowledged, not sent.
+    Skipped = 3,
+}
+
+/// The cluster's counters (docs/spec.md §8), process-wide: written by the
+/// cluster's side thread and by any core, so they add atomically.
+#[derive(Default)]
+pub struct ClusterMetrics {
+    enabled: bool,
+    /// Redis, NATS: 1 while reachable.
+    up: [AtomicU64; 2],
+    leases: [AtomicU64; 3],
+    published: AtomicU64,
+    deliveries: [AtomicU64; 4],
+    notices_sent: AtomicU64,
+    notices_applied: AtomicU64,
+    queue_full: AtomicU64,
+}
+
+impl ClusterMetrics {
+    pub fn set_up(&self, service: usize, up: bool) {
+        self.up[service].store(u64::from(up), Relaxed);
+    }
+
+    pub fn lease(&self, result: LeaseResult) {
+        self.leases[result as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn published(&self) {
+        self.published.fetch_add(1, Relaxed);
+    }
+
+    pub fn delivery(&self, result: DeliveryResult) {
+        self.deliveries[result as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn notice_sent(&self) {
+        self.notices_sent.fetch_add(1, Relaxed);
+    }
+
+    pub fn notice_applied(&self) {
+        self.notices_applied.fetch_add(1, Relaxed);
+    }
+
+    pub fn queue_full(&self) {
+        self.queue_full.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        if !self.enabled {
+            return;
+        }
+        header(out, "shardgate_cluster_up", "gauge", "1 while the service (redis, nats) answers, else 0.");
+        for (service, up) in ["redis", "nats"].iter().zip(&self.up) {
+            let _ = writeln!(out, "shardgate_cluster_up{{service=\"{service}\"}} {}", up.load(Relaxed));
+        }
+        let name = "shardgate_cluster_leases_total";
+        header(out, name, "counter", "Rate-limit lease requests to Redis by result (granted, refused, unavailable).");
+        for (result, count) in ["granted", "refused", "unavailable"].iter().zip(&self.leases) {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", count.load(Relaxed));
+        }
+        let name = "shardgate_cluster_writes_published_total";
+        header(out, name, "counter", "Writes this node published to the write stream.");
+        let _ = writeln!(out, "{name} {}", self.published.load(Relaxed));
+        let name = "shardgate_cluster_deliveries_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Stream writes this node handled, by result (delivered, failed, retried, skipped).",
+        );
+        for (result, count) in ["delivered", "failed", "retried", "skipped"].iter().zip(&self.deliveries) {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", count.load(Relaxed));
+        }
+        let name = "shardgate_cluster_purge_notices_total";
+        header(out, name, "counter", "Purge notices sent to the other nodes and applied from them.");
+        let _ = writeln!(out, "{name}{{direction=\"sent\"}} {}", self.notices_sent.load(Relaxed));
+        let _ = writeln!(out, "{name}{{direction=\"applied\"}} {}", self.notices_applied.load(Relaxed));
+        let name = "shardgate_cluster_queue_full_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Requests a core could not hand to the cluster thread (its queue full); each took its fallback.",
+        );
+        let _ = writeln!(out, "{name} {}", self.queue_full.load(Relaxed));
+    }
+}
+
 /// All shards' metrics.
 pub struct Metrics {
     shards: Box<[ShardMetrics]>,
     /// The `--origin` URLs, labels of the breaker gauge (gateway mode).
     origins: Vec<String>,
+    cluster: ClusterMetrics,
 }
 
 impl Metrics {
     pub fn new(shard_count: u32) -> Metrics {
-        Metrics { shards: (0..shard_count).map(|_| ShardMetrics::default()).collect(), origins: Vec::new() }
+        Metrics {
+            shards: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
+            origins: Vec::new(),
+            cluster: ClusterMetrics::default(),
+        }
+    }
+
+    /// Shows the cluster's families in /metrics.
+    pub fn with_cluster(mut self) -> Metrics {
+        self.cluster.enabled = true;
+        self
+    }
+
+    pub fn cluster(&self) -> &ClusterMetrics {
+        &self.cluster
     }
 
     /// Names the origins whose breakers /metrics shows (at most [`ORIGINS_MAX`]).
@@ -638,6 +758,7 @@ impl Metrics {
             }
         }
         self.render_overload(&mut out, origins);
+        self.cluster.render(&mut out);
         header(&mut out, "shardgate_ready", "gauge", "1 when every shard is serving.");
         let _ = writeln!(out, "shardgate_ready {}", u8::from(ready));
         out

@@ -46,7 +46,11 @@ fn queued_writes_round_trip_and_truncation_is_refused() {
 
 #[test]
 fn statuses_round_trip() {
-    for status in [WriteStatus::Delivered(201), WriteStatus::Failed("after 3 tries: origin status 503".into())] {
+    for status in [
+        WriteStatus::Delivered(201),
+        WriteStatus::Published,
+        WriteStatus::Failed("after 3 tries: origin status 503".into()),
+    ] {
         assert_eq!(WriteStatus::decode(&status.encode()), Some(status));
     }
     for bad in [&b"delivered x"[..], b"queued", b"", b"delivered"] {

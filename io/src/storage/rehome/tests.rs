@@ -109,7 +109,7 @@ fn rehoming_moves_every_live_key_to_its_new_owner() {
                 let bytes = fs::read(path).unwrap();
                 record::scan(&bytes, |_, record| {
                     let i: u64 = std::str::from_utf8(&record.key[4..]).unwrap().parse().unwrap();
-                    let ttl = if i % 4 == 0 { Some(NOW_MS + 60_000) } else { None };
+                    let ttl = if i.is_multiple_of(4) { Some(NOW_MS + 60_000) } else { None };
                     assert_eq!(record.expires_at_ms, ttl, "key-{i}");
                 });
             }
