@@ -7,6 +7,11 @@
 //! a database pool does: at most that many requests are served at once,
 //! the others wait in its own queue (first in, first out). Its latency can
 //! be changed while it runs (`GET /_origin/latency?ms=N`), for brown-outs.
+//!
+//! Writes (any method but GET and HEAD) answered `200` are counted by
+//! their `Idempotency-Key`: `writes` distinct keys, `write_repeats` the
+//! answers to a key already answered (a gateway's at-least-once delivery
+//! repeating itself).
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -46,6 +51,9 @@ struct Counters {
     queued: Cell<usize>,
     queued_max: Cell<usize>,
     latency: Cell<Duration>,
+    /// `Idempotency-Key`s of the writes answered `200`.
+    writes: std::cell::RefCell<std::collections::HashSet<String>>,
+    write_repeats: Cell<u64>,
     waiters: std::cell::RefCell<std::collections::VecDeque<std::task::Waker>>,
 }
 
@@ -81,13 +89,15 @@ impl Counters {
     /// poller sees each interval's peak.
     fn stats(&self) -> String {
         let body = format!(
-            "{{\"requests\":{},\"in_flight\":{},\"in_flight_max\":{},\"queued\":{},\"queued_max\":{},\"latency_ms\":{}}}",
+            "{{\"requests\":{},\"in_flight\":{},\"in_flight_max\":{},\"queued\":{},\"queued_max\":{},\"latency_ms\":{},\"writes\":{},\"write_repeats\":{}}}",
             self.served.get(),
             self.in_flight.get(),
             self.in_flight_max.get(),
             self.queued.get(),
             self.queued_max.get(),
-            self.latency.get().as_millis()
+            self.latency.get().as_millis(),
+            self.writes.borrow().len(),
+            self.write_repeats.get()
         );
         self.in_flight_max.set(self.in_flight.get());
         self.queued_max.set(self.queued.get());
@@ -123,7 +133,7 @@ async fn connection(mut stream: TcpStream, config: Rc<OriginConfig>, served: Rc<
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut input: Vec<u8> = Vec::with_capacity(8192);
     loop {
-        let (head, body_length, method, path, if_none_match) = loop {
+        let (head, body_length, method, path, if_none_match, idempotency_key) = loop {
             match parse(&input) {
                 Ok(Some(parsed)) => break parsed,
                 Ok(None) if input.len() < HEAD_BYTES_MAX => {}
@@ -164,7 +174,13 @@ async fn connection(mut stream: TcpStream, config: Rc<OriginConfig>, served: Rc<
                 monoio::time::sleep(latency).await;
             }
             served.leave();
-            answer(&config, &method, &path, if_none_match.as_deref(), rng.random::<f64>() < config.error_rate)
+            let fail = rng.random::<f64>() < config.error_rate;
+            if let Some(key) = idempotency_key.filter(|_| !fail && !matches!(method.as_str(), "GET" | "HEAD")) {
+                if !served.writes.borrow_mut().insert(key) {
+                    served.write_repeats.set(served.write_repeats.get() + 1);
+                }
+            }
+            answer(&config, &method, &path, if_none_match.as_deref(), fail)
         };
         let (written, _) = stream.write_all(response.into_bytes()).await;
         if written.is_err() {
@@ -173,9 +189,10 @@ async fn connection(mut stream: TcpStream, config: Rc<OriginConfig>, served: Rc<
     }
 }
 
-type Parsed = (usize, usize, String, String, Option<String>);
+type Parsed = (usize, usize, String, String, Option<String>, Option<String>);
 
-/// Parses a request head: its length, body length, method, path, If-None-Match.
+/// Parses a request head: its length, body length, method, path,
+/// If-None-Match, Idempotency-Key.
 fn parse(input: &[u8]) -> Result<Option<Parsed>> {
     let mut fields = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut fields);
@@ -198,6 +215,7 @@ fn parse(input: &[u8]) -> Result<Option<Parsed>> {
         request.method.unwrap_or("GET").to_string(),
         request.path.unwrap_or("/").to_string(),
         if_none_match,
+        header("idempotency-key"),
     )))
 }
 
@@ -273,11 +291,12 @@ mod tests {
 
     #[test]
     fn parses_heads_with_bodies() {
-        let request = b"PUT /x HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nIf-None-Match: \"t\"\r\n\r\nabc";
-        let (head, body, method, path, tag) = parse(request).unwrap().unwrap();
+        let request =
+            b"PUT /x HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nIf-None-Match: \"t\"\r\nIdempotency-Key: w-1\r\n\r\nabc";
+        let (head, body, method, path, tag, key) = parse(request).unwrap().unwrap();
         assert_eq!(
-            (head + body, method.as_str(), path.as_str(), tag.as_deref()),
-            (request.len(), "PUT", "/x", Some("\"t\""))
+            (head + body, method.as_str(), path.as_str(), tag.as_deref(), key.as_deref()),
+            (request.len(), "PUT", "/x", Some("\"t\""), Some("w-1"))
         );
         assert!(parse(b"GET / HTTP/1.1\r\nHost").unwrap().is_none());
     }
