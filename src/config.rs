@@ -413,6 +413,7 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
     let log = log_settings(&mut cli, &mut file)?;
     let connection = connection_settings(&mut cli, &mut file)?;
     let cluster = cluster_settings(&mut cli, &mut file, gateway.is_some())?;
+    let access_log = access_log_settings(&mut cli, &mut file)?;
     Ok(Config {
         listen: setting("listen", cli.listen, file.listen, "127.0.0.1:8080".parse().expect("valid"), parse_address)?,
         shards: setting("shards", cli.shards, file.shards, None, |v| {
@@ -459,27 +460,38 @@ fn resolve(mut cli: Cli, mut file: File) -> Result<Config, String> {
         send_timeout: connection.send_timeout,
         backlog: connection.backlog,
         log_format: setting("log-format", cli.log_format, file.log_format, LogFormat::Text, parse_format)?,
-        access_log: AccessLogConfig {
-            target: setting("access-log", cli.access_log, file.access_log, AccessLogTarget::Off, |v| match v {
+        access_log,
+        gateway,
+        cluster,
+    })
+}
+
+/// `--access-log` and `--access-log-format`.
+fn access_log_settings(cli: &mut Cli, file: &mut File) -> Result<AccessLogConfig, String> {
+    Ok(AccessLogConfig {
+        target: setting(
+            "access-log",
+            cli.access_log.take(),
+            file.access_log.take(),
+            AccessLogTarget::Off,
+            |v| match v {
                 "off" => Ok(AccessLogTarget::Off),
                 "-" => Ok(AccessLogTarget::Stdout),
                 "" => Err("expected off, - or a file path".to_string()),
                 path => Ok(AccessLogTarget::File(PathBuf::from(path))),
-            })?,
-            format: setting(
-                "access-log-format",
-                cli.access_log_format,
-                file.access_log_format,
-                AccessLogFormat::Text,
-                |v| match v {
-                    "text" => Ok(AccessLogFormat::Text),
-                    "json" => Ok(AccessLogFormat::Json),
-                    _ => Err("expected text or json".to_string()),
-                },
-            )?,
-        },
-        gateway,
-        cluster,
+            },
+        )?,
+        format: setting(
+            "access-log-format",
+            cli.access_log_format.take(),
+            file.access_log_format.take(),
+            AccessLogFormat::Text,
+            |v| match v {
+                "text" => Ok(AccessLogFormat::Text),
+                "json" => Ok(AccessLogFormat::Json),
+                _ => Err("expected text or json".to_string()),
+            },
+        )?,
     })
 }
 

@@ -68,19 +68,7 @@ pub fn run(config: Config) -> Result<()> {
         gateway: config.gateway.clone(),
         cluster: config.cluster.clone(),
     };
-    if let Some(gateway) = &config.gateway {
-        let origins: Vec<&str> = gateway.origins.iter().map(|o| o.url.as_str()).collect();
-        logging::info("gateway mode", &[("origins", &origins.join(",")), ("async_writes", &gateway.async_writes)]);
-    }
-    if let Some(cluster) = &config.cluster {
-        let services = [("redis", &cluster.redis), ("nats", &cluster.nats)];
-        let named: Vec<String> =
-            services.iter().filter_map(|(name, url)| url.as_ref().map(|url| format!("{name}={url}"))).collect();
-        logging::info(
-            "cluster mode",
-            &[("node", &cluster.node_id), ("size", &cluster.size), ("services", &named.join(","))],
-        );
-    }
+    log_mode(&config);
     let server = server::start(server_config)?;
     let mut stdout = std::io::stdout().lock();
     for info in &server.shards {
@@ -102,6 +90,23 @@ pub fn run(config: Config) -> Result<()> {
     server.join();
     logging::info("stopped", &[]);
     Ok(())
+}
+
+/// One line each for gateway mode and cluster mode, naming what they use.
+fn log_mode(config: &Config) {
+    if let Some(gateway) = &config.gateway {
+        let origins: Vec<&str> = gateway.origins.iter().map(|o| o.url.as_str()).collect();
+        logging::info("gateway mode", &[("origins", &origins.join(",")), ("async_writes", &gateway.async_writes)]);
+    }
+    if let Some(cluster) = &config.cluster {
+        let services = [("redis", &cluster.redis), ("nats", &cluster.nats)];
+        let named: Vec<String> =
+            services.iter().filter_map(|(name, url)| url.as_ref().map(|url| format!("{name}={url}"))).collect();
+        logging::info(
+            "cluster mode",
+            &[("node", &cluster.node_id), ("size", &cluster.size), ("services", &named.join(","))],
+        );
+    }
 }
 
 /// Test hooks, read from the environment only here: `SHARDGATE_TEST_FULL_DISK_FILE`

@@ -124,49 +124,14 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         _ => StartError::Bind { address: listen, source },
     })?;
     let shard_count = config.shard_count;
-    // Before any core runs: a table grown later stalls the accepting core.
-    let needed = fds::needed(shard_count, descriptors_per_shard(&config));
-    match fds::reserve(needed) {
-        Ok(size) if size >= needed => {}
-        Ok(size) => logging::warn(
-            "the open-file limit is below what the connection limits need; accepts past it fail",
-            &[("nofile", &size), ("needed", &needed)],
-        ),
-        Err(error) => logging::warn("cannot size the descriptor table", &[("error", &error)]),
-    }
+    reserve_descriptors(&config);
     let listeners = (0..shard_count)
         .map(|_| listener::bind_reuseport(address, config.backlog, config.driver == Driver::Epoll))
         .collect::<io::Result<Vec<_>>>()
         .map_err(|source| StartError::Bind { address, source })?;
-    let origin_urls = config.gateway.as_ref().map(|g| g.origins.iter().map(|o| o.url.clone()).collect());
-    let origin_slots = origin_slots(config.gateway.as_ref(), shard_count);
-    let origin_health = config.gateway.as_ref().map_or_else(
-        || Arc::from([]),
-        |g| g.origins.iter().map(|_| Arc::new(Health::new(g.health.interval))).collect(),
-    );
     let access_log = AccessLog::start(&config.access_log).map_err(|source| StartError::AccessLog { source })?;
-    let mut metrics = Metrics::new(shard_count).with_origins(origin_urls.unwrap_or_default());
-    if config.cluster.is_some() {
-        metrics = metrics.with_cluster();
-    }
-    let shared = Shared {
-        access_log: access_log.clone(),
-        config: Arc::new(config),
-        mesh: Arc::new(CoreMesh::new(shard_count)),
-        metrics: Arc::new(metrics),
-        heartbeats: Arc::new(Heartbeats::new(shard_count)),
-        origin_slots,
-        origin_health,
-    };
-    let cluster = match shared.config.cluster.clone() {
-        Some(cluster) => {
-            let write_retries = shared.config.gateway.as_ref().map_or(1, |g| g.write_retries);
-            let mesh = Arc::clone(&shared.mesh);
-            let link = Link::start(cluster, mesh, Arc::clone(&shared.metrics), write_retries);
-            Some(link.map_err(|source| StartError::Cluster { source })?)
-        }
-        None => None,
-    };
+    let shared = shared_state(config, access_log.clone());
+    let cluster = start_cluster(&shared)?;
     watchdog::spawn(Arc::clone(&shared.heartbeats)).map_err(|source| StartError::Shard { shard: 0, source })?;
     let (report_tx, report_rx) = mpsc::channel();
     let mut threads = Vec::new();
@@ -198,6 +163,57 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     }
     shards.sort_by_key(|info| info.shard);
     Ok(Server { local_addr: address, shards, mesh: shared.mesh, threads, access_log })
+}
+
+/// Grows the descriptor table before any core runs: a table grown later
+/// stalls the accepting core.
+fn reserve_descriptors(config: &ServerConfig) {
+    let needed = fds::needed(config.shard_count, descriptors_per_shard(config));
+    match fds::reserve(needed) {
+        Ok(size) if size >= needed => {}
+        Ok(size) => logging::warn(
+            "the open-file limit is below what the connection limits need; accepts past it fail",
+            &[("nofile", &size), ("needed", &needed)],
+        ),
+        Err(error) => logging::warn("cannot size the descriptor table", &[("error", &error)]),
+    }
+}
+
+/// What every core shares: the configuration, the mesh, the metrics and
+/// the per-origin state.
+fn shared_state(config: ServerConfig, access_log: Option<Arc<AccessLog>>) -> Shared {
+    let shard_count = config.shard_count;
+    let origin_urls = config.gateway.as_ref().map(|g| g.origins.iter().map(|o| o.url.clone()).collect());
+    let origin_slots = origin_slots(config.gateway.as_ref(), shard_count);
+    let origin_health = config.gateway.as_ref().map_or_else(
+        || Arc::from([]),
+        |g| g.origins.iter().map(|_| Arc::new(Health::new(g.health.interval))).collect(),
+    );
+    let mut metrics = Metrics::new(shard_count).with_origins(origin_urls.unwrap_or_default());
+    if config.cluster.is_some() {
+        metrics = metrics.with_cluster();
+    }
+    Shared {
+        access_log,
+        config: Arc::new(config),
+        mesh: Arc::new(CoreMesh::new(shard_count)),
+        metrics: Arc::new(metrics),
+        heartbeats: Arc::new(Heartbeats::new(shard_count)),
+        origin_slots,
+        origin_health,
+    }
+}
+
+/// The cluster thread (Redis and NATS clients), when the cluster flags ask
+/// for one.
+fn start_cluster(shared: &Shared) -> Result<Option<Arc<Link>>, StartError> {
+    let Some(cluster) = shared.config.cluster.clone() else {
+        return Ok(None);
+    };
+    let write_retries = shared.config.gateway.as_ref().map_or(1, |g| g.write_retries);
+    let mesh = Arc::clone(&shared.mesh);
+    let link = Link::start(cluster, mesh, Arc::clone(&shared.metrics), write_retries);
+    link.map(Some).map_err(|source| StartError::Cluster { source })
 }
 
 /// One [`Slots`] per `--origin`, shared by every core.

@@ -60,6 +60,7 @@ use tokio::sync::oneshot;
 use shardgate_http::proxy::ProxyRequest;
 
 use super::state::{now_ms, send, Asker, Gateway};
+use crate::cluster::Link;
 use crate::config::Durability;
 use crate::core::DeliveryOutcome;
 use crate::origin::OriginError;
@@ -398,17 +399,9 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
     // In a cluster the stream delivers (a legacy record, without a
     // receipt, is still delivered from here).
     if let Some(link) = gateway.cluster.as_ref().filter(|link| link.has_nats() && receipt.is_some()) {
-        let mut attempt = 0;
-        loop {
-            if let Some(answer) = link.publish(id.clone(), key_hash, encoded.clone()) {
-                if matches!(monoio::time::timeout(PUBLISH_WAIT, answer).await, Ok(Ok(true))) {
-                    finish(gateway, key, receipt, WriteStatus::Published, &encoded);
-                    return;
-                }
-            }
-            attempt += 1;
-            monoio::time::sleep(backoff(attempt, seed).min(PUBLISH_BACKOFF_MAX)).await;
-        }
+        publish_until_acknowledged(link, &id, key_hash, &encoded, seed).await;
+        finish(gateway, key, receipt, WriteStatus::Published, &encoded);
+        return;
     }
     let tries = gateway.config.write_retries.max(1);
     let mut last_error = String::new();
@@ -447,6 +440,22 @@ async fn deliver(gateway: &Rc<Gateway>, key_hash: u64, sequence: u64, seed: &Cel
     let failed = WriteStatus::Failed(format!("after {tries} tries: {last_error}"));
     finish(gateway, key, receipt, failed, &encoded);
     gateway.core.metrics().write_done(false);
+}
+
+/// Publishes a queued write to the cluster's stream, again and again (with
+/// backoff) until the stream acknowledges it: while NATS is unreachable
+/// the write stays in the local log, and is published when it returns.
+async fn publish_until_acknowledged(link: &Link, id: &str, key_hash: u64, encoded: &Bytes, seed: &Cell<u64>) {
+    let mut attempt = 0;
+    loop {
+        if let Some(answer) = link.publish(id.to_string(), key_hash, encoded.clone()) {
+            if matches!(monoio::time::timeout(PUBLISH_WAIT, answer).await, Ok(Ok(true))) {
+                return;
+            }
+        }
+        attempt += 1;
+        monoio::time::sleep(backoff(attempt, seed).min(PUBLISH_BACKOFF_MAX)).await;
+    }
 }
 
 /// One delivery of a write the cluster's stream handed this node, on the
