@@ -346,41 +346,54 @@ DISK_GETS_PER_S = 8000
 DISK_CONNECTIONS = 4096  # PUTs offered at 3x wait up to ~0.6 s each: ~2,200 connections busy
 
 
-def disk_runs(out_dir, work):
-    """Closed-loop sync PUT capacity with the server's writes throttled
+def disk_runs(out_dir, work, servers):
+    """Closed-loop sync PUT capacity with the servers' writes throttled
     (THROTTLE_BYTES_PER_S), counting accepted writes only; then rounds that
     alternate GETs of cached keys alone and the same GETs mixed with PUTs
     offered at 3x that capacity (one generator, same connections, so the
-    two differ only in the PUTs; the host's noise moves both alike)."""
+    two differ only in the PUTs; the host's noise moves both alike). With a
+    baseline build both servers run side by side (the idle one costs
+    nothing), take turns round by round, and get the same offered load:
+    3x the capacity measured on the first."""
     os.makedirs(CGROUP, exist_ok=True)
     open(f"{CGROUP}/blkio.throttle.write_bps_device", "w").write(f"{disk_device()} {THROTTLE_BYTES_PER_S}")
-    proc, base = compare.start_shardgate(SERVER_CPU, "uring", extra=["--durability", "sync"])
-    addr = base.removeprefix("http://")
-    results = {"rounds": []}
+    started = {}
+    results = {}
     try:
-        for task in os.listdir(f"/proc/{proc.pid}/task"):
-            open(f"{CGROUP}/tasks", "w").write(task)
-        capacity_path = scenario_file(work, "disk-capacity", 0, 0.0, 10, read_fraction=0.0, api="shardgate",
-                                      mode="closed", connections=256)
-        results["capacity"] = run_bench(capacity_path, addr, [proc.pid], "shardgate", out_dir, api="shardgate",
-                                        no_preload=False)
-        row = results["capacity"]["rows"][0]
-        put_rate = int(row["throughput_rps"] * (1 - row["status_503_pct"] / 100))
-        results["put_rate"] = put_rate
+        for name in servers:
+            binary = BASELINE if name == "baseline" else compare.BIN
+            proc, base = compare.start_shardgate(SERVER_CPU, "uring", extra=["--durability", "sync"], binary=binary)
+            started[name] = (proc, base)
+            for task in os.listdir(f"/proc/{proc.pid}/task"):
+                open(f"{CGROUP}/tasks", "w").write(task)
+            capacity_path = scenario_file(work, "disk-capacity", 0, 0.0, 10, read_fraction=0.0, api="shardgate",
+                                          mode="closed", connections=256)
+            capacity = run_bench(capacity_path, base.removeprefix("http://"), [proc.pid], name, out_dir,
+                                 api="shardgate", no_preload=False)
+            row = capacity["rows"][0]
+            results[name] = {"capacity": capacity, "rounds": [],
+                             "put_rate": int(row["throughput_rps"] * (1 - row["status_503_pct"] / 100))}
+        put_rate = results[servers[0]]["put_rate"]
         rate = DISK_GETS_PER_S + 3 * put_rate
         gets = scenario_file(work, "disk-hits", DISK_GETS_PER_S, 0.0, DISK_ROUND_S, api="shardgate",
                              connections=DISK_CONNECTIONS)
         mixed = scenario_file(work, "disk-mixed", rate, 0.0, DISK_ROUND_S, read_fraction=DISK_GETS_PER_S / rate,
                               api="shardgate", connections=DISK_CONNECTIONS)
-        for _ in range(DISK_ROUNDS):
-            alone = run_bench(gets, addr, [proc.pid], "shardgate-alone", out_dir, api="shardgate")
-            loaded = run_bench(mixed, addr, [proc.pid], "shardgate", out_dir, api="shardgate")
-            results["rounds"].append({"disk-normal": alone, "disk-overload": loaded})
-        metrics = get(f"{base}/metrics").decode()
-        results["disk_rejected"] = {l.split("reason=\"")[1].split("\"")[0]: float(l.split()[-1])
-                                    for l in metrics.splitlines() if l.startswith("shardgate_disk_rejected_total{")}
+        for round_number in range(DISK_ROUNDS):
+            for name in servers if round_number % 2 == 0 else list(reversed(servers)):
+                proc, base = started[name]
+                addr = base.removeprefix("http://")
+                alone = run_bench(gets, addr, [proc.pid], f"{name}-alone", out_dir, api="shardgate")
+                loaded = run_bench(mixed, addr, [proc.pid], name, out_dir, api="shardgate")
+                results[name]["rounds"].append({"disk-normal": alone, "disk-overload": loaded})
+        for name, (_, base) in started.items():
+            metrics = get(f"{base}/metrics").decode()
+            results[name]["offered_put_rate"] = put_rate
+            results[name]["disk_rejected"] = {
+                l.split("reason=\"")[1].split("\"")[0]: float(l.split()[-1])
+                for l in metrics.splitlines() if l.startswith("shardgate_disk_rejected_total{")}
     finally:
-        stop([proc])
+        stop([proc for proc, _ in started.values()])
     return results
 
 
@@ -427,8 +440,10 @@ def main():
         raw[f"origin-brownout/{server}"] = brownout_run(server, out_dir, work)
         save(raw)
     if "disk" in scenarios:
-        print("== disk: shardgate", file=sys.stderr)
-        raw["disk"] = disk_runs(out_dir, work)
+        disk_servers = ["shardgate", "baseline"] if BASELINE else ["shardgate"]
+        print(f"== disk: {', '.join(disk_servers)}", file=sys.stderr)
+        for name, result in disk_runs(out_dir, work, disk_servers).items():
+            raw["disk" if name == "shardgate" else f"disk/{name}"] = result
     save(raw)
     import overload_report  # noqa: E402
     open(args.out, "w").write(overload_report.markdown(raw))

@@ -107,8 +107,7 @@ def per_second(run):
     return lines
 
 
-def disk(raw):
-    d = raw["disk"]
+def disk(d):
     rows = ["| round | GET p50 / p99 / max alone | GET p50 / p99 / max during 3x PUTs | p99 ratio "
             "| generator lag p99 alone / loaded | PUTs accepted (p99) | PUTs refused with 503 (p99) "
             "| client timeouts |", "|---|---|---|---|---|---|---|---|"]
@@ -131,7 +130,8 @@ def disk(raw):
     return [
         f"Sync-PUT capacity with writes throttled to 256 KiB/s (closed loop, 256 "
         f"connections, accepted writes only): **{d['put_rate']}/s**; then {len(d['rounds'])} rounds, each "
-        f"8,000 GET/s alone and 8,000 GET/s mixed with {3 * d['put_rate']} PUT/s (one generator, 4,096 "
+        f"8,000 GET/s alone and 8,000 GET/s mixed with {3 * d.get('offered_put_rate', d['put_rate'])} PUT/s "
+        f"(one generator, 4,096 "
         f"connections in both; GETs are the 200s, PUTs the 201s and 503s).",
         "",
         *rows,
@@ -143,15 +143,18 @@ def disk(raw):
 
 
 def markdown(raw):
-    out = ["## Gateway scenarios", "", "origin-normal and origin-overload: the last of the rounds that alternate "
-           "them (the next section has every round).", "", *gateway_rows(raw), "",
-           "## Overload against normal", "", *ratios(raw), "",
-           "## How fast auto settles", "", *convergence(raw), ""]
+    out = []
+    if any(key.startswith("origin-") for key in raw):
+        out += ["## Gateway scenarios", "", "origin-normal and origin-overload: the last of the rounds that "
+                "alternate them (the next section has every round).", "", *gateway_rows(raw), "",
+                "## Overload against normal", "", *ratios(raw), "",
+                "## How fast auto settles", "", *convergence(raw), ""]
     for key in raw:
         if key.startswith("origin-brownout/") or key.startswith("origin-overload/shardgate"):
             out += [f"## Per second: {key}", "", *per_second(raw[key]), ""]
-    if "disk" in raw:
-        out += ["## disk-overload (shardgate, kv mode, --durability sync)", "", *disk(raw), ""]
+    for key in [key for key in raw if key == "disk" or key.startswith("disk/")]:
+        name = "shardgate" if key == "disk" else key.removeprefix("disk/")
+        out += [f"## disk-overload ({name}, kv mode, --durability sync)", "", *disk(raw[key]), ""]
     return "\n".join(out) + "\n"
 
 

@@ -33,7 +33,7 @@ use crate::runtime::driver::{uring_builder, RING_ENTRIES};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::slots::{self, Slots};
 use crate::runtime::watchdog::{self, Heartbeats};
-use crate::runtime::{fds, listener, logging, offload, pin_to_cpu, unix_ms, YieldNow};
+use crate::runtime::{fds, install_io_poke, listener, logging, offload, pin_to_cpu, unix_ms, YieldNow};
 use crate::storage::compact::{Compactor, Gate};
 use crate::storage::durable::{self, CoreLog, LogBounds};
 use crate::storage::reader::Reader;
@@ -275,6 +275,11 @@ async fn core_main(
     // The core serves at once: /healthz, and 503 everywhere else until every
     // shard has recovered (docs/spec.md §3). Until then its store is empty
     // and takes no writes (dispatch refuses them before `ready`).
+    if matches!(driver, Driver::Uring(_)) {
+        if let Err(error) = install_io_poke() {
+            logging::warn("no socket pair for I/O polls during bursts; using the timer", &[("error", &error)]);
+        }
+    }
     let core = Rc::new(Core::new(shard, shared));
     core.conns().set_listener(listener_fd);
     let dispatcher = Rc::new(Dispatcher::new(Rc::clone(&core), cluster));

@@ -49,8 +49,13 @@ struct Deferred {
 /// requests again: a group commit can make hundreds of sync writes durable
 /// at once, and answering them all in one run of the queue kept requests
 /// that arrived meanwhile waiting ~4 ms (the disk-overload bench: 220
-/// writers per commit at ~20 µs each).
-const WAKES_PER_SLICE: usize = 32;
+/// writers per commit at ~20 µs each). A request that arrives during the
+/// burst waits for the rest of one slice: each answer costs ~10 µs with
+/// its loopback send, so the GET p99 under the disk-overload bench was
+/// 0.78 ms with 32 per slice and 0.47 ms with 8 (paired rounds,
+/// bench/results/2026-12-04-disk-overload.md); each slice costs one
+/// `poll_io` round trip (a few µs).
+const WAKES_PER_SLICE: usize = 8;
 
 /// Sync writes of one shard that may wait for their group commit; more
 /// are refused with 503 at once.
