@@ -65,13 +65,14 @@ impl Drop for Busy<'_> {
         let shard = self.shard as usize;
         self.heartbeats.busy_since_us[shard].store(0, Ordering::Relaxed);
         let now_us = self.heartbeats.now_us();
-        let blocked_us = now_us - self.started_us;
+        let blocked_us = now_us.saturating_sub(self.started_us);
         if blocked_us <= STALL_THRESHOLD.as_micros() as u64 {
             return;
         }
         let stalls = self.metrics.shard(self.shard).stall(blocked_us);
         let warned_at = &self.heartbeats.warned_at_us[shard];
-        if warned_at.load(Ordering::Relaxed) == 0 || now_us - warned_at.load(Ordering::Relaxed) >= WARN_INTERVAL_US {
+        let warned = warned_at.load(Ordering::Relaxed);
+        if warned == 0 || now_us.saturating_sub(warned) >= WARN_INTERVAL_US {
             warned_at.store(now_us, Ordering::Relaxed);
             let blocked_ms = blocked_us / 1000;
             logging::warn(
@@ -80,6 +81,16 @@ impl Drop for Busy<'_> {
             );
         }
     }
+}
+
+/// How long a core has been busy when that is a hang (at least one check
+/// interval); None when it is idle (`since` 0) or busy for less. A core
+/// may start a busy stretch after the watchdog read `now_us`: `since` is
+/// then later than `now_us`, which is no hang (before 2026-12-04 the
+/// subtraction overflowed, aborting a debug build).
+fn hung_for(now_us: u64, since: u64) -> Option<u64> {
+    let blocked_us = now_us.saturating_sub(since);
+    (since != 0 && blocked_us >= HANG_CHECK_INTERVAL.as_micros() as u64).then_some(blocked_us)
 }
 
 /// Starts the hang watchdog; it runs for the life of the process.
@@ -91,10 +102,12 @@ pub fn spawn(heartbeats: Arc<Heartbeats>) -> std::io::Result<()> {
             let now_us = heartbeats.now_us();
             for (shard, reported) in reported.iter_mut().enumerate() {
                 let since = heartbeats.busy_since_us[shard].load(Ordering::Relaxed);
-                let hung = since != 0 && now_us - since >= HANG_CHECK_INTERVAL.as_micros() as u64;
-                if hung && *reported != since {
+                let Some(blocked_us) = hung_for(now_us, since) else {
+                    continue;
+                };
+                if *reported != since {
                     *reported = since;
-                    let blocked_ms = (now_us - since) / 1000;
+                    let blocked_ms = blocked_us / 1000;
                     logging::error(
                         "event loop blocked and still running",
                         &[("shard", &shard), ("blocked_ms", &blocked_ms)],
@@ -104,4 +117,25 @@ pub fn spawn(heartbeats: Arc<Heartbeats>) -> std::io::Result<()> {
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hang_is_a_busy_stretch_of_at_least_one_interval() {
+        let interval = HANG_CHECK_INTERVAL.as_micros() as u64;
+        let cases = [
+            // (now, busy since, hung for)
+            (10 * interval, 0, None),                          // idle
+            (10 * interval, 10 * interval - 1, None),          // busy for 1 µs
+            (10 * interval, 9 * interval, Some(interval)),     // one interval
+            (10 * interval, 5 * interval, Some(5 * interval)), // five
+            (10 * interval, 10 * interval + 7, None),          // started after `now` was read
+        ];
+        for (now, since, expected) in cases {
+            assert_eq!(hung_for(now, since), expected, "now {now}, since {since}");
+        }
+    }
 }
