@@ -12,15 +12,28 @@
 //! request that found the origin idle for a moment hides it).
 //! The queue the origin holds is estimated as `limit × (1 − noload / rtt)`
 //! (Little's law applied to the extra wait); below `alpha` the limit grows
-//! by `√limit` (when the window used at least half of it), above `beta` it
-//! falls halfway to what the origin served without queueing plus `beta`.
-//! An origin that serves C requests at once settles at C plus one or two.
+//! (when the window used at least half of it), above `beta` it falls
+//! halfway to what the origin served without queueing plus `beta`. It grows
+//! by `√limit` until the first time it falls (a slow start, so a large
+//! origin is found in seconds), then by `log10(limit)`, at least 1
+//! (Netflix's Vegas increase): at 16 a step of √16 overshot the knee by a
+//! quarter every time it probed upward (the limit swung 16 to 20 in the
+//! 2026-12-03 overload bench). An origin that serves C requests at once
+//! settles at C plus one or two.
 //!
 //! The no-load time is measured, not guessed: the first window and one
 //! every [`PROBE_INTERVAL_MS`] are probes, in which the limit is a quarter
 //! of itself (at least the floor) so that the origin's own queue drains
-//! and its bare latency shows; a probe's shortest round trip replaces the
-//! baseline (shorter ones seen between probes lower it at once). A probe costs
+//! and its bare latency shows; a probe window's mean round trip replaces
+//! the baseline. The mean, not the shortest: every latency jitters, and
+//! the shortest of many samples (or the lowest of many windows' means) sits
+//! below the typical bare one by about the jitter, which the estimate then
+//! counts as a queue of `limit × jitter`; with ±10% that alone held a
+//! 100-wide origin near 16 (the jittered test). Between probes only a
+//! window at least a fifth faster than the baseline replaces it: when a
+//! brown-out ends the limit must not grow on the old, slow baseline for up
+//! to a probe interval (it reached 129 against an origin serving 16 at
+//! once in the 2026-12-04 brown-out bench before this rule). A probe costs
 //! about 1% of the origin's throughput. Because the baseline is re-learnt,
 //! an origin that became slower for good (a brown-out) is followed: the
 //! limit falls when its latency rises, and climbs back after the next
@@ -36,6 +49,11 @@ pub const WINDOW_MS: u64 = 100;
 pub const WINDOW_SAMPLES_MIN: u32 = 8;
 /// How often the no-load round trip is measured again.
 pub const PROBE_INTERVAL_MS: u64 = 10_000;
+/// A window whose mean round trip is under FASTER_NUM/FASTER_DEN of the
+/// baseline replaces it between probes: the origin became faster (a
+/// brown-out ended), by more than a window's mean jitters.
+const FASTER_NUM: u64 = 4;
+const FASTER_DEN: u64 = 5;
 /// Where `auto` starts (Netflix's default initial limit).
 pub const AUTO_INITIAL: u32 = 20;
 
@@ -48,10 +66,11 @@ pub struct AdaptiveLimit {
     /// The bare round trip: the last probe's, or less if seen since.
     noload_us: u64,
     probing: bool,
+    /// The limit has fallen once: past the slow start, it grows slowly.
+    fell_once: bool,
     probe_started_ms: Option<u64>,
     window_started_ms: Option<u64>,
     window_samples: u32,
-    window_rtt_min_us: u64,
     window_rtt_sum_us: u64,
     window_in_flight_max: u32,
 }
@@ -67,10 +86,10 @@ impl AdaptiveLimit {
             limit: f64::from(AUTO_INITIAL.clamp(floor, ceiling)),
             noload_us: u64::MAX,
             probing: true,
+            fell_once: false,
             probe_started_ms: None,
             window_started_ms: None,
             window_samples: 0,
-            window_rtt_min_us: u64::MAX,
             window_rtt_sum_us: 0,
             window_in_flight_max: 0,
         }
@@ -103,27 +122,29 @@ impl AdaptiveLimit {
         let started = *self.window_started_ms.get_or_insert(now_ms);
         self.probe_started_ms.get_or_insert(now_ms);
         self.window_samples += 1;
-        self.window_rtt_min_us = self.window_rtt_min_us.min(rtt_us.max(1));
         self.window_rtt_sum_us += rtt_us.max(1);
         self.window_in_flight_max = self.window_in_flight_max.max(in_flight);
         if now_ms.saturating_sub(started) < WINDOW_MS || self.window_samples < WINDOW_SAMPLES_MIN {
             return None;
         }
-        let (shortest, used) = (self.window_rtt_min_us, self.window_in_flight_max);
+        let used = self.window_in_flight_max;
         let mean = self.window_rtt_sum_us / u64::from(self.window_samples);
         self.window_started_ms = None;
         self.window_samples = 0;
-        self.window_rtt_min_us = u64::MAX;
         self.window_rtt_sum_us = 0;
         self.window_in_flight_max = 0;
         let before = self.limit();
         if self.probing {
             self.probing = false;
-            self.noload_us = shortest;
+            self.noload_us = mean;
             self.probe_started_ms = Some(now_ms);
         } else {
-            self.noload_us = self.noload_us.min(shortest);
-            self.limit = self.next(self.noload_us as f64, mean as f64, used);
+            if mean.saturating_mul(FASTER_DEN) < self.noload_us.saturating_mul(FASTER_NUM) {
+                self.noload_us = mean; // The origin became faster (a brown-out ended).
+            }
+            let next = self.next(self.noload_us as f64, mean as f64, used);
+            self.fell_once |= next < self.limit;
+            self.limit = next;
             let last_probe = self.probe_started_ms.unwrap_or(now_ms);
             self.probing = now_ms.saturating_sub(last_probe) >= PROBE_INTERVAL_MS;
         }
@@ -133,13 +154,13 @@ impl AdaptiveLimit {
     fn next(&self, noload: f64, rtt: f64, used: u32) -> f64 {
         let limit = self.limit;
         let queue = limit * (1.0 - noload / rtt);
-        let (alpha, beta) = ((limit * 0.03).max(1.0), (limit * 0.06).max(2.0));
+        let (alpha, beta) = ((limit * 0.03).max(1.0), (limit * 0.06).max(1.5));
         let next = if queue > beta {
             // What the origin served without queueing, plus beta; halfway.
             let target = limit * noload / rtt + beta;
             limit - (limit - target).max(1.0) / 2.0
         } else if queue < alpha && f64::from(used) * 2.0 >= limit {
-            limit + limit.sqrt()
+            limit + if self.fell_once { limit.log10().max(1.0) } else { limit.sqrt() }
         } else {
             limit
         };

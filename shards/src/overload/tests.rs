@@ -49,7 +49,10 @@ fn a_brown_out_lowers_the_limit_and_recovery_raises_it_again() {
     let windows = (PROBE_INTERVAL_MS / WINDOW_MS) as usize + 50;
     drive(&mut limit, &mut now, 32, 500_000, windows);
     assert!(limit.limit() >= 32 && limit.limit() <= 35, "re-learnt the capacity: {}", limit.limit());
-    drive(&mut limit, &mut now, 32, 20_000, 100);
+    // The brown-out ends: the faster origin replaces the slow baseline at
+    // once, so the limit does not climb past the capacity meanwhile.
+    let after = drive(&mut limit, &mut now, 32, 20_000, 100);
+    assert!(after.iter().all(|&l| l <= 40), "no climb on the stale baseline: {after:?}");
     assert!(limit.limit() >= 32 && limit.limit() <= 35, "and kept it after: {}", limit.limit());
 }
 
@@ -170,4 +173,45 @@ fn retries_stay_within_the_budget_over_a_sliding_window() {
     assert!(budget.try_retry(RETRY_WINDOW_MS + 1000));
     let mut none = RetryBudget::new(0);
     assert_eq!((0..10).filter(|_| none.try_retry(0)).count() as u64, RETRIES_MIN);
+}
+
+/// As [`drive`], with each round trip off by up to ±`jitter_percent`
+/// (a fixed pseudo-random sequence): a real origin's latency is never
+/// flat, and a limiter that only settles on flat latency swings on a real one.
+fn drive_jittered(limit: &mut AdaptiveLimit, now_ms: &mut u64, capacity: u32, jitter_percent: u64) -> Vec<u32> {
+    let mut seen = Vec::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..600 {
+        let in_flight = limit.limit();
+        let base = 20_000 * u64::from(in_flight.max(capacity)) / u64::from(capacity);
+        for _ in 0..=WINDOW_SAMPLES_MIN {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let off = (state >> 33) % (2 * jitter_percent + 1);
+            let rtt = base * (100 + off - jitter_percent) / 100;
+            limit.sample(*now_ms, rtt, in_flight);
+            *now_ms += WINDOW_MS / u64::from(WINDOW_SAMPLES_MIN);
+        }
+        if !limit.probing() {
+            seen.push(limit.limit());
+        }
+    }
+    seen
+}
+
+#[test]
+fn with_jittered_latency_the_limit_still_finds_the_capacity() {
+    // (capacity, share of settled windows within [C, 1.1 C] at least).
+    for (capacity, share_min) in [(16, 0.5), (32, 0.9), (100, 0.9), (400, 0.9)] {
+        let mut limit = AdaptiveLimit::new(1, 1000);
+        let mut now = 0;
+        let seen = drive_jittered(&mut limit, &mut now, capacity, 10);
+        let settled = &seen[150..];
+        let c = f64::from(capacity);
+        let inside = settled.iter().filter(|&&l| (c..=c * 1.1).contains(&f64::from(l))).count();
+        let share = inside as f64 / settled.len() as f64;
+        let (low, high) = (*settled.iter().min().unwrap(), *settled.iter().max().unwrap());
+        assert!(share >= share_min, "capacity {capacity}: {share:.2} of windows within 10%, {low}..={high}");
+        assert!(f64::from(low) >= c * 0.9, "capacity {capacity}: fell to {low}");
+        assert!(f64::from(high) <= c * 1.25, "capacity {capacity}: rose to {high}");
+    }
 }
