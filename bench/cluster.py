@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,15 +52,7 @@ def spawn(args, cpu=CLIENT_CPU):
     return subprocess.Popen(["taskset", "-c", str(cpu), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop(procs):
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+stop = compare.stop
 
 
 def get_json(url):

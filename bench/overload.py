@@ -38,7 +38,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -155,14 +154,7 @@ def is_shardgate(server):
     return server.startswith("shardgate") or server == "baseline"
 
 
-def stop(procs):
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+stop = compare.stop
 
 
 def preload(addr, paths):

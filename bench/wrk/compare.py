@@ -131,11 +131,17 @@ def wait_ready(base, timeout=30):
 
 
 def stop(procs):
-    """SIGTERM to every server, then wait for each (they drain and exit)."""
+    """SIGTERM to every process still running, then wait for each (servers
+    drain and exit); one that is still there after 10 s is killed."""
     for proc in procs:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
     for proc in procs:
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def start_origin(cpu):
