@@ -192,7 +192,9 @@ def main():
         }
         results = {name: [] for name in servers}
         for round_number in range(args.rounds):
-            for name, (url, pids) in servers.items():
+            order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
+            for name in order:  # servers alternate round by round
+                url, pids = servers[name]
                 r = measure(url, pids)
                 results[name].append(r)
                 print(f"round {round_number + 1} {name:18} {r['mib_per_s']:8.0f} MiB/s  RSS +{r['rss_growth_mib']:.1f} MiB "
