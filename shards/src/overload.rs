@@ -10,36 +10,58 @@
 //! compares the window's mean round trip with the no-load round trip (a
 //! window's shortest one would miss a queue that comes and goes: any
 //! request that found the origin idle for a moment hides it).
-//! The queue the origin holds is estimated as `limit × (1 − noload / rtt)`
-//! (Little's law applied to the extra wait); below `alpha` the limit grows
-//! (when the window used at least half of it), above `beta` it falls
-//! halfway to what the origin served without queueing plus `beta`. It grows
-//! by `√limit` until the first time it falls (a slow start, so a large
-//! origin is found in seconds), then by `log10(limit)`, at least 1
-//! (Netflix's Vegas increase): at 16 a step of √16 overshot the knee by a
-//! quarter every time it probed upward (the limit swung 16 to 20 in the
-//! 2026-12-03 overload bench). `alpha` is at least half a request and
-//! `beta` at least 1.5, so an origin that serves C requests at once
-//! settles at C plus one (17 for 16 in the 2026-12-04 bench, within 10%
-//! in 77% of its overload seconds).
+//! The queue the origin holds is estimated as `in_flight × (1 − noload /
+//! rtt)`, with the window's mean requests in flight (Little's law applied
+//! to the extra wait); above `beta` the limit falls halfway to what the
+//! origin served without queueing plus `beta`. It grows only when it held
+//! requests back and those that started at the limit saw no queue (under
+//! `alpha`, their own mean round trip against the no-load one): RFC 7661's
+//! rule that a congestion window grows only while it limits the sender.
+//! With the half-used rule of Netflix's Vegas instead, a calm at half the
+//! origin's capacity grew the limit to 36 against 16 (the bursts reached
+//! the limit, and the window's mean hid the queue they met), and the next
+//! overload began at 18 or 19 (2026-12-04 overload bench). It grows by
+//! `√limit` until the first time it falls (a slow start, so a large
+//! origin is found in seconds, in which a limit half used may grow), then
+//! by `log10(limit)` rounded to whole requests, at least 1 (Netflix's
+//! Vegas increase, from the limit in force: from 16.8 a step of 1.2 went
+//! to 18 in one window, and a limit sampled once a second read 18 against
+//! 16 whenever it caught that window). At 16 a step of √16 overshot the
+//! knee by a quarter every time it probed upward.
+//! `alpha` is at least half a request and `beta` at least 1.5, so an
+//! origin that serves C requests at once settles at C plus one: the queue
+//! of 1 that C + 1 holds reads about 1.3 (the bare round trip in a probe
+//! and the loaded one differ by the gateway's own work), under `beta`, and
+//! the queue of 2 at C + 2 over it. With `beta` 1.2 the limit fell from
+//! C + 1 to C every other window (the origin's answers a second did not
+//! change in the bench, but at C no request waits at the origin for the
+//! moment one finishes).
 //!
 //! The no-load time is measured, not guessed: the first window and one
 //! every [`PROBE_INTERVAL_MS`] are probes, in which the limit is a quarter
 //! of itself (at least the floor) so that the origin's own queue drains
-//! and its bare latency shows; a probe window's mean round trip replaces
-//! the baseline. The mean, not the shortest: every latency jitters, and
-//! the shortest of many samples (or the lowest of many windows' means) sits
-//! below the typical bare one by about the jitter, which the estimate then
-//! counts as a queue of `limit × jitter`; with ±10% that alone held a
-//! 100-wide origin near 16 (the jittered test). Between probes only a
-//! window at least a fifth faster than the baseline replaces it: when a
-//! brown-out ends the limit must not grow on the old, slow baseline for up
-//! to a probe interval (it reached 129 against an origin serving 16 at
-//! once in the 2026-12-04 brown-out bench before this rule). A probe costs
-//! about 1% of the origin's throughput. Because the baseline is re-learnt,
-//! an origin that became slower for good (a brown-out) is followed: the
-//! limit falls when its latency rises, and climbs back after the next
-//! probe shows the new latency to be its bare one.
+//! and its bare latency shows. The baseline is the shortest of the last
+//! [`PROBES_KEPT`] probe windows' mean round trips. The mean, not the
+//! shortest sample: every latency jitters, and the shortest of many
+//! samples (or the lowest of hundreds of windows' means) sits below the
+//! typical bare one by about the jitter, which the estimate then counts as
+//! a queue of `limit × jitter`; with ±10% that alone held a 100-wide origin
+//! near 16 (the jittered test). The shortest of three, not the last one:
+//! a probe runs at whatever moment it falls on, and in the 2026-12-04
+//! bench the means read 21.1 to 21.9 ms for the same origin; one 3% high
+//! makes C + 1 read a queue under `alpha` and C + 2 one under `beta`, and
+//! the limit sat at C + 2 until the next probe. A probe more than a
+//! quarter slower than the baseline replaces it alone: the origin became
+//! slower (a brown-out), and the older probes no longer hold. Between
+//! probes only a window at least a fifth faster than the baseline replaces
+//! it: when a brown-out ends the limit must not grow on the old, slow
+//! baseline for up to a probe interval (it reached 129 against an origin
+//! serving 16 at once in the 2026-12-04 brown-out bench before this
+//! rule). A probe costs about 1% of the origin's throughput. Because the
+//! baseline is re-learnt, an origin that became slower for good (a
+//! brown-out) is followed: the limit falls when its latency rises, and
+//! climbs back after the next probe shows the new latency to be its bare
+//! one.
 
 use std::collections::VecDeque;
 
@@ -56,6 +78,11 @@ pub const PROBE_INTERVAL_MS: u64 = 10_000;
 /// brown-out ended), by more than a window's mean jitters.
 const FASTER_NUM: u64 = 4;
 const FASTER_DEN: u64 = 5;
+/// Least estimated queue under which the limit grows, and most over which it falls.
+const ALPHA_MIN: f64 = 0.5;
+const BETA_MIN: f64 = 1.5;
+/// How many probes' means the no-load round trip is the shortest of.
+pub const PROBES_KEPT: usize = 3;
 /// Where `auto` starts (Netflix's default initial limit).
 pub const AUTO_INITIAL: u32 = 20;
 
@@ -65,8 +92,10 @@ pub struct AdaptiveLimit {
     floor: u32,
     ceiling: u32,
     limit: f64,
-    /// The bare round trip: the last probe's, or less if seen since.
+    /// The bare round trip: the shortest of the recent probes' means, or
+    /// a window's since that was a fifth faster.
     noload_us: u64,
+    probes_us: [u64; PROBES_KEPT],
     probing: bool,
     /// The limit has fallen once: past the slow start, it grows slowly.
     fell_once: bool,
@@ -74,7 +103,10 @@ pub struct AdaptiveLimit {
     window_started_ms: Option<u64>,
     window_samples: u32,
     window_rtt_sum_us: u64,
+    window_in_flight_sum: u64,
     window_in_flight_max: u32,
+    window_at_limit_samples: u32,
+    window_at_limit_rtt_sum_us: u64,
 }
 
 impl AdaptiveLimit {
@@ -87,13 +119,17 @@ impl AdaptiveLimit {
             ceiling,
             limit: f64::from(AUTO_INITIAL.clamp(floor, ceiling)),
             noload_us: u64::MAX,
+            probes_us: [u64::MAX; PROBES_KEPT],
             probing: true,
             fell_once: false,
             probe_started_ms: None,
             window_started_ms: None,
             window_samples: 0,
             window_rtt_sum_us: 0,
+            window_in_flight_sum: 0,
             window_in_flight_max: 0,
+            window_at_limit_samples: 0,
+            window_at_limit_rtt_sum_us: 0,
         }
     }
 
@@ -125,26 +161,26 @@ impl AdaptiveLimit {
         self.probe_started_ms.get_or_insert(now_ms);
         self.window_samples += 1;
         self.window_rtt_sum_us += rtt_us.max(1);
+        self.window_in_flight_sum += u64::from(in_flight);
         self.window_in_flight_max = self.window_in_flight_max.max(in_flight);
+        if in_flight >= self.limit() {
+            self.window_at_limit_samples += 1;
+            self.window_at_limit_rtt_sum_us += rtt_us.max(1);
+        }
         if now_ms.saturating_sub(started) < WINDOW_MS || self.window_samples < WINDOW_SAMPLES_MIN {
             return None;
         }
-        let used = self.window_in_flight_max;
-        let mean = self.window_rtt_sum_us / u64::from(self.window_samples);
-        self.window_started_ms = None;
-        self.window_samples = 0;
-        self.window_rtt_sum_us = 0;
-        self.window_in_flight_max = 0;
+        let window = self.close_window();
         let before = self.limit();
         if self.probing {
             self.probing = false;
-            self.noload_us = mean;
+            self.probed(window.rtt_us);
             self.probe_started_ms = Some(now_ms);
         } else {
-            if mean.saturating_mul(FASTER_DEN) < self.noload_us.saturating_mul(FASTER_NUM) {
-                self.noload_us = mean; // The origin became faster (a brown-out ended).
+            if window.rtt_us.saturating_mul(FASTER_DEN) < self.noload_us.saturating_mul(FASTER_NUM) {
+                self.relearn(window.rtt_us); // The origin became faster (a brown-out ended).
             }
-            let next = self.next(self.noload_us as f64, mean as f64, used);
+            let next = self.next(self.noload_us as f64, &window);
             self.fell_once |= next < self.limit;
             self.limit = next;
             let last_probe = self.probe_started_ms.unwrap_or(now_ms);
@@ -153,21 +189,86 @@ impl AdaptiveLimit {
         (self.limit() != before).then_some(self.limit())
     }
 
-    fn next(&self, noload: f64, rtt: f64, used: u32) -> f64 {
+    /// A probe window's mean round trip joins the recent ones, unless it
+    /// is more than a quarter slower than their shortest: then the origin
+    /// became slower (a brown-out) and the old ones no longer hold.
+    fn probed(&mut self, rtt_us: u64) {
+        if rtt_us.saturating_mul(FASTER_NUM) > self.noload_us.saturating_mul(FASTER_DEN) {
+            self.relearn(rtt_us);
+            return;
+        }
+        self.probes_us.rotate_right(1);
+        self.probes_us[0] = rtt_us;
+        self.noload_us = *self.probes_us.iter().min().expect("PROBES_KEPT > 0");
+    }
+
+    fn relearn(&mut self, rtt_us: u64) {
+        self.probes_us = [u64::MAX; PROBES_KEPT];
+        self.probes_us[0] = rtt_us;
+        self.noload_us = rtt_us;
+    }
+
+    fn close_window(&mut self) -> Window {
+        let samples = u64::from(self.window_samples);
+        let window = Window {
+            rtt_us: self.window_rtt_sum_us / samples,
+            in_flight_mean: self.window_in_flight_sum as f64 / samples as f64,
+            in_flight_max: self.window_in_flight_max,
+            at_limit_rtt_us: (self.window_at_limit_samples > 0)
+                .then(|| self.window_at_limit_rtt_sum_us / u64::from(self.window_at_limit_samples)),
+        };
+        self.window_started_ms = None;
+        self.window_samples = 0;
+        self.window_rtt_sum_us = 0;
+        self.window_in_flight_sum = 0;
+        self.window_in_flight_max = 0;
+        self.window_at_limit_samples = 0;
+        self.window_at_limit_rtt_sum_us = 0;
+        window
+    }
+
+    fn next(&self, noload: f64, window: &Window) -> f64 {
         let limit = self.limit;
-        let queue = limit * (1.0 - noload / rtt);
-        let (alpha, beta) = ((limit * 0.03).max(0.5), (limit * 0.06).max(1.5));
+        let in_force = limit.floor();
+        let rtt = window.rtt_us as f64;
+        // Little's law: of the requests in flight, the share of its time a
+        // request spent beyond the bare round trip was spent queued.
+        let queue = window.in_flight_mean * (1.0 - noload / rtt);
+        let (alpha, beta) = ((in_force * 0.03).max(ALPHA_MIN), (in_force * 0.06).max(BETA_MIN));
+        // Grow only a limit that held requests back (RFC 7661's rule for a
+        // congestion window), and only if those that ran at the limit saw
+        // no queue: in a calm with bursts a window's mean hides the queue
+        // its bursts met. In the slow start, a limit half used may grow.
+        let grow = if self.fell_once {
+            window.at_limit_rtt_us.is_some_and(|at_limit| in_force * (1.0 - noload / at_limit as f64) < alpha)
+        } else {
+            queue < alpha && f64::from(window.in_flight_max) * 2.0 >= in_force
+        };
         let next = if queue > beta {
             // What the origin served without queueing, plus beta; halfway.
-            let target = limit * noload / rtt + beta;
+            let target = window.in_flight_mean * noload / rtt + beta;
             limit - (limit - target).max(1.0) / 2.0
-        } else if queue < alpha && f64::from(used) * 2.0 >= limit {
-            limit + if self.fell_once { limit.log10().max(1.0) } else { limit.sqrt() }
+        } else if grow && self.fell_once {
+            // Whole requests: from 16.8 a step of 1.2 would try 18 at once.
+            in_force + limit.log10().round().max(1.0)
+        } else if grow {
+            limit + limit.sqrt()
         } else {
             limit
         };
         next.clamp(f64::from(self.floor), f64::from(self.ceiling))
     }
+}
+
+/// What one window of samples saw.
+struct Window {
+    /// The mean round trip.
+    rtt_us: u64,
+    /// The mean requests in flight when one started, and the most.
+    in_flight_mean: f64,
+    in_flight_max: u32,
+    /// The mean round trip of those that started with the limit reached.
+    at_limit_rtt_us: Option<u64>,
 }
 
 /// Why a request found no place in the queue.
