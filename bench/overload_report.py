@@ -92,7 +92,12 @@ def convergence(raw):
         lines.append(f"- {key}: limit per second from a fresh start {[None if l is None else int(l) for l in warm]}"
                      + (f", within 10% of 16 for good from second {settled}" if settled is not None else "")
                      + f"; within 10% of 16 in {share:.0%} of all {len(every)} overload seconds sampled "
-                     f"(warm-up and rounds).")
+                     f"(warm-up and rounds; a probe's second, at a quarter of the limit, left out).")
+        for number, r in enumerate(run.get("rounds", []), 1):
+            limits = {phase: [None if s["limit"] is None else int(s["limit"]) for s in r[phase]["origin"]]
+                      for phase in ("origin-normal", "origin-overload")}
+            lines.append(f"  - round {number}: normal {limits['origin-normal']} → overload "
+                         f"{limits['origin-overload']}")
     return lines
 
 
