@@ -92,9 +92,8 @@ pub struct AdaptiveLimit {
     floor: u32,
     ceiling: u32,
     limit: f64,
-    /// The bare round trip: the shortest of the recent probes' means, or
-    /// a window's since that was a fifth faster.
-    noload_us: u64,
+    /// The recent probes' mean round trips, newest first (`u64::MAX` where
+    /// none yet), or a window's since that was a fifth faster alone.
     probes_us: [u64; PROBES_KEPT],
     probing: bool,
     /// The limit has fallen once: past the slow start, it grows slowly.
@@ -118,7 +117,6 @@ impl AdaptiveLimit {
             floor,
             ceiling,
             limit: f64::from(AUTO_INITIAL.clamp(floor, ceiling)),
-            noload_us: u64::MAX,
             probes_us: [u64::MAX; PROBES_KEPT],
             probing: true,
             fell_once: false,
@@ -177,10 +175,10 @@ impl AdaptiveLimit {
             self.probed(window.rtt_us);
             self.probe_started_ms = Some(now_ms);
         } else {
-            if window.rtt_us.saturating_mul(FASTER_DEN) < self.noload_us.saturating_mul(FASTER_NUM) {
+            if window.rtt_us.saturating_mul(FASTER_DEN) < self.noload_us().saturating_mul(FASTER_NUM) {
                 self.relearn(window.rtt_us); // The origin became faster (a brown-out ended).
             }
-            let next = self.next(self.noload_us as f64, &window);
+            let next = self.next(self.noload_us() as f64, &window);
             self.fell_once |= next < self.limit;
             self.limit = next;
             let last_probe = self.probe_started_ms.unwrap_or(now_ms);
@@ -193,19 +191,22 @@ impl AdaptiveLimit {
     /// is more than a quarter slower than their shortest: then the origin
     /// became slower (a brown-out) and the old ones no longer hold.
     fn probed(&mut self, rtt_us: u64) {
-        if rtt_us.saturating_mul(FASTER_NUM) > self.noload_us.saturating_mul(FASTER_DEN) {
+        if rtt_us.saturating_mul(FASTER_NUM) > self.noload_us().saturating_mul(FASTER_DEN) {
             self.relearn(rtt_us);
             return;
         }
         self.probes_us.rotate_right(1);
         self.probes_us[0] = rtt_us;
-        self.noload_us = *self.probes_us.iter().min().expect("PROBES_KEPT > 0");
+    }
+
+    /// The bare round trip: the shortest of the recent probes' means.
+    fn noload_us(&self) -> u64 {
+        *self.probes_us.iter().min().expect("PROBES_KEPT > 0")
     }
 
     fn relearn(&mut self, rtt_us: u64) {
         self.probes_us = [u64::MAX; PROBES_KEPT];
         self.probes_us[0] = rtt_us;
-        self.noload_us = rtt_us;
     }
 
     fn close_window(&mut self) -> Window {
